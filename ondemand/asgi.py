@@ -1,0 +1,85 @@
+"""Small ASGI vocabulary shared by the proxy and the emulators: types and plain responses.
+
+No framework: the proxy and the emulators are pure ASGI callables, so a response is a
+``http.response.start`` message followed by ``http.response.body`` messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON_TYPE = b"application/json; charset=utf-8"
+TEXT_TYPE = b"text/plain; charset=utf-8"
+
+
+class BodyTooLarge(Exception):
+    """The request body passed the configured limit."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the request body was complete."""
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send a complete, non-streamed response."""
+    out: Headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    out.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(
+    send: Send, status: int, payload: object, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    await send_bytes(send, status, body, JSON_TYPE, headers)
+
+
+async def send_text(
+    send: Send, status: int, text: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    await send_bytes(send, status, text.encode(), TEXT_TYPE, headers)
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes:
+    """Read the whole request body; raise ``BodyTooLarge`` past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (``name`` lower-case), or None."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None

@@ -1,0 +1,140 @@
+"""Run an ASGI app on a TCP port: blocking for commands, in a thread for tests and benchmarks.
+
+One place decides which ASGI server runs ondemand's apps (see docs/benchmarks.md for why it
+is uvicorn with uvloop and httptools), so the proxy and the emulators behave alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ondemand.errors import NotAvailableError, UsageError
+
+if TYPE_CHECKING:
+    from ondemand.asgi import ASGIApp
+
+
+def _uvicorn_config(app: ASGIApp, *, log_level: str, lifespan: str, **extra: Any) -> Any:
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise NotAvailableError(
+            "the ASGI server is not installed",
+            cause="ondemand was installed without its 'server' extra",
+            hint="pip install 'ollama-ondemand[server]'",
+        ) from exc
+    fast = importlib.util.find_spec("uvloop") is not None
+    return uvicorn.Config(
+        app,
+        loop="uvloop" if fast else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        lifespan=lifespan,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        # Streams may stay silent for minutes while a model loads; never cut idle keep-alives
+        # short enough to matter for clients that reuse connections between requests.
+        timeout_keep_alive=30,
+        **extra,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind a listening TCP socket, with a clear error when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            cause="another process already uses that port, or the address is not local",
+            hint="choose another port, or stop the process that holds it",
+        ) from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    sock: socket.socket | None = None,
+    log_level: str = "warning",
+    graceful_timeout: float | None = 10.0,
+    lifespan: str = "off",
+) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM. Blocks.
+
+    ``lifespan="on"`` for apps that hold resources (the proxy's upstream pool) and must
+    release them on shutdown; the emulators need no lifespan.
+    """
+    import uvicorn
+
+    listener = sock if sock is not None else bind(host, port)
+    timeout = None if graceful_timeout is None else max(1, round(graceful_timeout))
+    config = _uvicorn_config(
+        app, log_level=log_level, lifespan=lifespan, timeout_graceful_shutdown=timeout
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[listener])
+
+
+class BackgroundServer:
+    """An ASGI app served on 127.0.0.1 from a daemon thread; for tests and benchmarks.
+
+    >>> with BackgroundServer(app) as srv:
+    ...     httpx.get(srv.url + "/")
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, lifespan: str = "off"
+    ) -> None:
+        import uvicorn
+
+        self._sock = bind(host, port)
+        self.host, self.port = self._sock.getsockname()[:2]
+        self.url = f"http://{self.host}:{self.port}"
+        self._server = uvicorn.Server(_uvicorn_config(app, log_level="error", lifespan=lifespan))
+        self._thread = threading.Thread(target=self._run, name=f"asgi:{self.port}", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._server.serve(sockets=[self._sock]))
+
+    def start(self) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"ASGI server on port {self.port} did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: ASGIApp, *, lifespan: str = "off") -> Iterator[BackgroundServer]:
+    with BackgroundServer(app, lifespan=lifespan) as server:
+        yield server
