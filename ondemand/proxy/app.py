@@ -1,0 +1,312 @@
+"""The proxy as one ASGI callable: health, authentication, routing, streaming forward."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from ondemand import __version__
+from ondemand.asgi import Message, Receive, Scope, Send, header, send_json
+from ondemand.proxy.activity import Activity
+from ondemand.proxy.auth import AuthFailure, Identity
+from ondemand.proxy.responses import family_of, send_error
+from ondemand.proxy.routes import Access, BadPath, Route, resolve
+from ondemand.proxy.upstream import (
+    StreamedResponse,
+    Upstream,
+    UpstreamBroken,
+    UpstreamClient,
+    UpstreamUnavailable,
+    request_headers,
+    response_headers,
+)
+
+if TYPE_CHECKING:
+    from ondemand.proxy.settings import ProxySettings
+
+log = logging.getLogger("ondemand.proxy")
+
+_AUTH_MESSAGES = {
+    "missing": "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    "malformed": "malformed credentials: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    "invalid": "invalid API key",
+}
+_WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="ollama-ondemand"')]
+_STREAM_TYPES = (b"application/x-ndjson", b"text/event-stream")
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class ProxyApp:
+    """Authenticating, default-deny, streaming reverse proxy in front of one Ollama."""
+
+    def __init__(self, settings: ProxySettings, *, upstream: UpstreamClient | None = None) -> None:
+        self.settings = settings
+        self.keys = settings.keys
+        self.upstream: UpstreamClient = upstream or Upstream(
+            settings.upstream, connect_timeout=settings.connect_timeout
+        )
+        self.activity = Activity()
+        self._ping_task: asyncio.Task[bool] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        # Websockets and other scopes are not part of Ollama's API: closing is the answer.
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.upstream.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if raw_path == b"/ping":
+            await self._ping(send)
+            return
+        family = family_of(raw_path)
+        try:
+            identity = self.keys.authenticate(scope["headers"])
+        except AuthFailure as failure:
+            log.info(
+                "refused %s %s: %s credentials", scope["method"], scope["path"], failure.reason
+            )
+            await send_error(
+                send, family, 401, _AUTH_MESSAGES[failure.reason],
+                code="invalid_api_key", headers=_WWW_AUTHENTICATE,
+            )  # fmt: skip
+            return
+        try:
+            route = resolve(raw_path)
+        except BadPath as exc:
+            await send_error(send, family, 400, f"malformed request path: {exc}")
+            return
+        if route is None:
+            await self._local_route(scope, send, identity, raw_path, family)
+            return
+        if route.access is Access.ADMIN and not identity.admin:
+            await send_error(
+                send, family, 403, f"{route.path} needs an admin key; this key is a user key"
+            )
+            return
+        await self._forward(scope, receive, send, route)
+
+    async def _local_route(
+        self, scope: Scope, send: Send, identity: Identity, raw_path: bytes, family: str
+    ) -> None:
+        if raw_path == b"/ondemand/status" and scope["method"] in ("GET", "HEAD"):
+            await send_json(send, 200, await self._status(identity))
+            return
+        await send_error(send, family, 404, f"no such route: {scope['method']} {scope['path']}")
+
+    async def _status(self, identity: Identity) -> dict[str, object]:
+        ready = await self._upstream_ready()
+        return {
+            "status": "ready" if ready else "unhealthy",
+            "version": __version__,
+            "key": identity.name,
+            "admin": identity.admin,
+            **self.activity.snapshot(),
+        }
+
+    # -- health -----------------------------------------------------------------------
+
+    async def _ping(self, send: Send) -> None:
+        if await self._upstream_ready():
+            await send_json(send, 200, {"status": "ready"})
+        else:
+            await send_json(send, 503, {"status": "unhealthy", "error": "Ollama is not answering"})
+
+    async def _upstream_ready(self) -> bool:
+        # Concurrent probes share one upstream check, so a flood of anonymous pings costs
+        # Ollama one small request at a time.
+        if self._ping_task is None or self._ping_task.done():
+            self._ping_task = asyncio.ensure_future(self._check_upstream())
+        return await asyncio.shield(self._ping_task)
+
+    async def _check_upstream(self) -> bool:
+        try:
+            status = await self.upstream.get_status("/", self.settings.ping_timeout)
+        except UpstreamUnavailable:
+            return False
+        return status == 200
+
+    # -- forwarding -------------------------------------------------------------------
+
+    async def _read_body(self, receive: Receive, family: str, send: Send) -> bytes | None:
+        """The whole request body, or None after answering 413/408 (or on disconnect)."""
+        limit = self.settings.max_body
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            try:
+                async with asyncio.timeout(self.settings.body_timeout):
+                    message = await receive()
+            except TimeoutError:
+                await send_error(send, family, 408, "timed out reading the request body")
+                return None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await send_error(
+                    send, family, 413, f"request body is larger than the limit of {limit} bytes"
+                )
+                return None
+            if chunk:
+                chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _stream_body(self, receive: Receive) -> AsyncIterator[bytes]:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        family = route.family
+        declared = header(scope, b"content-length")
+        if declared is not None and not route.stream_body:
+            try:
+                too_big = int(declared) > self.settings.max_body
+            except ValueError:
+                await send_error(send, family, 400, "invalid Content-Length header")
+                return
+            if too_big:
+                limit = self.settings.max_body
+                await send_error(
+                    send, family, 413, f"request body is larger than the limit of {limit} bytes"
+                )
+                return
+        body: bytes | AsyncIterator[bytes]
+        if route.stream_body:
+            body = self._stream_body(receive)
+        else:
+            read = await self._read_body(receive, family, send)
+            if read is None:
+                return
+            body = read
+        self.activity.begin()
+        try:
+            await self._exchange(scope, receive, send, route, body)
+        finally:
+            self.activity.end()
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        body: bytes | AsyncIterator[bytes],
+    ) -> None:
+        work = asyncio.ensure_future(self._relay(scope, send, route, body))
+        # While the body is streamed upstream, receive() belongs to the body reader; a
+        # disconnect then surfaces there. Otherwise a watcher turns it into cancellation.
+        watcher = None if route.stream_body else asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            if watcher is None:
+                await work
+                return
+            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                work.result()
+                return
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            log.info("client disconnected: %s %s cancelled", scope["method"], route.path)
+        except _Disconnected:
+            log.info("client disconnected while sending %s", route.path)
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, _Disconnected):
+                    await work
+
+    async def _relay(
+        self, scope: Scope, send: Send, route: Route, body: bytes | AsyncIterator[bytes]
+    ) -> None:
+        try:
+            response = await self.upstream.send(
+                scope["method"],
+                route.upstream_path,
+                scope.get("query_string", b""),
+                request_headers(scope["headers"]),
+                body,
+            )
+        except UpstreamUnavailable as exc:
+            log.warning("upstream unavailable for %s: %s", route.path, exc)
+            await send_error(send, route.family, 502, "upstream Ollama is unavailable")
+            return
+        try:
+            await self._send_response(send, route, response)
+        finally:
+            await response.aclose()
+
+    async def _send_response(self, send: Send, route: Route, response: StreamedResponse) -> None:
+        headers = response_headers(response.headers)
+        content_type = next((v for n, v in headers if n == b"content-type"), b"")
+        streaming = content_type.startswith(_STREAM_TYPES)
+        if streaming:
+            # Tell any buffering proxy in front of us (nginx) to pass chunks straight on.
+            headers.append((b"x-accel-buffering", b"no"))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        try:
+            async for chunk in response.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamBroken as exc:
+            log.warning("upstream closed %s mid-response: %s", route.path, exc)
+            if streaming:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": _stream_error(content_type),
+                        "more_body": True,
+                    }
+                )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _stream_error(content_type: bytes) -> bytes:
+    """A final stream item that makes clients raise instead of silently truncating."""
+    message = "upstream Ollama closed the stream before it was complete"
+    if content_type.startswith(b"text/event-stream"):
+        payload = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    return b'{"error":"' + message.encode() + b'"}\n'
+
+
+async def _wait_disconnect(receive: Receive) -> Message:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return message
+
+
+def create_app(settings: ProxySettings) -> ProxyApp:
+    return ProxyApp(settings)

@@ -1,0 +1,51 @@
+"""Error answers shaped like the API family the client speaks.
+
+Native ``/api/*`` clients (the ollama library) read ``{"error": "..."}``; ``/v1`` clients (the
+OpenAI SDKs) read ``{"error": {"message", "type", "param", "code"}}``. Both carry an ``error``
+key, so a client of either family gets a message it can show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ondemand.asgi import Send, send_json
+
+_OPENAI_TYPE = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_body(family: str, status: int, message: str, code: str | None = None) -> object:
+    if family == "openai":
+        return {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPE.get(status, "api_error"),
+                "param": None,
+                "code": code,
+            }
+        }
+    return {"error": message}
+
+
+async def send_error(
+    send: Send,
+    family: str,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    await send_json(send, status, error_body(family, status, message, code), headers)
+
+
+def family_of(path: bytes) -> str:
+    return "openai" if path.startswith(b"/v1/") else "native"
