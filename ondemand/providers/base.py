@@ -1,0 +1,175 @@
+"""The provider contract: what every cloud (and the local and sandbox stand-ins) must do.
+
+A provider drives one vendor API. It holds no lifecycle policy (leases, idle decisions,
+cost): that lives in ``lifecycle.py`` above it, the same for every provider.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+
+from ondemand.errors import ReadyTimeoutError
+
+T = TypeVar("T")
+
+# Every deployment carries these labels, so cleanup and the reaper can find it by label
+# even when a cancelled job never wrote its outputs.
+LABEL_MANAGED_BY = "managed-by"
+LABEL_NAME = "ondemand-name"
+LABEL_REPO = "repo"
+LABEL_RUN_ID = "run-id"
+LABEL_EXPIRES_AT = "expires-at"
+MANAGED_BY = "ollama-ondemand"
+
+
+class Status(enum.Enum):
+    """One lifecycle vocabulary over every vendor's states."""
+
+    ABSENT = "absent"  # no such deployment
+    PENDING = "pending"  # accepted, compute being allocated
+    STARTING = "starting"  # compute allocated, server booting
+    RUNNING = "running"  # the provider reports it running (readiness is /ping's to say)
+    STOPPING = "stopping"
+    STOPPED = "stopped"  # no compute billed
+    FAILED = "failed"
+    DELETING = "deleting"
+    UNKNOWN = "unknown"  # a vendor state this version does not know
+
+    @property
+    def billable(self) -> bool:
+        """Whether compute may be billed in this state; unknown counts as billing."""
+        return self not in (Status.ABSENT, Status.STOPPED, Status.FAILED)
+
+
+def map_status(table: Mapping[str, Status], vendor_state: str | None) -> Status:
+    """Translate a vendor state through a provider's table; never raises on new states."""
+    if vendor_state is None:
+        return Status.UNKNOWN
+    return table.get(vendor_state.strip().upper(), Status.UNKNOWN)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    """What to deploy. ``secret_env`` values are sent to the provider but never shown."""
+
+    name: str
+    image: str
+    models: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    gpu: str = "L4"
+    gpu_count: int = 1
+    cpu: int = 4
+    memory: str = "16Gi"
+    port: int = 8080
+    region: str | None = None
+    volume: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deployment:
+    """What the provider reports about one deployment."""
+
+    id: str
+    name: str
+    status: Status
+    vendor_state: str | None = None
+    url: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    detail: str | None = None  # the vendor's explanation, e.g. why it FAILED
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A cloud that can run the server image.
+
+    Contract, relied on by every caller and checked by the contract tests for each provider:
+
+    - ``deploy(spec)`` is create-or-update: it finds an existing deployment by name (and the
+      ``managed-by``/``ondemand-name`` labels) and never creates a duplicate. When the spec
+      changed it updates in place; it recreates only when the vendor cannot update in place,
+      and then keeps the model cache volume. It does not wait for the deployment to run.
+    - ``start``/``stop`` ask the vendor for the change and return promptly with the state
+      reported right after; they do not wait. ``stop`` of something already stopped, and
+      ``stop``/``delete`` of something absent, succeed.
+    - ``status`` of an absent deployment returns ``Status.ABSENT``; it does not raise.
+    - Methods return promptly (one or a few API calls). All waiting goes through
+      ``wait_until``, with a deadline, in the layer above.
+    - Vendor failures raise ``ProviderError`` (3), ``CredentialsError`` (4) or
+      ``CapacityError`` (5) with the vendor's message; secrets never appear in them.
+    """
+
+    name: ClassVar[str]
+
+    def find(self, name: str) -> Deployment | None:
+        """The deployment with this name, or None."""
+        ...
+
+    def list_managed(self) -> list[Deployment]:
+        """Every deployment labelled ``managed-by=ollama-ondemand``, across names."""
+        ...
+
+    def deploy(self, spec: Spec) -> Deployment:
+        """Create the deployment, or update it to match ``spec``."""
+        ...
+
+    def start(self, deployment_id: str) -> Deployment:
+        """Ask the vendor to start it; return without waiting."""
+        ...
+
+    def stop(self, deployment_id: str) -> Deployment:
+        """Ask the vendor to stop it; succeed if already stopped or absent."""
+        ...
+
+    def status(self, deployment_id: str) -> Deployment:
+        """The current state; ``Status.ABSENT`` when it does not exist."""
+        ...
+
+    def delete(self, deployment_id: str) -> None:
+        """Remove it (never the model cache volume); succeed if absent."""
+        ...
+
+
+def wait_until(
+    probe: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 2.0,
+    max_interval: float = 15.0,
+    on_poll: Callable[[T, float], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Poll ``probe`` until ``done(result)``, backing off, and never past the deadline.
+
+    The one place that waits. ``on_poll(result, elapsed)`` reports progress on long waits.
+    Raises ``ReadyTimeoutError`` naming ``what`` and the last result when time runs out.
+    """
+    start = clock()
+    deadline = start + timeout
+    delay = interval
+    while True:
+        result = probe()
+        now = clock()
+        if on_poll is not None:
+            on_poll(result, now - start)
+        if done(result):
+            return result
+        remaining = deadline - now
+        if remaining <= 0:
+            raise ReadyTimeoutError(
+                f"timed out after {timeout:g}s waiting for {what}",
+                cause=f"the last state seen was: {result}",
+                hint="raise the timeout (--timeout), or check the provider's console and logs",
+            )
+        sleep(min(delay, remaining))
+        delay = min(delay * 1.5, max_interval)
