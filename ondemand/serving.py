@@ -13,15 +13,17 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ondemand.errors import NotAvailableError, UsageError
 
 if TYPE_CHECKING:
     from ondemand.asgi import ASGIApp
 
+Lifespan = Literal["auto", "on", "off"]
 
-def _uvicorn_config(app: ASGIApp, *, log_level: str, lifespan: str, **extra: Any) -> Any:
+
+def _uvicorn_config(app: ASGIApp, *, log_level: str, lifespan: Lifespan, **extra: Any) -> Any:
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -73,7 +75,7 @@ def run(
     sock: socket.socket | None = None,
     log_level: str = "warning",
     graceful_timeout: float | None = 10.0,
-    lifespan: str = "off",
+    lifespan: Lifespan = "off",
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM. Blocks.
 
@@ -99,7 +101,7 @@ class BackgroundServer:
     """
 
     def __init__(
-        self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, lifespan: str = "off"
+        self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, lifespan: Lifespan = "off"
     ) -> None:
         import uvicorn
 
@@ -135,6 +137,6 @@ class BackgroundServer:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: ASGIApp, *, lifespan: str = "off") -> Iterator[BackgroundServer]:
+def serve_in_thread(app: ASGIApp, *, lifespan: Lifespan = "off") -> Iterator[BackgroundServer]:
     with BackgroundServer(app, lifespan=lifespan) as server:
         yield server
