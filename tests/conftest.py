@@ -16,6 +16,11 @@ ProxyFactory = Callable[..., BackgroundServer]
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
 def recorder() -> Iterator[tuple[Recorder, BackgroundServer]]:
     app = Recorder()
     with BackgroundServer(app) as server:

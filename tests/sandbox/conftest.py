@@ -21,11 +21,6 @@ def fast_config(**fields: Any) -> EmulatorConfig:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def serve() -> Iterator[Serve]:
     """Start emulators on loopback; all stopped at the end of the test."""
     servers: list[BackgroundServer] = []
