@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import signal
 import socket
 import threading
 import time
@@ -41,6 +42,9 @@ def _uvicorn_config(app: ASGIApp, *, log_level: str, lifespan: Lifespan, **extra
         log_level=log_level,
         access_log=False,
         server_header=False,
+        # X-Forwarded-* from clients must not rewrite who the client is: nothing in front of
+        # ondemand is trusted to set them, and the middleware costs time on every request.
+        proxy_headers=False,
         # Streams may stay silent for minutes while a model loads; never cut idle keep-alives
         # short enough to matter for clients that reuse connections between requests.
         timeout_keep_alive=30,
@@ -82,15 +86,39 @@ def run(
     ``lifespan="on"`` for apps that hold resources (the proxy's upstream pool) and must
     release them on shutdown; the emulators need no lifespan.
     """
-    import uvicorn
-
     listener = sock if sock is not None else bind(host, port)
     timeout = None if graceful_timeout is None else max(1, round(graceful_timeout))
     config = _uvicorn_config(
         app, log_level=log_level, lifespan=lifespan, timeout_graceful_shutdown=timeout
     )
-    server = uvicorn.Server(config)
+    server = _graceful_server(config)
     server.run(sockets=[listener])
+
+
+def _graceful_server(config: Any) -> Any:
+    """A uvicorn server whose graceful stop on SIGTERM/SIGINT ends with exit status 0.
+
+    uvicorn re-raises the signal once it has shut down, so the process would die by the
+    signal (status -15) although it stopped cleanly, and supervisors and CI logs would
+    report a crash that did not happen.
+    """
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer(config)
 
 
 class BackgroundServer:

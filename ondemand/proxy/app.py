@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -222,31 +221,31 @@ class ProxyApp:
         route: Route,
         body: bytes | AsyncIterator[bytes],
     ) -> None:
-        work = asyncio.ensure_future(self._relay(scope, send, route, body))
-        # While the body is streamed upstream, receive() belongs to the body reader; a
-        # disconnect then surfaces there. Otherwise a watcher turns it into cancellation.
-        watcher = None if route.stream_body else asyncio.ensure_future(_wait_disconnect(receive))
+        if route.stream_body:
+            # receive() belongs to the body reader here; a disconnect surfaces there.
+            try:
+                await self._relay(scope, send, route, body)
+            except _Disconnected:
+                log.info("client disconnected while sending %s", route.path)
+            return
+        # The body is read, so the next thing receive() reports is the client going away (or
+        # our own response ending). One pending receive() per request cancels this task on a
+        # disconnect; that is cheaper than running the exchange in a second task.
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _DisconnectWatch(task)
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(watch.on_receive)
         try:
-            if watcher is None:
-                await work
-                return
-            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if work in done:
-                work.result()
-                return
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            await self._relay(scope, send, route, body)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            task.uncancel()
             log.info("client disconnected: %s %s cancelled", scope["method"], route.path)
-        except _Disconnected:
-            log.info("client disconnected while sending %s", route.path)
         finally:
-            if watcher is not None and not watcher.done():
-                watcher.cancel()
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, _Disconnected):
-                    await work
+            watch.finished = True
+            watcher.cancel()
 
     async def _relay(
         self, scope: Scope, send: Send, route: Route, body: bytes | AsyncIterator[bytes]
@@ -276,8 +275,15 @@ class ProxyApp:
             # Tell any buffering proxy in front of us (nginx) to pass chunks straight on.
             headers.append((b"x-accel-buffering", b"no"))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        remaining = _content_length(headers)
         try:
             async for chunk in response.chunks():
+                if remaining is not None:
+                    remaining -= len(chunk)
+                    if remaining <= 0:
+                        # Complete: one message instead of this chunk plus an empty last one.
+                        await send({"type": "http.response.body", "body": chunk})
+                        return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamBroken as exc:
             log.warning("upstream closed %s mid-response: %s", route.path, exc)
@@ -292,6 +298,32 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+class _DisconnectWatch:
+    __slots__ = ("disconnected", "finished", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.disconnected = False
+        self.finished = False
+
+    def on_receive(self, watcher: asyncio.Future[Message]) -> None:
+        if self.finished or watcher.cancelled() or watcher.exception() is not None:
+            return
+        if watcher.result()["type"] == "http.disconnect":
+            self.disconnected = True
+            self.task.cancel()
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 def _stream_error(content_type: bytes) -> bytes:
     """A final stream item that makes clients raise instead of silently truncating."""
     message = "upstream Ollama closed the stream before it was complete"
@@ -299,13 +331,6 @@ def _stream_error(content_type: bytes) -> bytes:
         payload = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
         return b"data: " + json.dumps(payload).encode() + b"\n\n"
     return b'{"error":"' + message.encode() + b'"}\n'
-
-
-async def _wait_disconnect(receive: Receive) -> Message:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return message
 
 
 def create_app(settings: ProxySettings) -> ProxyApp:

@@ -10,6 +10,7 @@ decoded form is classified, and only the decoded, re-encoded form is sent upstre
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
@@ -99,6 +100,9 @@ def _segments(raw_path: bytes) -> list[str]:
     return out
 
 
+# Clients use a handful of paths, so resolving each once saves work on every request; the
+# bound keeps a client that sends endless distinct paths from growing memory.
+@functools.lru_cache(maxsize=1024)
 def resolve(raw_path: bytes) -> Route | None:
     """Classify a raw request path; None when the proxy does not forward it.
 

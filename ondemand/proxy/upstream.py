@@ -148,6 +148,8 @@ class Upstream:
                     total=None, connect=self._connect_timeout, sock_read=None
                 ),
                 auto_decompress=False,
+                # Ollama sets no cookies; the jar would only cost time on every request.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 # Forward exactly what the client sent; aiohttp would otherwise invent a
                 # Content-Type and an Accept-Encoding the client never asked for.
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),

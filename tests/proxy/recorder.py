@@ -18,6 +18,7 @@ class Seen:
     query: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    client: tuple[str, int] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         return next((v for k, v in self.headers if k == name), None)
@@ -43,6 +44,7 @@ class Recorder:
                 scope.get("query_string", b""),
                 list(scope["headers"]),
                 body,
+                scope.get("client"),
             )
         )
         params = dict(

@@ -398,6 +398,22 @@ def test_upstream_down_is_502_json_without_internals(start_proxy: ProxyFactory) 
     assert str(port) not in native.text + openai.text
 
 
+def test_upstream_connections_are_reused_between_requests(
+    recorder: Upstream, start_proxy: ProxyFactory
+) -> None:
+    app, upstream = recorder
+    proxy = start_proxy(upstream.url)
+    with httpx.Client(headers=USER) as client:
+        for _ in range(5):
+            assert client.get(proxy.url + "/api/tags").status_code == 200
+        with client.stream("POST", proxy.url + "/api/chat?n=3", json={}) as r:
+            r.read()
+        assert client.get(proxy.url + "/api/tags").status_code == 200
+    ports = {seen.client for seen in app.seen}
+    assert len(app.seen) == 7
+    assert len(ports) == 1, "each request opened a new connection to Ollama"
+
+
 def test_ping_needs_no_key_and_follows_ollama(
     recorder: Upstream, start_proxy: ProxyFactory
 ) -> None:
@@ -419,3 +435,21 @@ def test_status_shows_the_callers_key_name_never_the_key(
     status = httpx.get(proxy.url + "/ondemand/status", headers=USER).json()
     assert (status["key"], status["admin"], status["status"]) == ("apikey", False, "ready")
     assert httpx.get(proxy.url + "/ondemand/status", headers=ADMIN).json()["admin"] is True
+
+
+def test_keys_never_reach_the_log(
+    recorder: Upstream, start_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, upstream = recorder
+    caplog.set_level("DEBUG")
+    proxy = start_proxy(upstream.url)
+    wrong = "odk_wrong_key_that_someone_typed"
+    for headers in (USER, ADMIN, {"X-API-Key": wrong}, _basic("ci", wrong)):
+        httpx.get(proxy.url + "/api/tags", headers=headers)
+        httpx.post(proxy.url + "/api/pull", headers=headers, json={})
+    down = start_proxy(f"http://127.0.0.1:{_free_port()}")
+    httpx.get(down.url + "/api/tags", headers=USER)
+    text = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert "refused GET /api/tags: invalid credentials" in text
+    for secret in (USER_KEY, ADMIN_KEY, wrong):
+        assert secret not in text

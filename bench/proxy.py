@@ -1,0 +1,366 @@
+"""Proxy overhead, measured against going straight to the same emulator in the same run.
+
+    python bench/proxy.py                 # the shipped stack; figures for docs/benchmarks.md
+    python bench/proxy.py --quick         # shorter rounds
+    python bench/proxy.py --compare       # ASGI server x upstream client matrix (needs granian)
+
+Every figure is a ratio or a difference against the direct baseline taken in the same run,
+with direct and proxied rounds alternating (ABBA), because this machine is shared and noisy.
+The emulator, the proxy and this load generator are separate processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "odk_bench_key_0123456789abcdef"
+MODEL = "llama3.2:1b"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+    proc = subprocess.Popen(
+        args, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _wait_http(ready_url)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def emulator(tokens_per_second: float, response_tokens: int) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        "OLLAMA_HOST": f"127.0.0.1:{port}",
+        "OLLAMA_EMULATOR_MODELS": MODEL,
+        "OLLAMA_EMULATOR_TOKENS_PER_SECOND": str(tokens_per_second),
+        "OLLAMA_EMULATOR_RESPONSE_TOKENS": str(response_tokens),
+        "OLLAMA_EMULATOR_TTFT": "0",
+        "OLLAMA_EMULATOR_LOAD_TIME": "0",
+        "OLLAMA_KEEP_ALIVE": "-1",
+    }
+    url = f"http://127.0.0.1:{port}"
+    with process([sys.executable, "-m", "ondemand.sandbox.ollama", "serve"], env, url + "/"):
+        yield url
+
+
+@contextlib.contextmanager
+def proxy(upstream: str, server: str = "uvicorn", client: str = "aiohttp") -> Iterator[str]:
+    port = _free_port()
+    args = [sys.executable, str(ROOT / "bench" / "proxy_server.py"), "--server", server,
+            "--client", client, "--upstream", upstream, "--port", str(port)]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with process(args, {"AUTHORIZATION_APIKEY": KEY}, url + "/ping"):
+        yield url
+
+
+# -- load -------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamResult:
+    ttft: float
+    gaps: list[float]
+    tokens: int
+
+
+@dataclass
+class Round:
+    wall: float
+    streams: list[StreamResult] = field(default_factory=list)
+    requests: int = 0
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def _one_stream(session: aiohttp.ClientSession, url: str) -> StreamResult:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    async with session.post(url + "/api/chat", json=body) as response:
+        assert response.status == 200, response.status
+        async for line in response.content:
+            if line.strip():
+                arrivals.append(time.perf_counter())
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    return StreamResult(arrivals[0] - started, gaps, len(arrivals))
+
+
+async def streams(url: str, concurrency: int) -> Round:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        await _one_stream(session, url)  # load the model and open a connection
+        started = time.perf_counter()
+        results = await asyncio.gather(*(_one_stream(session, url) for _ in range(concurrency)))
+        return Round(time.perf_counter() - started, list(results))
+
+
+async def steady_streams(url: str, workers: int, seconds: float, stream_seconds: float) -> Round:
+    """``workers`` clients each streaming back to back, their starts spread over one stream's
+    length: the steady state of 64 concurrent streams, not one burst of 64 arrivals."""
+    import random
+
+    headers = {"Authorization": f"Bearer {KEY}"}
+    connector = aiohttp.TCPConnector(limit=0)
+    rng = random.Random(7)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        await _one_stream(session, url)
+        started = time.perf_counter()
+        deadline = started + seconds
+        results: list[StreamResult] = []
+
+        async def worker(offset: float) -> None:
+            await asyncio.sleep(offset)
+            while time.perf_counter() < deadline:
+                results.append(await _one_stream(session, url))
+
+        offsets = [rng.uniform(0, stream_seconds) for _ in range(workers)]
+        await asyncio.gather(*(worker(o) for o in offsets))
+        return Round(time.perf_counter() - started, results)
+
+
+async def small_requests(url: str, concurrency: int, seconds: float) -> Round:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    connector = aiohttp.TCPConnector(limit=0)
+    count = 0
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal count
+            while time.perf_counter() < deadline:
+                async with session.get(url + "/api/tags") as response:
+                    await response.read()
+                    assert response.status == 200
+                count += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return Round(time.perf_counter() - started, requests=count)
+
+
+async def cancel_latency(url: str, emulator_url: str, trials: int) -> list[float]:
+    """Seconds from the client closing a stream to the emulator stopping the generation."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    latencies: list[float] = []
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for _ in range(trials):
+            before = len(await _cancel_events(session, emulator_url))
+            response = await session.post(url + "/api/chat", json=body)
+            for _ in range(3):
+                await response.content.readline()
+            response.close()  # drops the connection, as a client that gives up does
+            closed_at = time.time()
+            deadline = time.monotonic() + 5
+            events: list[float] = []
+            while time.monotonic() < deadline:
+                events = await _cancel_events(session, emulator_url)
+                if len(events) > before:
+                    break
+                await asyncio.sleep(0.002)
+            if len(events) <= before:
+                raise RuntimeError("the emulator never saw the cancellation")
+            latencies.append(events[-1] - closed_at)
+    return latencies
+
+
+async def _cancel_events(session: aiohttp.ClientSession, emulator_url: str) -> list[float]:
+    async with session.get(emulator_url + "/_emulator/stats") as response:
+        stats = await response.json()
+    return [float(e["time"]) for e in stats["events"] if e["type"] == "cancel"]
+
+
+def help_wall_time(runs: int) -> tuple[float, float]:
+    """Median wall seconds of `ondemand --help` and of a bare interpreter start."""
+    exe = str(Path(sys.executable).parent / "ondemand")
+
+    def median(cmd: list[str]) -> float:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    return median([exe, "--help"]), median([sys.executable, "-c", "pass"])
+
+
+# -- scenarios ----------------------------------------------------------------------------
+
+
+async def alternate(
+    direct: str, proxied: str, rounds: int, run: Callable[[str], Awaitable[Round]]
+) -> tuple[list[Round], list[Round]]:
+    """ABBA order so drift in machine load hits both sides alike."""
+    d: list[Round] = []
+    p: list[Round] = []
+    for index in range(rounds):
+        order = [(direct, d), (proxied, p)] if index % 2 == 0 else [(proxied, p), (direct, d)]
+        for url, sink in order:
+            sink.append(await run(url))
+    return d, p
+
+
+def _tokens_per_second(rounds: list[Round]) -> float:
+    return sum(sum(s.tokens for s in r.streams) for r in rounds) / sum(r.wall for r in rounds)
+
+
+def _all(rounds: list[Round], pick: Callable[[StreamResult], list[float]]) -> list[float]:
+    return [value for r in rounds for s in r.streams for value in pick(s)]
+
+
+def report_streams(title: str, d: list[Round], p: list[Round]) -> dict[str, float]:
+    ttft_d, ttft_p = _all(d, lambda s: [s.ttft]), _all(p, lambda s: [s.ttft])
+    gaps_d, gaps_p = _all(d, lambda s: s.gaps), _all(p, lambda s: s.gaps)
+    out = {
+        "throughput_ratio": _tokens_per_second(p) / _tokens_per_second(d),
+        "direct_tokens_per_s": _tokens_per_second(d),
+        "proxied_tokens_per_s": _tokens_per_second(p),
+        "ttft_p50_direct_ms": _pct(ttft_d, 50) * 1e3,
+        "ttft_p50_added_ms": (_pct(ttft_p, 50) - _pct(ttft_d, 50)) * 1e3,
+        "gap_p50_added_ms": (_pct(gaps_p, 50) - _pct(gaps_d, 50)) * 1e3,
+        "gap_p99_direct_ms": _pct(gaps_d, 99) * 1e3,
+        "gap_p99_added_ms": (_pct(gaps_p, 99) - _pct(gaps_d, 99)) * 1e3,
+    }
+    print(f"\n{title}")
+    for key, value in out.items():
+        print(f"  {key:24} {value:10.3f}")
+    return out
+
+
+def report_requests(title: str, d: list[Round], p: list[Round]) -> dict[str, float]:
+    rate_d = sum(r.requests for r in d) / sum(r.wall for r in d)
+    rate_p = sum(r.requests for r in p) / sum(r.wall for r in p)
+    out = {"rps_ratio": rate_p / rate_d, "direct_rps": rate_d, "proxied_rps": rate_p}
+    print(f"\n{title}")
+    for key, value in out.items():
+        print(f"  {key:24} {value:10.3f}")
+    return out
+
+
+async def measure(server: str, client: str, quick: bool, parts: set[str]) -> dict[str, object]:
+    rounds = 2 if quick else 4
+    results: dict[str, object] = {"server": server, "client": client}
+    if "realistic" in parts:
+        tokens, window = (100, 4.0) if quick else (200, 8.0)
+        with emulator(100, tokens) as up, proxy(up, server, client) as px:
+            d, p = await alternate(
+                up, px, rounds, lambda url: steady_streams(url, 64, window, tokens / 100)
+            )
+            results["realistic"] = report_streams(
+                f"64 concurrent streams of {tokens} tokens at 100 tokens/s, back to back "
+                f"({server}+{client})",
+                d,
+                p,
+            )
+            d, p = await alternate(up, px, rounds, lambda url: streams(url, 64))
+            results["burst"] = report_streams(
+                f"64 streams arriving at the same instant ({server}+{client})", d, p
+            )
+    if "saturation" in parts:
+        with emulator(0, 2000) as up, proxy(up, server, client) as px:
+            d, p = await alternate(up, px, rounds, lambda url: streams(url, 16))
+            results["saturation"] = report_streams(
+                f"16 streams x 2000 tokens, unpaced ({server}+{client})", d, p
+            )
+            seconds = 2.0 if quick else 4.0
+            d, p = await alternate(up, px, rounds, lambda url: small_requests(url, 32, seconds))
+            results["small"] = report_requests(
+                f"/api/tags at concurrency 32 ({server}+{client})", d, p
+            )
+    if "cancel" in parts:
+        with emulator(100, 100_000) as up, proxy(up, server, client) as px:
+            trials = 10 if quick else 20
+            direct = await cancel_latency(up, up, trials)
+            proxied = await cancel_latency(px, up, trials)
+            results["cancel"] = out = {
+                "direct_p50_ms": _pct(direct, 50) * 1e3,
+                "proxied_p50_ms": _pct(proxied, 50) * 1e3,
+                "proxied_max_ms": max(proxied) * 1e3,
+            }
+            print(f"\nclient disconnect -> upstream generation cancelled ({server}+{client})")
+            for key, value in out.items():
+                print(f"  {key:24} {value:10.3f}")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--compare", action="store_true", help="server x client matrix")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    everything: dict[str, object] = {}
+    if args.compare:
+        for server in ("uvicorn", "granian"):
+            for client in ("aiohttp", "httpx"):
+                key = f"{server}+{client}"
+                everything[key] = asyncio.run(
+                    measure(server, client, args.quick, {"realistic", "saturation", "cancel"})
+                )
+    else:
+        everything["shipped"] = asyncio.run(
+            measure("uvicorn", "aiohttp", args.quick, {"realistic", "saturation", "cancel"})
+        )
+        help_s, bare_s = help_wall_time(10 if args.quick else 20)
+        everything["help"] = {"ondemand_help_ms": help_s * 1e3, "python_bare_ms": bare_s * 1e3}
+        print(f"\n`ondemand --help` wall time: {help_s * 1e3:.1f} ms "
+              f"(bare interpreter start: {bare_s * 1e3:.1f} ms)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(everything, indent=2))
+
+
+if __name__ == "__main__":
+    main()

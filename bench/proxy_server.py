@@ -1,0 +1,59 @@
+"""Serve the proxy with a chosen ASGI server and upstream client, for the comparison runs.
+
+    python bench/proxy_server.py --server uvicorn --client aiohttp --port 9000 --upstream URL
+
+Keys and limits come from the environment, as for ``ondemand proxy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ondemand.proxy import ProxyApp, ProxySettings
+
+
+def make_app() -> ProxyApp:
+    settings = ProxySettings.from_env(os.environ)
+    if os.environ.get("BENCH_CLIENT", "aiohttp") == "httpx":
+        from bench.httpx_upstream import HttpxUpstream
+
+        return ProxyApp(settings, upstream=HttpxUpstream(settings.upstream))
+    return ProxyApp(settings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
+    parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    os.environ["ONDEMAND_UPSTREAM"] = args.upstream
+    os.environ["BENCH_CLIENT"] = args.client
+    if args.server == "granian":
+        from granian.constants import Interfaces, Loops
+        from granian.server import Server
+
+        Server(
+            "bench.proxy_server:make_app",
+            address="127.0.0.1",
+            port=args.port,
+            interface=Interfaces.ASGI,
+            workers=1,
+            loop=Loops.uvloop,
+            factory=True,
+            log_enabled=False,
+        ).serve()
+        return
+    from ondemand.serving import run
+
+    run(make_app(), host="127.0.0.1", port=args.port, lifespan="on")
+
+
+if __name__ == "__main__":
+    main()
