@@ -12,7 +12,6 @@ Secrets never come from the file. The environment is always injected, never read
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
@@ -24,17 +23,33 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     SecretStr,
     ValidationError,
-    WithJsonSchema,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from pydantic_core import ErrorDetails
 
+from ondemand.configfile import (
+    CONFIG_ENV,
+    CONFIG_FILENAME,
+    SECRET_IN_FILE,
+    FieldPath,
+    FileSchema,
+    Layer,
+    find_file,
+    read_file,
+    section_model,
+    show,
+)
+from ondemand.configtypes import (
+    Duration,
+    OptionalText,
+    check_keep_alive,
+    check_memory,
+    check_models,
+    check_name,
+    format_duration,
+    parse_duration,
+)
 from ondemand.errors import ConfigError
 
 __all__ = [
@@ -58,176 +73,14 @@ __all__ = [
     "parse_duration",
 ]
 
-CONFIG_FILENAME: Final = "ondemand.yml"
-CONFIG_ENV: Final = "ONDEMAND_CONFIG"
 ENV_PREFIX: Final = "ONDEMAND_"
 DOCS_HINT: Final = "docs/configuration.md lists every key, its environment variable and its format"
 
 # --------------------------------------------------------------------------------------
-# Durations
-
-
-_DURATION_RE: Final = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
-_UNIT_SECONDS: Final = (86400, 3600, 60, 1)
-
-
-def _duration_error(text: object) -> ValueError:
-    shown = text if isinstance(text, str) else str(text)
-    return ValueError(f"invalid duration {shown!r}: use a number and a unit, like 90s, 15m or 3h")
-
-
-def parse_duration(text: str | int) -> timedelta:
-    """Parse ``90s``, ``15m``, ``3h``, ``2d``, ``1h30m`` or plain seconds (``900``)."""
-    if isinstance(text, bool):
-        raise _duration_error(text)
-    if isinstance(text, int):
-        if text < 0:
-            raise _duration_error(text)
-        return timedelta(seconds=text)
-    # "1h 30m" reads naturally, so inner spaces are allowed.
-    compact = "".join(text.split())
-    if compact.isascii() and compact.isdigit():
-        return timedelta(seconds=int(compact))
-    match = _DURATION_RE.fullmatch(compact)
-    if not compact or match is None:
-        raise _duration_error(text)
-    seconds = sum(int(n) * unit for n, unit in zip(match.groups(), _UNIT_SECONDS, strict=True) if n)
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        raise _duration_error(text) from None
-
-
-def format_duration(value: timedelta) -> str:
-    """The inverse of :func:`parse_duration`: ``timedelta(minutes=90)`` -> ``1h30m``."""
-    total = int(value.total_seconds())
-    if total < 0:
-        return "-" + format_duration(-value)
-    parts = []
-    for unit, seconds in zip("dhms", _UNIT_SECONDS, strict=True):
-        count, total = divmod(total, seconds)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0s"
-
-
-def _custom(message: str) -> PydanticCustomError:
-    # The message goes through the context, not the template, so braces in user input
-    # are never interpreted as placeholders.
-    return PydanticCustomError("ondemand", "{message}", {"message": message})
-
-
-def _check_duration(value: object) -> object:
-    if isinstance(value, timedelta):
-        if value < timedelta(0):
-            raise _custom(str(_duration_error(format_duration(value))))
-        return value
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _custom(str(_duration_error(value)))
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise _custom(str(exc)) from None
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_check_duration),
-    PlainSerializer(format_duration, return_type=str, when_used="json"),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"},
-                {"type": "integer", "minimum": 0},
-            ],
-            "description": "a duration: 90s, 15m, 3h, 2d, 1h30m, or whole seconds",
-        }
-    ),
-]
-"""A ``timedelta`` that pydantic reads from ``15m``-style text or whole seconds."""
-
-# --------------------------------------------------------------------------------------
-# Field types
-
-
-def _blank_to_none(value: object) -> object:
-    if isinstance(value, str) and not value.strip():
-        return None
-    return value
-
-
-OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none)]
-
-_NAME_RE: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-
-
-def _check_name(value: object) -> object:
-    if isinstance(value, str) and not _NAME_RE.fullmatch(value):
-        raise _custom(
-            "must be lowercase letters, digits and '-', not starting or ending with '-', "
-            f"at most 63 characters, got {value!r}"
-        )
-    return value
-
-
-_MEMORY_RE: Final = re.compile(r"[1-9][0-9]*(Mi|Gi)")
-
-
-def _check_memory(value: object) -> object:
-    if isinstance(value, str) and not _MEMORY_RE.fullmatch(value):
-        raise _custom(f"must be a size in Mi or Gi, like 16Gi or 512Mi, got {value!r}")
-    return value
-
-
-# Ollama passes keep_alive to Go's time.ParseDuration, or takes a number of seconds
-# (negative: keep loaded forever), so this is the Go grammar, not ours: no "d" unit.
-_GO_DURATION_RE: Final = re.compile(
-    r"[-+]?[0-9]+(\.[0-9]+)?|[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h))+"
-)
-
-
-def _check_keep_alive(value: object) -> object:
-    value = _blank_to_none(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, str) and not _GO_DURATION_RE.fullmatch(value.strip()):
-        raise _custom(
-            "must be an Ollama keep-alive: a duration like 10m or 24h, a number of seconds, "
-            f"or -1 to keep models loaded, got {value!r}"
-        )
-    return value.strip() if isinstance(value, str) else value
-
-
-_MODEL_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
-
-
-def _check_models(value: object) -> object:
-    if isinstance(value, str):
-        pieces: list[object] = [value]
-    elif isinstance(value, list | tuple):
-        pieces = list(value)
-    else:
-        raise _custom(f"must be a list of model names or a comma-separated string, got {value!r}")
-    names: list[str] = []
-    for piece in pieces:
-        if not isinstance(piece, str):
-            raise _custom(f"each model must be a name like 'llama3.2:3b', got {piece!r}")
-        # Model names never contain commas or spaces, so both separate (a multi-line
-        # action input gives one model per line).
-        for name in re.split(r"[,\s]+", piece):
-            if name and not _MODEL_NAME_RE.fullmatch(name):
-                raise _custom(
-                    f"{name!r} is not a model name like 'llama3.2:3b' or 'hf.co/org/repo:Q4_K_M'"
-                )
-            names.append(name)
-    return list(dict.fromkeys(name for name in names if name))
-
+# Models
 
 ProviderName = Literal["local", "ovh", "runpod", "runpod-pod", "sandbox"]
 PROVIDER_NAMES: Final[tuple[str, ...]] = get_args(ProviderName)
-
-# --------------------------------------------------------------------------------------
-# Models
 
 
 class Model(BaseModel):
@@ -258,14 +111,14 @@ class Config(Model):
 
     model_config = ConfigDict(json_schema_extra=_duration_defaults)
 
-    name: Annotated[str, BeforeValidator(_check_name)] = "ollama-ondemand"
+    name: Annotated[str, BeforeValidator(check_name)] = "ollama-ondemand"
     provider: ProviderName = "local"
-    models: Annotated[list[str], BeforeValidator(_check_models)] = Field(default_factory=list)
+    models: Annotated[list[str], BeforeValidator(check_models)] = Field(default_factory=list)
     image: OptionalText = None
     gpu: str = Field(default="L4", min_length=1)
     gpu_count: int = Field(default=1, ge=1)
     cpu: int = Field(default=4, ge=1)
-    memory: Annotated[str, BeforeValidator(_check_memory)] = "16Gi"
+    memory: Annotated[str, BeforeValidator(check_memory)] = "16Gi"
     region: OptionalText = None
     volume: OptionalText = None
     port: int = Field(default=8080, ge=1, le=65535)
@@ -273,8 +126,8 @@ class Config(Model):
     idle_timeout: Duration = timedelta(minutes=30)
     lease_ttl: Duration = timedelta(hours=3)
     max_lifetime: Duration = timedelta(hours=8)
-    keep_alive: Annotated[str | None, BeforeValidator(_check_keep_alive)] = None
-    max_keep_alive: Annotated[str | None, BeforeValidator(_check_keep_alive)] = None
+    keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
+    max_keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
     require_gpu: bool = False
     export_env: bool = True
     ovh: OvhSection = Field(default_factory=OvhSection)
@@ -310,18 +163,9 @@ class EnvVar:
     secret: bool = False
 
 
-FieldPath = tuple[str, ...]
-
-
-def _section(annotation: object) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return None
-
-
 def _leaf_paths(model: type[BaseModel], prefix: FieldPath = ()) -> Iterator[FieldPath]:
     for key, info in model.model_fields.items():
-        section = _section(info.annotation)
+        section = section_model(info.annotation)
         if section is None:
             yield (*prefix, key)
         else:
@@ -366,6 +210,11 @@ ENV_VARS: Final[tuple[EnvVar, ...]] = (
 """Every setting's environment variable(s), settings first, then secrets."""
 
 _BY_PATH: Final[dict[str, EnvVar]] = {var.path: var for var in ENV_VARS}
+
+# What the file reader checks keys against: ondemand.configfile cannot import this module.
+_FILE_SCHEMA: Final = FileSchema(
+    model=Config, paths=_CONFIG_PATHS, secrets=Secrets, secret_env=_SECRET_ENV
+)
 
 
 def env_name(field_path: str) -> str:
@@ -425,25 +274,7 @@ def _display(value: object) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Layers
-
-
-@dataclasses.dataclass
-class _Layer:
-    """One source of values: what it sets, and how to name each value in messages."""
-
-    values: dict[FieldPath, object] = dataclasses.field(default_factory=dict)
-    # Field path -> "ondemand.yml:3" / "env ONDEMAND_TIMEOUT" / "flag --timeout".
-    sources: dict[FieldPath, str] = dataclasses.field(default_factory=dict)
-    # (Field path | list item path) -> the prefix of an error about that value.
-    labels: dict[tuple[str | int, ...], str] = dataclasses.field(default_factory=dict)
-
-    def set(self, path: FieldPath, value: object, *, source: str, label: str) -> None:
-        self.values[path] = value
-        self.sources[path] = source
-        self.labels[path] = label
-
-
+# Validating layers
 def _nest(values: Mapping[FieldPath, object]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for path, value in values.items():
@@ -455,7 +286,7 @@ def _nest(values: Mapping[FieldPath, object]) -> dict[str, Any]:
 
 
 def _validate(
-    model: type[Model], layer: _Layer, problems: list[str], *, model_level: bool
+    model: type[Model], layer: Layer, problems: list[str], *, model_level: bool
 ) -> Model | None:
     """Validate a layer, appending one line per error; ``None`` when it failed."""
     try:
@@ -468,7 +299,7 @@ def _validate(
         return None
 
 
-def _describe(error: ErrorDetails, layer: _Layer, *, model_level: bool) -> str | None:
+def _describe(error: ErrorDetails, layer: Layer, *, model_level: bool) -> str | None:
     loc = tuple(error["loc"])
     for end in range(len(loc), 0, -1):
         label = layer.labels.get(loc[:end])
@@ -483,11 +314,6 @@ def _describe(error: ErrorDetails, layer: _Layer, *, model_level: bool) -> str |
         return None
     where = ".".join(str(part) for part in loc) or "configuration"
     return f"{where}: {_explain(error)}"
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _explain(error: ErrorDetails) -> str:
@@ -507,9 +333,9 @@ def _explain(error: ErrorDetails) -> str:
         "dict_type": "must be a mapping",
     }
     if kind in simple:
-        return f"{simple[kind]}, got {_show(value)}"
+        return f"{simple[kind]}, got {show(value)}"
     if kind == "literal_error":
-        return f"must be one of {ctx['expected']}, got {_show(value)}"
+        return f"must be one of {ctx['expected']}, got {show(value)}"
     if kind == "string_too_short":
         return "must not be empty"
     bounds = {
@@ -520,212 +346,9 @@ def _explain(error: ErrorDetails) -> str:
     }
     if kind in bounds:
         words, key = bounds[kind]
-        return f"must be {words} {ctx[key]}, got {_show(value)}"
+        return f"must be {words} {ctx[key]}, got {show(value)}"
     message = error["msg"]
-    return f"{message[:1].lower()}{message[1:]}, got {_show(value)}"
-
-
-# --------------------------------------------------------------------------------------
-# The file
-
-
-_SECRET_WORDS: Final = ("token", "password", "passwd", "secret", "apikey", "api_key", "credential")
-
-
-_SECRET_IN_FILE: Final = "secrets are never read from the file"
-
-
-def _looks_secret(key: str) -> bool:
-    norm = key.lower().replace("-", "_")
-    return (
-        norm in Secrets.model_fields
-        or norm == "key"
-        or norm.endswith("_key")
-        or any(word in norm for word in _SECRET_WORDS)
-    )
-
-
-def _secret_problem(where: str, path: FieldPath) -> str:
-    dotted = ".".join(path)
-    joined = "_".join(path).lower().replace("-", "_")
-    leaf = path[-1].lower().replace("-", "_")
-    known = _SECRET_ENV.get(joined) or _SECRET_ENV.get(leaf)
-    instead = (
-        f"set {known[0]} in the environment" if known else "pass it in an environment variable"
-    )
-    return (
-        f"{where}: {dotted}: {_SECRET_IN_FILE}; remove it and {instead} "
-        "(in a workflow, from a GitHub secret)"
-    )
-
-
-def _suggest(key: str, model: type[BaseModel], prefix: FieldPath) -> str | None:
-    fields = list(model.model_fields)
-    norm = key.lower().replace("-", "_")
-    if norm in fields:
-        return ".".join((*prefix, norm))
-    close = difflib.get_close_matches(norm, fields, n=1, cutoff=0.6)
-    if close:
-        return ".".join((*prefix, close[0]))
-    # A known key placed under the wrong section.
-    for path in _CONFIG_PATHS:
-        if path[-1] == norm:
-            return ".".join(path)
-    return None
-
-
-def _line(mapping: CommentedMap, key: object) -> int:
-    return int(mapping.lc.key(key)[0]) + 1
-
-
-def _plain(value: object) -> object:
-    """ruamel's round-trip types -> plain Python, so validation sees ordinary values."""
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, Mapping):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    return value
-
-
-def _walk_mapping(
-    mapping: CommentedMap,
-    model: type[BaseModel],
-    prefix: FieldPath,
-    display: str,
-    layer: _Layer,
-    problems: list[str],
-) -> None:
-    for key, value in mapping.items():
-        where = f"{display}:{_line(mapping, key)}"
-        if not isinstance(key, str):
-            problems.append(f"{where}: keys must be text, got {_show(_plain(key))}")
-            continue
-        path = (*prefix, key)
-        dotted = ".".join(path)
-        info = model.model_fields.get(key)
-        if info is None:
-            if _looks_secret(key):
-                problems.append(_secret_problem(where, path))
-                continue
-            suggestion = _suggest(key, model, prefix)
-            hint = f" — did you mean '{suggestion}'?" if suggestion else ""
-            problems.append(f"{where}: unknown key '{dotted}'{hint}")
-            continue
-        if value is None:  # `key:` with nothing after it means "not set", as an empty env var
-            continue
-        section = _section(info.annotation)
-        if section is not None and isinstance(value, CommentedMap):
-            _walk_mapping(value, section, path, display, layer, problems)
-            continue
-        value_line = int(mapping.lc.value(key)[0]) + 1
-        layer.set(path, _plain(value), source=where, label=f"{display}:{value_line}: {dotted}")
-        if isinstance(value, CommentedSeq):
-            for index in range(len(value)):
-                item_line = int(value.lc.item(index)[0]) + 1
-                layer.labels[(*path, index)] = f"{display}:{item_line}: {dotted}[{index}]"
-
-
-def _duplicates(node: Node | None, display: str, prefix: FieldPath = ()) -> Iterator[str]:
-    """Duplicate keys, found on the node tree: the loaded mapping has already lost them."""
-    if isinstance(node, MappingNode):
-        first: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value) if isinstance(key_node, ScalarNode) else None
-            if key is not None and key != "<<":
-                line = int(key_node.start_mark.line) + 1
-                if key in first:
-                    dotted = ".".join((*prefix, key))
-                    yield (
-                        f"{display}:{line}: duplicate key '{dotted}' "
-                        f"(first set on line {first[key]})"
-                    )
-                else:
-                    first[key] = line
-            yield from _duplicates(value_node, display, (*prefix, key or "?"))
-    elif isinstance(node, SequenceNode):
-        for item in node.value:
-            yield from _duplicates(item, display, prefix)
-
-
-def _yaml_problem(exc: YAMLError, display: str) -> str:
-    # Built from the parts, not str(exc): that quotes the offending source line, which may
-    # hold a secret, and adds ruamel's advice for its own API.
-    if not isinstance(exc, MarkedYAMLError):
-        return f"{display}: invalid YAML: {type(exc).__name__}"
-    mark = exc.problem_mark or exc.context_mark
-    where = f"{display}:{int(mark.line) + 1}" if mark is not None else display
-    text = f"{where}: invalid YAML: {exc.problem or exc.context or 'cannot parse'}"
-    if exc.problem and exc.context and exc.context_mark is not None:
-        text += f" ({exc.context} that starts on line {int(exc.context_mark.line) + 1})"
-    return text
-
-
-def _read_file(path: Path, display: str, origin: str, layer: _Layer, problems: list[str]) -> None:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"config file not found: {display}",
-            cause=f"{origin} names a file that does not exist",
-            hint=f"check the path, or drop {origin} to use ./{CONFIG_FILENAME} when present",
-        ) from None
-    except IsADirectoryError:
-        raise ConfigError(
-            f"config file is a directory: {display}",
-            hint=f"point {origin} at the YAML file itself",
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(
-            f"cannot read {display}: not UTF-8 text", hint="save the file as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read {display}: {exc.strerror or exc}",
-            hint="check the file's permissions",
-        ) from None
-
-    try:
-        problems.extend(_duplicates(YAML(typ="rt").compose(text), display))
-        loader = YAML(typ="rt")
-        # Duplicates are reported above, with both lines; loading anyway lets the other
-        # problems be found in the same run.
-        loader.allow_duplicate_keys = True
-        data = loader.load(text)
-    except YAMLError as exc:
-        problems.append(_yaml_problem(exc, display))
-        return
-    if data is None:
-        return
-    if not isinstance(data, CommentedMap):
-        kind = "a list" if isinstance(data, list) else f"{_show(_plain(data))}"
-        problems.append(
-            f"{display}:1: the top level must be a mapping of settings (key: value), got {kind}"
-        )
-        return
-    _walk_mapping(data, Config, (), display, layer, problems)
-
-
-def _find_file(
-    path: Path | None, env: Mapping[str, str], cwd: Path
-) -> tuple[Path, str, str | None] | None:
-    """The file to read, its name for messages, and who named it (None: found in cwd)."""
-    if path is not None:
-        return cwd / path, str(path), "--config"
-    named = env.get(CONFIG_ENV, "").strip()
-    if named:
-        return cwd / named, named, CONFIG_ENV
-    default = cwd / CONFIG_FILENAME
-    if default.is_file():
-        return default, CONFIG_FILENAME, None
-    return None
+    return f"{message[:1].lower()}{message[1:]}, got {show(value)}"
 
 
 # --------------------------------------------------------------------------------------
@@ -737,7 +360,7 @@ def _field_annotation(path: FieldPath) -> object:
     annotation: object = None
     for key in path:
         annotation = model.model_fields[key].annotation
-        model = _section(annotation) or model
+        model = section_model(annotation) or model
     return annotation
 
 
@@ -748,8 +371,8 @@ def _from_text(path: FieldPath, value: object) -> object:
     return value
 
 
-def _read_env(env: Mapping[str, str], *, secret: bool) -> _Layer:
-    layer = _Layer()
+def _read_env(env: Mapping[str, str], *, secret: bool) -> Layer:
+    layer = Layer()
     for var in ENV_VARS:
         if var.secret != secret:
             continue
@@ -763,8 +386,8 @@ def _read_env(env: Mapping[str, str], *, secret: bool) -> _Layer:
     return layer
 
 
-def _read_flags(flags: Mapping[str, object], problems: list[str]) -> tuple[_Layer, _Layer]:
-    config, secrets = _Layer(), _Layer()
+def _read_flags(flags: Mapping[str, object], problems: list[str]) -> tuple[Layer, Layer]:
+    config, secrets = Layer(), Layer()
     for dotted, value in flags.items():
         if value is None:
             continue
@@ -803,11 +426,13 @@ def load_config(
     """
     base = cwd if cwd is not None else Path.cwd()
 
-    file_layer, file_problems = _Layer(), list[str]()
-    found = _find_file(path, env, base)
+    file_layer, file_problems = Layer(), list[str]()
+    found = find_file(path, env, base)
     if found is not None:
         file_path, display, origin = found
-        _read_file(file_path, display, origin or CONFIG_FILENAME, file_layer, file_problems)
+        read_file(
+            file_path, display, origin or CONFIG_FILENAME, file_layer, file_problems, _FILE_SCHEMA
+        )
         _validate(Config, file_layer, file_problems, model_level=False)
     # Structure and value problems are found in two passes; the user reads them in file order.
     problems = sorted(file_problems, key=_line_number)
@@ -841,9 +466,9 @@ def _line_number(problem: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _merge(*layers: _Layer) -> _Layer:
+def _merge(*layers: Layer) -> Layer:
     """Later layers win, per field; each value keeps the labels of the layer it came from."""
-    merged = _Layer()
+    merged = Layer()
     for layer in layers:
         for path in layer.values:
             merged.labels = {
@@ -856,7 +481,7 @@ def _merge(*layers: _Layer) -> _Layer:
 
 
 def _raise(problems: list[str]) -> NoReturn:
-    if any(_SECRET_IN_FILE in line for line in problems):
+    if any(SECRET_IN_FILE in line for line in problems):
         raise ConfigError(
             "\n".join(problems),
             cause="ondemand.yml is meant to be committed, so a secret in it is readable by "

@@ -573,3 +573,16 @@ def test_importing_config_is_not_needed_for_the_cli_help() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_yaml_merge_keys_work_and_their_problems_point_at_the_defining_line(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "runpod: &shared {}\nmodels: &m [llama3.2]\n<<: {timeout: 20m}\n")
+    resolved = load(tmp_path)
+    assert resolved.config.timeout == timedelta(minutes=20)
+    assert resolved.config.models == ["llama3.2"]
+    write(tmp_path, "ovh: &base\n  timeout: 5x\nrunpod:\n  <<: *base\n")
+    found = problems(tmp_path)
+    assert any(line.startswith("ondemand.yml:2: unknown key 'ovh.timeout'") for line in found)
+    assert any(line.startswith("ondemand.yml:2: unknown key 'runpod.timeout'") for line in found)

@@ -81,8 +81,9 @@ class ProxyApp:
         try:
             identity = self.keys.authenticate(scope["headers"])
         except AuthFailure as failure:
+            # %r: the path is the client's, and must not be able to forge log lines.
             log.info(
-                "refused %s %s: %s credentials", scope["method"], scope["path"], failure.reason
+                "refused %s %r: %s credentials", scope["method"], scope["path"], failure.reason
             )
             await send_error(
                 send, family, 401, _AUTH_MESSAGES[failure.reason],

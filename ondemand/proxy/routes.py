@@ -77,7 +77,14 @@ _BLOB = re.compile(r"^/api/blobs/[^/]+$")
 _USER_KEY = re.compile(r"^/api/user/keys/[^/]+$")
 
 
+# Ollama's longest paths are a blob digest or a model name; anything far longer is not a
+# client of ours, and must not sit in the resolve cache.
+MAX_PATH_BYTES = 2048
+
+
 def _segments(raw_path: bytes) -> list[str]:
+    if len(raw_path) > MAX_PATH_BYTES:
+        raise BadPath("path is too long")
     if not raw_path.startswith(b"/"):
         raise BadPath("path must start with '/'")
     if b"\\" in raw_path or b"\x00" in raw_path:

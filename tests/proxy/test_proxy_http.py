@@ -449,7 +449,9 @@ def test_keys_never_reach_the_log(
         httpx.post(proxy.url + "/api/pull", headers=headers, json={})
     down = start_proxy(f"http://127.0.0.1:{_free_port()}")
     httpx.get(down.url + "/api/tags", headers=USER)
+    httpx.get(proxy.url + "/api/tags%0Aforged%20line", headers={"X-API-Key": wrong})
     text = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
-    assert "refused GET /api/tags: invalid credentials" in text
+    assert "refused GET '/api/tags': invalid credentials" in text
+    assert not any("\n" in r.getMessage() for r in caplog.records)
     for secret in (USER_KEY, ADMIN_KEY, wrong):
         assert secret not in text

@@ -40,6 +40,12 @@ def test_no_encoding_reaches_an_admin_route_as_a_user_route(pieces: list[str]) -
         assert decoded == route.path
 
 
+def test_overlong_paths_are_refused_before_they_are_cached() -> None:
+    with pytest.raises(BadPath, match="too long"):
+        resolve(b"/v1/models/" + b"m" * 4096)
+    assert resolve(b"/v1/models/" + b"m" * 1000) is not None
+
+
 @pytest.mark.parametrize(
     ("raw", "path", "access"),
     [
