@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,53 +26,16 @@ from pathlib import Path
 
 import aiohttp
 
+from ondemand.processes import free_port, running
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "odk_bench_key_0123456789abcdef"
 MODEL = "llama3.2:1b"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_http(url: str, timeout: float = 20.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
-@contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
-    proc = subprocess.Popen(
-        args, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        _wait_http(ready_url)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextlib.contextmanager
 def emulator(tokens_per_second: float, response_tokens: int) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {
         "OLLAMA_HOST": f"127.0.0.1:{port}",
         "OLLAMA_EMULATOR_MODELS": MODEL,
@@ -84,17 +46,18 @@ def emulator(tokens_per_second: float, response_tokens: int) -> Iterator[str]:
         "OLLAMA_KEEP_ALIVE": "-1",
     }
     url = f"http://127.0.0.1:{port}"
-    with process([sys.executable, "-m", "ondemand.sandbox.ollama", "serve"], env, url + "/"):
+    args = [sys.executable, "-m", "ondemand.sandbox.ollama", "serve"]
+    with running(args, env=env, ready_url=url + "/", cwd=ROOT):
         yield url
 
 
 @contextlib.contextmanager
 def proxy(upstream: str, server: str = "uvicorn", client: str = "aiohttp") -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, str(ROOT / "bench" / "proxy_server.py"), "--server", server,
             "--client", client, "--upstream", upstream, "--port", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    with process(args, {"AUTHORIZATION_APIKEY": KEY}, url + "/ping"):
+    with running(args, env={"AUTHORIZATION_APIKEY": KEY}, ready_url=url + "/ping", cwd=ROOT):
         yield url
 
 

@@ -6,6 +6,7 @@ No framework: the proxy and the emulators are pure ASGI callables, so a response
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -59,12 +60,19 @@ async def send_text(
     await send_bytes(send, status, text.encode(), TEXT_TYPE, headers)
 
 
-async def read_body(receive: Receive, limit: int | None = None) -> bytes:
-    """Read the whole request body; raise ``BodyTooLarge`` past ``limit`` bytes."""
+async def read_body(
+    receive: Receive, limit: int | None = None, idle_timeout: float | None = None
+) -> bytes:
+    """Read the whole request body.
+
+    Raises ``BodyTooLarge`` past ``limit`` bytes, ``TimeoutError`` when the client sends
+    nothing for ``idle_timeout`` seconds, ``ClientDisconnected`` when it goes away.
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        async with asyncio.timeout(idle_timeout):
+            message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         chunk = message.get("body", b"")

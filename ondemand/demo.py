@@ -7,17 +7,15 @@ proxy refuses. Exits non-zero if anything behaves differently from what it shows
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
 
 import httpx
+
+from ondemand.processes import ProcessFailed, free_port, running
 
 MODELS = "llama3.2,nomic-embed-text=embed"
 CHAT_MODEL = "llama3.2"
@@ -27,44 +25,12 @@ class DemoFailed(Exception):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _masked(key: str) -> str:
     return key[:8] + "…"
 
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
-
-
-@contextlib.contextmanager
-def _process(args: list[str], env: Mapping[str, str], ready: str) -> Iterator[None]:
-    proc = subprocess.Popen(
-        args, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready, timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stderr = proc.stderr.read().decode() if proc.stderr else ""
-                raise DemoFailed(f"{args[2:]} did not start:\n{stderr}")
-            time.sleep(0.05)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _ondemand(*args: str) -> dict[str, object]:
@@ -125,7 +91,7 @@ def run() -> None:
     _say("ollama-ondemand demo: the proxy in front of the Ollama emulator (no GPU, no credentials)")
     _say()
     with tempfile.TemporaryDirectory(prefix="ondemand-demo-") as store:
-        emulator_port = _free_port()
+        emulator_port = free_port()
         upstream = f"http://127.0.0.1:{emulator_port}"
         emulator_env = {
             "OLLAMA_HOST": f"127.0.0.1:{emulator_port}",
@@ -135,8 +101,10 @@ def run() -> None:
             "OLLAMA_EMULATOR_RESPONSE_TOKENS": "24",
         }
         _say(f"[1/5] Ollama emulator   python -m ondemand.sandbox.ollama serve   {upstream}")
-        with _process(
-            [sys.executable, "-m", "ondemand.sandbox.ollama", "serve"], emulator_env, upstream
+        with running(
+            [sys.executable, "-m", "ondemand.sandbox.ollama", "serve"],
+            env=emulator_env,
+            ready_url=upstream,
         ):
             user = _ondemand("keys", "new", "--name", "demo-user")
             admin = _ondemand("keys", "new", "--name", "demo-admin", "--admin")
@@ -145,12 +113,12 @@ def run() -> None:
                 f"[2/5] Keys              ondemand keys new   user {_masked(user_key)} "
                 f"(name demo-user), admin {_masked(admin_key)}"
             )
-            proxy_port = _free_port()
+            proxy_port = free_port()
             proxy = f"http://127.0.0.1:{proxy_port}"
             proxy_env = {"AUTHORIZATION_APIKEY_DEMO": user_key, "ONDEMAND_ADMIN_KEY": admin_key}
             args = [sys.executable, "-m", "ondemand", "proxy", "--upstream", upstream,
                     "--host", "127.0.0.1", "--port", str(proxy_port)]  # fmt: skip
-            with _process(args, proxy_env, proxy + "/ping"):
+            with running(args, env=proxy_env, ready_url=proxy + "/ping"):
                 _say(f"[3/5] Proxy             ondemand proxy --upstream {upstream}   {proxy}")
                 _expect(httpx.get(proxy + "/ping"), 200, "GET /ping (no key needed)")
                 _say("[4/5] An authenticated, streamed chat")
@@ -188,7 +156,7 @@ def run() -> None:
 def main() -> None:
     try:
         run()
-    except DemoFailed as exc:
+    except (DemoFailed, ProcessFailed) as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

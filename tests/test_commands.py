@@ -12,15 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from ondemand.processes import free_port
 from ondemand.serving import bind
 from tests.conftest import ADMIN_KEY, USER_KEY
-
-
-def _free_port() -> int:
-    sock = bind("127.0.0.1", 0)
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -67,7 +61,7 @@ def test_sandbox_prints_ollama_host_and_serves_the_emulator(sandbox: str) -> Non
 
 
 def test_proxy_command_serves_and_stops_cleanly_on_sigterm(sandbox: str) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ondemand", "proxy", "--upstream", sandbox, "--host", "127.0.0.1",
          "--port", str(port)],

@@ -9,7 +9,17 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from ondemand import __version__
-from ondemand.asgi import Message, Receive, Scope, Send, header, send_json
+from ondemand.asgi import (
+    BodyTooLarge,
+    ClientDisconnected,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_json,
+)
 from ondemand.proxy.activity import Activity
 from ondemand.proxy.auth import AuthFailure, Identity
 from ondemand.proxy.responses import family_of, send_error
@@ -150,29 +160,17 @@ class ProxyApp:
     async def _read_body(self, receive: Receive, family: str, send: Send) -> bytes | None:
         """The whole request body, or None after answering 413/408 (or on disconnect)."""
         limit = self.settings.max_body
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            try:
-                async with asyncio.timeout(self.settings.body_timeout):
-                    message = await receive()
-            except TimeoutError:
-                await send_error(send, family, 408, "timed out reading the request body")
-                return None
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await send_error(
-                    send, family, 413, f"request body is larger than the limit of {limit} bytes"
-                )
-                return None
-            if chunk:
-                chunks.append(chunk)
-            more = message.get("more_body", False)
-        return b"".join(chunks)
+        try:
+            return await read_body(receive, limit, self.settings.body_timeout)
+        except TimeoutError:
+            await send_error(send, family, 408, "timed out reading the request body")
+        except BodyTooLarge:
+            await send_error(
+                send, family, 413, f"request body is larger than the limit of {limit} bytes"
+            )
+        except ClientDisconnected:
+            pass
+        return None
 
     async def _stream_body(self, receive: Receive) -> AsyncIterator[bytes]:
         while True:

@@ -9,10 +9,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import aiohttp
 
-# Request headers that describe one hop, not the request (RFC 9110 §7.6.1), plus the
-# caller's credentials and browser context, which Ollama must never see: the key is ours,
-# and Ollama answers 403 to an Origin it does not know.
-DROP_REQUEST = frozenset(
+# Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+HOP_BY_HOP = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -22,29 +20,14 @@ DROP_REQUEST = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
-        b"host",
-        b"content-length",
-        b"authorization",
-        b"x-api-key",
-        b"cookie",
-        b"origin",
-        b"expect",
     }
 )
-DROP_RESPONSE = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"server",
-        b"date",
-    }
-)
+# Also never sent to Ollama: the caller's credentials (the key is ours), browser context
+# (Ollama answers 403 to an Origin it does not know), and what the client library recomputes.
+DROP_REQUEST = HOP_BY_HOP | {
+    b"host", b"content-length", b"authorization", b"x-api-key", b"cookie", b"origin", b"expect",
+}  # fmt: skip
+DROP_RESPONSE = HOP_BY_HOP | {b"server", b"date"}
 
 
 class UpstreamUnavailable(Exception):

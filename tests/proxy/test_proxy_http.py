@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from ondemand.serving import BackgroundServer, bind
+from ondemand.processes import free_port
+from ondemand.serving import BackgroundServer
 from tests.conftest import ADMIN_KEY, KEY_ENV, USER_KEY, ProxyFactory
 from tests.proxy.rawhttp import get, raw_request
 from tests.proxy.recorder import Recorder
@@ -24,13 +25,6 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 def _basic(user: str, password: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
-
-
-def _free_port() -> int:
-    sock = bind("127.0.0.1", 0)
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 # -- authentication -----------------------------------------------------------------------
@@ -387,7 +381,7 @@ def test_upstream_closing_mid_stream_ends_with_an_error_item(
 
 
 def test_upstream_down_is_502_json_without_internals(start_proxy: ProxyFactory) -> None:
-    port = _free_port()
+    port = free_port()
     proxy = start_proxy(f"http://127.0.0.1:{port}")
     native = httpx.post(proxy.url + "/api/chat", headers=USER, json={"model": "m"})
     assert native.status_code == 502
@@ -422,7 +416,7 @@ def test_ping_needs_no_key_and_follows_ollama(
     ping = httpx.get(proxy.url + "/ping")
     assert ping.status_code == 200
     assert USER_KEY not in ping.text
-    down = start_proxy(f"http://127.0.0.1:{_free_port()}")
+    down = start_proxy(f"http://127.0.0.1:{free_port()}")
     assert httpx.get(down.url + "/ping").status_code == 503
 
 
@@ -447,7 +441,7 @@ def test_keys_never_reach_the_log(
     for headers in (USER, ADMIN, {"X-API-Key": wrong}, _basic("ci", wrong)):
         httpx.get(proxy.url + "/api/tags", headers=headers)
         httpx.post(proxy.url + "/api/pull", headers=headers, json={})
-    down = start_proxy(f"http://127.0.0.1:{_free_port()}")
+    down = start_proxy(f"http://127.0.0.1:{free_port()}")
     httpx.get(down.url + "/api/tags", headers=USER)
     httpx.get(proxy.url + "/api/tags%0Aforged%20line", headers={"X-API-Key": wrong})
     text = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)

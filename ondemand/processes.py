@@ -1,0 +1,74 @@
+"""Child processes that serve HTTP: start one, wait until it answers, always stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+
+class ProcessFailed(Exception):
+    """The process exited, or did not answer in time; carries the tail of its stderr."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for children that must bind it themselves)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def running(
+    args: Sequence[str],
+    *,
+    ready_url: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``args`` (with ``env`` added to this process's environment) until the block ends.
+
+    Waits until ``ready_url`` answers 200. stderr goes to a temporary file, not a pipe: an
+    unread pipe fills up and blocks a child that logs a lot.
+    """
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            list(args),
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while not _answers(ready_url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    stderr.seek(0)
+                    tail = stderr.read().decode(errors="replace")[-2000:]
+                    state = "exited" if proc.poll() is not None else "did not answer in time"
+                    raise ProcessFailed(f"{' '.join(args[:4])} {state}:\n{tail}")
+                time.sleep(0.05)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
