@@ -38,6 +38,9 @@ def _uvicorn_config(app: ASGIApp, *, log_level: str, lifespan: Lifespan, **extra
         app,
         loop="uvloop" if fast else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        # Ollama's API has no websockets; an Upgrade request stays a plain HTTP request even
+        # if a websockets library happens to be installed.
+        ws="none",
         lifespan=lifespan,
         log_level=log_level,
         access_log=False,
