@@ -307,16 +307,62 @@ def init(**_options: object) -> None:
 
 
 @cli.command()
-@click.option("--tag", "-t", help="Image reference to build, e.g. ghcr.io/org/ollama:1.")
-@click.option("--push", is_flag=True, help="Push the image after building it.")
+@click.option(
+    "--tag",
+    "-t",
+    metavar="REF",
+    help="Image reference to build, e.g. ghcr.io/org/ollama-ondemand:1. "
+    "[env: ONDEMAND_IMAGE; default: the config's image, else ollama-ondemand:local]",
+)
+@click.option(
+    "--push",
+    is_flag=True,
+    help="Push to the tag's registry instead of loading into the local Docker "
+    "(log in with 'docker login' first).",
+)
 @click.option("--platform", default="linux/amd64", show_default=True, help="Target platform.")
-@click.option("--ollama-version", help="Ollama release the image is based on.")
-def build(**_options: object) -> None:
+@click.option(
+    "--ollama-version",
+    metavar="V",
+    help="ollama/ollama release to base the image on. [default: the one image/Dockerfile pins]",
+)
+@click.option(
+    "--context",
+    "context_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory holding image/Dockerfile. [env: ONDEMAND_IMAGE_CONTEXT; default: this "
+    "package's source tree, $GITHUB_ACTION_PATH or the current directory]",
+)
+@pass_app
+def build(
+    app: App,
+    tag: str | None,
+    push: bool,
+    platform: str,
+    ollama_version: str | None,
+    context_dir: Path | None,
+) -> None:
     """Build the server image (image/) with docker buildx, and optionally push it.
 
-    Prints the pushed digest. Exit 7 when docker/buildx is missing or the build fails.
+    Prints IMAGE@DIGEST on stdout (the pushed digest with --push); the build log streams to
+    stderr. Registry credentials are docker's: run 'docker login' first. Exit 7 when
+    docker/buildx is missing or the build or push fails.
     """
-    _later("build")
+    from ondemand import image
+
+    if tag is None:
+        tag = app.config().config.image or image.DEFAULT_TAG
+    request = image.prepare(
+        tag=tag,
+        push=push,
+        platform=platform,
+        ollama_version=ollama_version,
+        context=context_dir,
+        env=app.env,
+        cwd=Path.cwd(),
+    )
+    result = image.build(request, env=app.env, actions=app.actions, show_log=app.verbosity >= 0)
+    app.emit(result.as_dict(), result.reference)
 
 
 @cli.command()
@@ -403,12 +449,17 @@ def reap(**_options: object) -> None:
 
 
 @cli.command()
-def serve() -> None:
+@pass_app
+def serve(app: App) -> None:
     """The image's entrypoint: supervise 'ollama serve', preload and warm models, proxy.
 
     /ping answers 204 while starting, 200 once every model is warm, 503 when unhealthy.
+    Configured by environment (see docs/serve.md): OLLAMA_PRELOAD_MODELS and
+    PRELOAD_MODEL_*, OLLAMA_BIN, PORT, PORT_HEALTH, ONDEMAND_REQUIRE_GPU, the proxy's keys.
     """
-    _later("serve")
+    from ondemand.serve import serve as run_serve
+
+    sys.exit(run_serve(app.env))
 
 
 # -- entry point --------------------------------------------------------------------------

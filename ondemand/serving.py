@@ -98,19 +98,20 @@ def run(
     server.run(sockets=[listener])
 
 
-def _graceful_server(config: Any) -> Any:
+def _graceful_server(config: Any, *, own_signals: bool = True) -> Any:
     """A uvicorn server whose graceful stop on SIGTERM/SIGINT ends with exit status 0.
 
     uvicorn re-raises the signal once it has shut down, so the process would die by the
     signal (status -15) although it stopped cleanly, and supervisors and CI logs would
-    report a crash that did not happen.
+    report a crash that did not happen. With ``own_signals=False`` it leaves signals alone:
+    the caller decides when it stops (``should_exit``), e.g. to drain before stopping Ollama.
     """
     import uvicorn
 
     class GracefulServer(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            if threading.current_thread() is not threading.main_thread():
+            if not own_signals or threading.current_thread() is not threading.main_thread():
                 yield
                 return
             handled = (signal.SIGINT, signal.SIGTERM)
@@ -122,6 +123,36 @@ def _graceful_server(config: Any) -> Any:
                     signal.signal(sig, handler)
 
     return GracefulServer(config)
+
+
+def embedded_server(
+    app: ASGIApp,
+    *,
+    log_level: str = "warning",
+    graceful_timeout: float = 10.0,
+    lifespan: Lifespan = "off",
+) -> Any:
+    """A uvicorn server to run inside a caller's event loop: ``await server.serve(sockets)``.
+
+    It installs no signal handlers; set ``server.should_exit = True`` to stop it. In-flight
+    requests then get up to ``graceful_timeout`` seconds to finish.
+    """
+    config = _uvicorn_config(
+        app,
+        log_level=log_level,
+        lifespan=lifespan,
+        timeout_graceful_shutdown=max(1, round(graceful_timeout)),
+    )
+    return _graceful_server(config, own_signals=False)
+
+
+def run_loop(main: Any) -> Any:
+    """Run a coroutine on uvloop when it is installed (as the servers above do)."""
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 class BackgroundServer:

@@ -16,8 +16,8 @@ INTERFACE_COMMANDS = {
     "init", "build", "deploy", "start", "stop", "up", "down", "status", "delete",
     "watchdog", "reap", "serve", "proxy", "keys", "sandbox",
 }  # fmt: skip
-LATER = ["init", "build", "deploy", "start", "stop", "up", "down", "status", "delete",
-         "watchdog", "reap", "serve"]  # fmt: skip
+LATER = ["init", "deploy", "start", "stop", "up", "down", "status", "delete", "watchdog",
+         "reap"]  # fmt: skip
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ondemand import __version__
@@ -48,20 +48,62 @@ _WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="ollama-ondemand"')]
 _STREAM_TYPES = (b"application/x-ndjson", b"text/event-stream")
 
 
+# (status, body) for /ping: 200 ready, 204 initializing (no body), 503 unhealthy.
+HealthCheck = Callable[[], Awaitable[tuple[int, Mapping[str, object]]]]
+# Extra fields for /ondemand/status, given the caller's identity.
+StatusExtra = Callable[[Identity], Mapping[str, object]]
+
+
 class _Disconnected(Exception):
     pass
+
+
+async def send_ping(send: Send, health: HealthCheck) -> None:
+    status, body = await health()
+    if status == 204:
+        # No Content means no body; RunPod's load balancer reads this as "initializing".
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await send_json(send, status, body)
+
+
+class HealthApp:
+    """Only ``/ping``, for a separate ``PORT_HEALTH`` listener."""
+
+    def __init__(self, health: HealthCheck) -> None:
+        self.health = health
+
+    async def __call__(self, scope: Scope, _receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/ping":
+            await send_ping(send, self.health)
+        else:
+            await send_json(send, 404, {"error": "only /ping is served on this port"})
 
 
 class ProxyApp:
     """Authenticating, default-deny, streaming reverse proxy in front of one Ollama."""
 
-    def __init__(self, settings: ProxySettings, *, upstream: UpstreamClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        upstream: UpstreamClient | None = None,
+        health: HealthCheck | None = None,
+        status_extra: StatusExtra | None = None,
+    ) -> None:
         self.settings = settings
         self.keys = settings.keys
         self.upstream: UpstreamClient = upstream or Upstream(
             settings.upstream, connect_timeout=settings.connect_timeout
         )
         self.activity = Activity()
+        # Alone in front of an Ollama, health is whether it answers; under `serve`, the
+        # supervisor knows better (starting, warming, a failed preload) and says so.
+        self.health: HealthCheck = health or self._upstream_health
+        self.status_extra = status_extra
         self._ping_task: asyncio.Task[bool] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,7 +127,7 @@ class ProxyApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         if raw_path == b"/ping":
-            await self._ping(send)
+            await send_ping(send, self.health)
             return
         family = family_of(raw_path)
         try:
@@ -124,22 +166,25 @@ class ProxyApp:
         await send_error(send, family, 404, f"no such route: {scope['method']} {scope['path']}")
 
     async def _status(self, identity: Identity) -> dict[str, object]:
-        ready = await self._upstream_ready()
-        return {
-            "status": "ready" if ready else "unhealthy",
+        code, body = await self.health()
+        status: dict[str, object] = {
+            "status": body.get("status", "starting") if code != 204 else "starting",
+            "ready": code == 200,
             "version": __version__,
             "key": identity.name,
             "admin": identity.admin,
             **self.activity.snapshot(),
         }
+        if self.status_extra is not None:
+            status.update(self.status_extra(identity))
+        return status
 
     # -- health -----------------------------------------------------------------------
 
-    async def _ping(self, send: Send) -> None:
+    async def _upstream_health(self) -> tuple[int, Mapping[str, object]]:
         if await self._upstream_ready():
-            await send_json(send, 200, {"status": "ready"})
-        else:
-            await send_json(send, 503, {"status": "unhealthy", "error": "Ollama is not answering"})
+            return 200, {"status": "ready"}
+        return 503, {"status": "unhealthy", "error": "Ollama is not answering"}
 
     async def _upstream_ready(self) -> bool:
         # Concurrent probes share one upstream check, so a flood of anonymous pings costs

@@ -46,6 +46,8 @@ Environment (read by ``EmulatorConfig.from_env`` and the ``serve`` command):
   manifest. Any other valid name can be pulled.
 - ``OLLAMA_EMULATOR_CPU_MODELS``: comma list of models loaded on the CPU (``size_vram: 0``);
   the others are fully in VRAM (``size_vram == size``).
+- ``OLLAMA_EMULATOR_FAULTS``: a JSON list of faults, as in a ``/_emulator/config`` patch,
+  e.g. ``[{"path": "/api/pull", "error_after_lines": 2}]``.
 - ``OLLAMA_EMULATOR_VERSION``: version reported by ``/api/version`` and ``--version``
   (``0.33.0``).
 

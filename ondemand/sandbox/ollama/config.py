@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import http
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,14 @@ class EmulatorConfig:
         config.keep_alive = _clean(env.get("OLLAMA_KEEP_ALIVE", "")) or config.keep_alive
         models_dir = _clean(env.get("OLLAMA_MODELS", ""))
         config.models_dir = Path(models_dir).expanduser() if models_dir else None
+        faults = env.get("OLLAMA_EMULATOR_FAULTS", "").strip()
+        if faults:
+            # The same JSON as a "faults" patch to /_emulator/config, for an emulator started
+            # as a child process (by `ondemand serve`) that a test cannot reach in time.
+            try:
+                config.faults = _convert("faults", json.loads(faults), config.faults)
+            except ValueError as exc:
+                raise ValueError(f"OLLAMA_EMULATOR_FAULTS: {exc}") from None
         return config
 
     @property

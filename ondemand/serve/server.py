@@ -1,0 +1,179 @@
+"""``ondemand serve``: Ollama supervised on loopback, models preloaded and warm, the proxy
+in front, and a ``/ping`` that says honestly whether the models can be used.
+
+/ping: 204 while Ollama starts and models are pulled and loaded; 200 only once every model
+is warm (and, with ``ONDEMAND_REQUIRE_GPU=1``, in GPU memory); 503 when a preload failed,
+Ollama is down, or the server is draining before it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ondemand.proxy.app import HealthApp, ProxyApp
+from ondemand.serve.models import ModelState
+from ondemand.serve.preload import Preloader
+from ondemand.serve.supervisor import Supervisor
+from ondemand.serving import bind, embedded_server
+
+if TYPE_CHECKING:
+    from ondemand.asgi import ASGIApp
+    from ondemand.proxy.auth import Identity
+    from ondemand.serve.settings import ServeSettings
+
+log = logging.getLogger("ondemand.serve")
+
+STARTING, PRELOADING, READY = "starting", "preloading", "ready"
+FAILED, OLLAMA_DOWN, DRAINING = "failed", "ollama-down", "draining"
+_INITIALIZING = frozenset({STARTING, PRELOADING})
+
+
+class ServeState:
+    """Where the server is on its way to ready; /ping and /ondemand/status read it."""
+
+    def __init__(self, models: tuple[str, ...]) -> None:
+        self.names = models
+        self.models = [ModelState(m) for m in models]
+        self.phase = STARTING
+        self.problems: list[str] = []
+        self.started = time.monotonic()
+        self.ready_after: float | None = None
+        self.supervisor: Supervisor | None = None
+
+    def reset_models(self) -> None:
+        self.models = [ModelState(m) for m in self.names]
+        self.problems = []
+
+    async def health(self) -> tuple[int, Mapping[str, object]]:
+        if self.phase in _INITIALIZING:
+            return 204, {}
+        if self.phase == READY:
+            return 200, {"status": READY}
+        return 503, {"status": self.phase}
+
+    def status_extra(self, identity: Identity) -> dict[str, object]:
+        del identity  # every key may see the server's models and phase
+        server: dict[str, object] = {
+            "phase": self.phase,
+            "models": [m.view() for m in self.models],
+            "problems": self.problems,
+            "ollama": self.supervisor.view() if self.supervisor else None,
+        }
+        if self.ready_after is not None:
+            server["ready_after_seconds"] = round(self.ready_after, 3)
+        return {"server": server}
+
+
+class Serve:
+    def __init__(self, settings: ServeSettings, env: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.state = ServeState(settings.models)
+        self.supervisor = Supervisor(
+            settings.ollama_bin,
+            settings.ollama_port,
+            env,
+            on_up=self._on_ollama_up,
+            on_down=self._on_ollama_down,
+        )
+        self.state.supervisor = self.supervisor
+        self._preload: asyncio.Task[None] | None = None
+
+    async def _on_ollama_up(self) -> None:
+        if self.state.phase == DRAINING:
+            return
+        self.state.phase = PRELOADING
+        self.state.reset_models()
+        self._preload = asyncio.ensure_future(self._run_preload())
+
+    def _on_ollama_down(self, reason: str) -> None:
+        if self._preload is not None:
+            self._preload.cancel()
+        if self.state.phase != DRAINING:
+            self.state.phase = OLLAMA_DOWN
+            self.state.problems = [f"Ollama {reason}"]
+
+    async def _run_preload(self) -> None:
+        state = self.state
+        if state.models:
+            names = ", ".join(m.name for m in state.models)
+            log.info("preloading %d model(s): %s", len(state.models), names)
+        try:
+            problems = await Preloader(
+                self.supervisor.url, state.models, self.settings.policy
+            ).run()
+        except httpx.HTTPError as exc:
+            # Ollama went away mid-run; the supervisor restarts it and preloads again.
+            log.warning("preload interrupted: %s", exc)
+            return
+        if state.phase != PRELOADING:
+            return
+        if problems:
+            state.phase, state.problems = FAILED, problems
+            for problem in problems:
+                log.error("not ready: %s", problem)
+            log.error("/ping answers 503 until the configuration is fixed and the server restarts")
+            return
+        state.phase = READY
+        state.ready_after = time.monotonic() - state.started
+        log.info("ready: %d model(s) warm after %.1fs", len(state.models), state.ready_after)
+
+    async def run(self) -> int:
+        settings = self.settings
+        # Bind before anything starts, so a taken port fails at once with a clear message.
+        main_sock = bind(settings.host, settings.port)
+        proxy = ProxyApp(
+            settings.proxy, health=self.state.health, status_extra=self.state.status_extra
+        )
+        sockets: list[tuple[socket.socket, ASGIApp]] = [(main_sock, proxy)]
+        if settings.health_port != settings.port:
+            sockets.append(
+                (bind(settings.host, settings.health_port), HealthApp(self.state.health))
+            )
+        servers: list[Any] = []
+        for index, (_, app) in enumerate(sockets):
+            servers.append(
+                embedded_server(
+                    app,
+                    lifespan="on" if index == 0 else "off",
+                    graceful_timeout=settings.drain_timeout,
+                )
+            )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        ports = sorted({settings.port, settings.health_port})
+        log.info(
+            "serving on %s port(s) %s; Ollama %s on 127.0.0.1:%d",
+            settings.host, ", ".join(map(str, ports)), settings.ollama_bin, settings.ollama_port,
+        )  # fmt: skip
+        supervising = asyncio.ensure_future(self.supervisor.run())
+        serving = [
+            asyncio.ensure_future(server.serve(sockets=[sock]))
+            for server, (sock, _) in zip(servers, sockets, strict=True)
+        ]
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([stopped, *serving], return_when=asyncio.FIRST_COMPLETED)
+        log.info("stopping: draining in-flight requests (up to %.0fs)", settings.drain_timeout)
+        self.state.phase = DRAINING
+        for server in servers:
+            server.should_exit = True
+        await asyncio.wait(serving, timeout=settings.drain_timeout + 5)
+        if self._preload is not None:
+            self._preload.cancel()
+        await self.supervisor.stop()
+        supervising.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervising
+        stopped.cancel()
+        log.info("stopped")
+        return 0
