@@ -17,7 +17,7 @@ PROVIDER_NAMES: Final[tuple[str, ...]] = get_args(ProviderName)
 
 # name -> "module:Class"; None for providers this version does not ship yet.
 PROVIDERS: Final[dict[str, str | None]] = {
-    "local": None,
+    "local": "ondemand.providers.local:LocalProvider",
     "ovh": None,
     "runpod": None,
     "runpod-pod": None,

@@ -90,6 +90,9 @@ class Deployment:
 class Provider(Protocol):
     """A cloud that can run the server image.
 
+    A provider is built as ``cls(env=<environment mapping>, config=<ResolvedConfig>)`` and
+    reads its credentials from that environment, never from ``os.environ``.
+
     Contract, relied on by every caller and checked by the contract tests for each provider:
 
     - ``deploy(spec)`` is create-or-update: it finds an existing deployment by name (and the

@@ -1,0 +1,392 @@
+"""deploy, start, up, down, status, delete: the lifecycle, written once for every provider.
+
+Providers only talk to their vendor; everything a user sees (the spec built from the
+config, waiting with progress, the server's own view of readiness, what to print) is here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ondemand.errors import (
+    ConfigError,
+    OndemandError,
+    ProviderError,
+    ReadyTimeoutError,
+    UnhealthyError,
+)
+from ondemand.providers.base import (
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    Deployment,
+    Provider,
+    Spec,
+    Status,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def make_provider(resolved: ResolvedConfig, env: Mapping[str, str]) -> Provider:
+    from ondemand.providers import provider_class
+
+    cls: Any = provider_class(resolved.config.provider)
+    provider: Provider = cls(env=env, config=resolved)
+    return provider
+
+
+def build_spec(resolved: ResolvedConfig, api_key: str, admin_key: str | None) -> Spec:
+    """The deployment the config asks for. Secrets travel only in ``secret_env``."""
+    config = resolved.config
+    env: dict[str, str] = {"OLLAMA_PRELOAD_MODELS": ",".join(config.models)}
+    if config.require_gpu:
+        env["ONDEMAND_REQUIRE_GPU"] = "1"
+        env["ONDEMAND_GPU"] = config.gpu
+    if config.keep_alive:
+        env["ONDEMAND_KEEP_ALIVE"] = config.keep_alive
+    if config.max_keep_alive:
+        env["ONDEMAND_MAX_KEEP_ALIVE"] = config.max_keep_alive
+    secret_env = {"AUTHORIZATION_APIKEY": api_key}
+    if admin_key:
+        secret_env["ONDEMAND_ADMIN_KEY"] = admin_key
+    # The local provider picks a free port unless one was asked for explicitly.
+    port_given = resolved.source("port") != "default"
+    port = config.port if port_given or config.provider != "local" else 0
+    return Spec(
+        name=config.name,
+        image=config.image or "",
+        models=tuple(config.models),
+        env=env,
+        secret_env=secret_env,
+        gpu=config.gpu,
+        gpu_count=config.gpu_count,
+        cpu=config.cpu,
+        memory=config.memory,
+        port=port,
+        region=config.region,
+        volume=config.volume,
+        labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: config.name},
+    )
+
+
+def _secret(resolved: ResolvedConfig, name: str) -> str | None:
+    value = getattr(resolved.secrets, name)
+    return value.get_secret_value() if value is not None else None
+
+
+def _api_key(resolved: ResolvedConfig, provider: Provider, name: str) -> str | None:
+    """The user key: ONDEMAND_API_KEY, else the one the deployment was made with."""
+    key = _secret(resolved, "api_key")
+    if key:
+        return key
+    stored = getattr(provider, "stored_api_key", None)
+    return stored(name) if callable(stored) else None
+
+
+# -- readiness -----------------------------------------------------------------------
+
+
+@dataclass
+class Readiness:
+    """What the server says about itself while the lifecycle waits for it."""
+
+    ping: int | None = None  # None: not answering yet
+    server: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if self.ping is None:
+            return "the server is not answering yet"
+        phase = self.server.get("phase") or {200: "ready", 204: "starting"}.get(self.ping, "")
+        return f"/ping {self.ping} ({phase})" if phase else f"/ping {self.ping}"
+
+
+def read_readiness(url: str, api_key: str | None) -> Readiness:
+    import httpx
+
+    try:
+        ping = httpx.get(url + "/ping", timeout=5).status_code
+    except httpx.HTTPError:
+        return Readiness()
+    server: dict[str, Any] = {}
+    if api_key:
+        try:
+            response = httpx.get(
+                url + "/ondemand/status", headers={"X-API-Key": api_key}, timeout=5
+            )
+            if response.status_code == 200:
+                server = response.json().get("server") or {}
+        except (httpx.HTTPError, ValueError):
+            pass
+    return Readiness(ping, server)
+
+
+def describe_models(server: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for model in server.get("models") or []:
+        phase = model.get("phase")
+        text = f"{model.get('name')}: {phase}"
+        if phase == "pulling" and model.get("progress") is not None:
+            text += f" {round(float(model['progress']) * 100)}%"
+        if phase == "warm" and model.get("on_gpu") is not None:
+            text += " (GPU)" if model["on_gpu"] else " (CPU)"
+        if model.get("error"):
+            text += f": {model['error']}"
+        lines.append(text)
+    return lines
+
+
+class _Reporter:
+    """Prints what changed while waiting, not the same line every poll."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.seen: set[str] = set()
+
+    def __call__(self, state: Readiness, elapsed: float) -> None:
+        for line in [str(state), *describe_models(state.server)]:
+            if line not in self.seen:
+                self.seen.add(line)
+                self.progress(f"  [{elapsed:5.1f}s] {line}")
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class UpResult:
+    deployment: Deployment
+    url: str
+    api_key: str | None
+    reused: bool
+    seconds_to_start: float
+    seconds_to_warm: float
+    models: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def openai_url(self) -> str:
+        return self.url + "/v1"
+
+
+@dataclass
+class DownResult:
+    deployment: Deployment
+    was_running: bool
+    message: str
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def deploy(resolved: ResolvedConfig, provider: Provider) -> Deployment:
+    """Create the deployment or update it to the config; mint a key if none is given."""
+    from ondemand.keys import mint
+
+    name = resolved.config.name
+    api_key = _api_key(resolved, provider, name) or mint(name).key
+    return provider.deploy(build_spec(resolved, api_key, _secret(resolved, "admin_key")))
+
+
+def start(
+    resolved: ResolvedConfig, provider: Provider, *, wait: bool = True, progress: Progress = _quiet
+) -> UpResult:
+    name = resolved.config.name
+    current = provider.status(name)
+    if current.status is Status.ABSENT:
+        raise ProviderError(
+            f"there is no deployment named {name!r} on {provider.name}",
+            hint="run 'ondemand deploy' first, or 'ondemand up' to deploy and start",
+        )
+    return _start_and_wait(resolved, provider, current, wait=wait, progress=progress)
+
+
+def up(resolved: ResolvedConfig, provider: Provider, *, progress: Progress = _quiet) -> UpResult:
+    """Deploy if missing (or update), start, and wait until every model is warm."""
+    name = resolved.config.name
+    current = provider.status(name)
+    if current.status not in (Status.RUNNING, Status.STARTING, Status.PENDING):
+        current = deploy(resolved, provider)
+    return _start_and_wait(resolved, provider, current, wait=True, progress=progress)
+
+
+def _start_and_wait(
+    resolved: ResolvedConfig,
+    provider: Provider,
+    current: Deployment,
+    *,
+    wait: bool,
+    progress: Progress,
+) -> UpResult:
+    name = resolved.config.name
+    reused = current.status is Status.RUNNING
+    began = time.monotonic()
+    deployment = current if reused else provider.start(name)
+    notes = [deployment.detail] if deployment.detail else []
+    for note in notes:
+        progress(note)
+    api_key = _api_key(resolved, provider, name)
+    if not wait:
+        return UpResult(deployment, deployment.url or "", api_key, reused, 0.0, 0.0, notes=notes)
+    timeout = resolved.config.timeout.total_seconds()
+    reporter = _Reporter(progress)
+    started_at: list[float] = []
+
+    def probe() -> tuple[Deployment, Readiness]:
+        state = provider.status(name)
+        if state.status in (Status.STOPPED, Status.FAILED, Status.ABSENT):
+            raise _server_died(provider, state)
+        ready = read_readiness(state.url, api_key) if state.url else Readiness()
+        if ready.ping is not None and not started_at:
+            started_at.append(time.monotonic())
+        if ready.ping == 503 and ready.server.get("phase") != "ollama-down":
+            raise _unhealthy(name, ready)
+        return state, ready
+
+    try:
+        deployment, ready = wait_until(
+            probe,
+            lambda result: result[1].ping == 200,
+            timeout=timeout,
+            what=f"{name} to be ready",
+            interval=0.25,
+            max_interval=2.0,
+            on_poll=lambda result, elapsed: reporter(result[1], elapsed),
+        )
+    except ReadyTimeoutError as exc:
+        exc.hint = "raise --timeout (ONDEMAND_TIMEOUT), and check the server log" + (
+            f" ({_log_hint(provider, name)})" if _log_hint(provider, name) else ""
+        )
+        raise
+    finished = time.monotonic()
+    first = started_at[0] if started_at else finished
+    return UpResult(
+        deployment=deployment,
+        url=deployment.url or "",
+        api_key=api_key,
+        reused=reused,
+        seconds_to_start=first - began,
+        seconds_to_warm=finished - first,
+        models=list(ready.server.get("models") or []),
+        notes=notes,
+    )
+
+
+def _log_hint(provider: Provider, name: str) -> str | None:
+    log_path = getattr(provider, "log_path", None)
+    return f"log: {log_path(name)}" if callable(log_path) else None
+
+
+def _log_tail(provider: Provider, name: str, lines: int = 12) -> str | None:
+    log_path = getattr(provider, "log_path", None)
+    if not callable(log_path):
+        return None
+    try:
+        text = log_path(name).read_text(errors="replace")
+    except OSError:
+        return None
+    return "\n".join(text.splitlines()[-lines:]) or None
+
+
+def _server_died(provider: Provider, state: Deployment) -> OndemandError:
+    tail = _log_tail(provider, state.name) or ""
+    error_line = next(
+        (
+            line[len("error: ") :]
+            for line in reversed(tail.splitlines())
+            if line.startswith("error:")
+        ),
+        None,
+    )
+    if error_line:
+        return ConfigError(
+            f"the server stopped during start-up: {error_line}",
+            hint=_log_hint(provider, state.name),
+        )
+    return ProviderError(
+        f"the server stopped during start-up ({state.status.value})",
+        cause=("its log ends with:\n" + tail) if tail else state.detail,
+        hint=_log_hint(provider, state.name),
+    )
+
+
+def _unhealthy(name: str, ready: Readiness) -> UnhealthyError:
+    problems = ready.server.get("problems") or []
+    return UnhealthyError(
+        f"{name} is unhealthy: " + ("; ".join(problems) if problems else str(ready)),
+        cause="a model could not be pulled or loaded, or landed on the CPU while a GPU was "
+        "required",
+        hint="fix the model list or the GPU type, then run 'ondemand up' again "
+        "('ondemand status' shows each model)",
+    )
+
+
+def down(resolved: ResolvedConfig, provider: Provider, *, delete_after: bool = False) -> DownResult:
+    """Stop the deployment and verify it stopped. Absent or stopped is success."""
+    name = resolved.config.name
+    before = provider.status(name)
+    was_running = before.status.billable
+    if before.status is Status.ABSENT:
+        return DownResult(before, False, f"nothing to stop: there is no deployment named {name!r}")
+    after = provider.stop(name) if was_running else before
+    if after.status.billable:
+        after = wait_until(
+            lambda: provider.status(name),
+            lambda d: not d.status.billable,
+            timeout=resolved.config.timeout.total_seconds(),
+            what=f"{name} to stop",
+        )
+    if delete_after:
+        provider.delete(name)
+        after = dataclasses.replace(after, status=Status.ABSENT)
+    message = f"stopped {name}" if was_running else f"{name} was already stopped"
+    if delete_after:
+        message += "; deployment deleted (the model cache is kept)"
+    return DownResult(after, was_running, message)
+
+
+def delete(resolved: ResolvedConfig, provider: Provider) -> DownResult:
+    return down(resolved, provider, delete_after=True)
+
+
+def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:
+    """The provider's view plus the server's own (readiness, models, activity)."""
+    name = resolved.config.name
+    deployment = provider.status(name)
+    report: dict[str, Any] = {
+        "name": name,
+        "provider": provider.name,
+        "status": deployment.status.value,
+        "vendor_state": deployment.vendor_state,
+        "url": deployment.url,
+        "detail": deployment.detail,
+        "created_at": deployment.created_at.isoformat() if deployment.created_at else None,
+    }
+    if deployment.status is Status.RUNNING and deployment.url:
+        import httpx
+
+        api_key = _api_key(resolved, provider, name)
+        ready = read_readiness(deployment.url, api_key)
+        report["ping"] = ready.ping
+        report["ready"] = ready.ping == 200
+        if api_key:
+            try:
+                server = httpx.get(
+                    deployment.url + "/ondemand/status", headers={"X-API-Key": api_key}, timeout=5
+                ).json()
+            except (httpx.HTTPError, ValueError):
+                server = {}
+            report["server"] = server
+    return report
