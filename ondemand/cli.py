@@ -534,11 +534,13 @@ def _status_text(report: Mapping[str, object]) -> str:
         inner = server.get("server")
         if isinstance(inner, dict):
             lines += [f"  {line}" for line in describe_models(inner)]
-        idle = server.get("idle_seconds")
         activity = f"  in flight: {server.get('inflight')}, requests: {server.get('requests')}"
-        if idle is not None:
-            activity += f", idle {idle:.0f}s" if isinstance(idle, float | int) else ""
-        lines.append(activity + f", up {server.get('uptime_seconds')}s")
+        idle, uptime = server.get("idle_seconds"), server.get("uptime_seconds")
+        if isinstance(idle, float | int):
+            activity += f", idle {idle:.0f}s"
+        if isinstance(uptime, float | int):
+            activity += f", up {uptime:.0f}s"
+        lines.append(activity)
     return "\n".join(lines)
 
 

@@ -1,23 +1,27 @@
 """A rehearsal on this machine, no GPU and no credentials: ``python -m ondemand.demo``.
 
-Starts the Ollama emulator and ``ondemand proxy`` as real processes on loopback, mints keys
-with ``ondemand keys new``, then shows an authenticated streamed chat and the requests the
-proxy refuses. Exits non-zero if anything behaves differently from what it shows.
+Runs the lifecycle a CI job runs, with the ``local`` provider and the built-in Ollama
+emulator: ``ondemand up`` (server started, a model pulled, every model warmed), an
+authenticated streamed chat through the proxy, the requests the proxy refuses,
+``ondemand status`` and ``ondemand down``. Exits non-zero if anything behaves differently
+from what it shows.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
-from ondemand.processes import ProcessFailed, free_port, running
+from ondemand.sandbox.ollama import write_standin
 
-MODELS = "llama3.2,nomic-embed-text=embed"
+MODELS = "llama3.2,qwen3:0.6b"
 CHAT_MODEL = "llama3.2"
 
 
@@ -33,35 +37,38 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _ondemand(*args: str) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, "-m", "ondemand", "--json", *args],
-        check=True,
-        capture_output=True,
+def _ondemand(env: dict[str, str], *args: str, show_stderr: bool = True) -> str:
+    """Run the CLI as a user would; its progress (stderr) goes straight to the terminal."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ondemand", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=None if show_stderr else subprocess.PIPE,
         text=True,
-    ).stdout
-    data: dict[str, object] = json.loads(out)
-    return data
+        check=False,
+    )
+    if result.returncode != 0:
+        raise DemoFailed(f"'ondemand {' '.join(args)}' exited with {result.returncode}")
+    return result.stdout
 
 
-def _expect(response: httpx.Response, status: int, what: str) -> str:
+def _expect(response: httpx.Response, status: int, what: str) -> None:
     body = response.text.strip()
-    shown = body if len(body) < 110 else body[:107] + "..."
-    _say(f"      {what:<32} -> {response.status_code} {shown}")
+    shown = body if len(body) < 90 else body[:87] + "..."
+    _say(f"      {what:<28} -> {response.status_code} {shown}")
     if response.status_code != status:
         raise DemoFailed(f"{what}: expected {status}, got {response.status_code}")
-    return body
 
 
-def _stream_chat(proxy: str, key: str) -> None:
-    _say(f"      POST /api/chat   Authorization: Bearer {_masked(key)}")
+def _stream_chat(url: str, key: str) -> None:
+    _say(f"      POST {url}/api/chat   Authorization: Bearer {_masked(key)}")
     body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Say hello."}]}
     started = time.perf_counter()
     first: float | None = None
     final: dict[str, object] = {}
     print("      > ", end="", flush=True)
     headers = {"Authorization": f"Bearer {key}"}
-    with httpx.stream("POST", proxy + "/api/chat", json=body, headers=headers) as response:
+    with httpx.stream("POST", url + "/api/chat", json=body, headers=headers) as response:
         if response.status_code != 200:
             raise DemoFailed(f"streamed chat answered {response.status_code}")
         for line in response.iter_lines():
@@ -74,89 +81,78 @@ def _stream_chat(proxy: str, key: str) -> None:
                 final = part
             else:
                 print(part["message"]["content"], end="", flush=True)
-    elapsed = time.perf_counter() - started
     _say()
-    tokens = final.get("eval_count")
-    reason = final.get("done_reason")
-    ttft = (first or 0) * 1000
+    tokens, reason = final.get("eval_count"), final.get("done_reason")
     _say(
         f"      200 · {tokens} tokens streamed as they were generated · first token after "
-        f"{ttft:.0f} ms · {elapsed:.2f} s · done_reason={reason}"
+        f"{(first or 0) * 1000:.0f} ms · {time.perf_counter() - started:.2f} s · "
+        f"done_reason={reason}"
     )
     if not tokens or reason != "stop":
         raise DemoFailed("the stream did not end with a final done line")
 
 
+def _refusals(url: str, user_key: str, admin_key: str) -> None:
+    pull = {"model": "nomic-embed-text", "stream": False}
+    _expect(httpx.get(url + "/api/tags"), 401, "anonymous GET /api/tags")
+    _expect(httpx.get(url + "/api/tags", headers={"X-API-Key": "odk_guess"}), 401, "a wrong key")
+    user = {"X-API-Key": user_key}
+    _expect(httpx.post(url + "/api/pull", json=pull, headers=user), 403, "user key POST /api/pull")
+    _expect(httpx.post(url + "/api/%70ull", json=pull, headers=user), 403,
+            "user key POST /api/%70ull")  # fmt: skip
+    admin = {"X-API-Key": admin_key}
+    _expect(httpx.post(url + "/api/pull", json=pull, headers=admin, timeout=30), 200,
+            "admin key POST /api/pull")  # fmt: skip
+
+
 def run() -> None:
-    _say("ollama-ondemand demo: the proxy in front of the Ollama emulator (no GPU, no credentials)")
-    _say()
-    with tempfile.TemporaryDirectory(prefix="ondemand-demo-") as store:
-        emulator_port = free_port()
-        upstream = f"http://127.0.0.1:{emulator_port}"
-        emulator_env = {
-            "OLLAMA_HOST": f"127.0.0.1:{emulator_port}",
-            "OLLAMA_MODELS": store,
-            "OLLAMA_EMULATOR_MODELS": MODELS,
+    _say("ollama-ondemand demo: the CI lifecycle on this machine (local provider, Ollama")
+    _say("emulator: no GPU, no credentials)")
+    with tempfile.TemporaryDirectory(prefix="ondemand-demo-") as tmp:
+        admin_key = json.loads(_ondemand(dict(os.environ), "--json", "keys", "new", "--admin"))
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("ONDEMAND_", "OLLAMA_"))},
+            "ONDEMAND_STATE_DIR": tmp,
+            "ONDEMAND_NAME": "ondemand-demo",
+            "ONDEMAND_MODELS": MODELS,
+            "ONDEMAND_ADMIN_KEY": str(admin_key["key"]),
+            # The emulator even where a real Ollama is installed: the demo must not download
+            # gigabytes of weights.
+            "OLLAMA_BIN": str(write_standin(Path(tmp) / "bin")),
             "OLLAMA_EMULATOR_TOKENS_PER_SECOND": "40",
-            "OLLAMA_EMULATOR_RESPONSE_TOKENS": "24",
+            "OLLAMA_EMULATOR_PULL_SECONDS": "1.5",
+            "OLLAMA_EMULATOR_LOAD_TIME": "0.4",
         }
-        _say(f"[1/5] Ollama emulator   python -m ondemand.sandbox.ollama serve   {upstream}")
-        with running(
-            [sys.executable, "-m", "ondemand.sandbox.ollama", "serve"],
-            env=emulator_env,
-            ready_url=upstream,
-        ):
-            user = _ondemand("keys", "new", "--name", "demo-user")
-            admin = _ondemand("keys", "new", "--name", "demo-admin", "--admin")
-            user_key, admin_key = str(user["key"]), str(admin["key"])
-            _say(
-                f"[2/5] Keys              ondemand keys new   user {_masked(user_key)} "
-                f"(name demo-user), admin {_masked(admin_key)}"
-            )
-            proxy_port = free_port()
-            proxy = f"http://127.0.0.1:{proxy_port}"
-            proxy_env = {"AUTHORIZATION_APIKEY_DEMO": user_key, "ONDEMAND_ADMIN_KEY": admin_key}
-            args = [sys.executable, "-m", "ondemand", "proxy", "--upstream", upstream,
-                    "--host", "127.0.0.1", "--port", str(proxy_port)]  # fmt: skip
-            with running(args, env=proxy_env, ready_url=proxy + "/ping"):
-                _say(f"[3/5] Proxy             ondemand proxy --upstream {upstream}   {proxy}")
-                _expect(httpx.get(proxy + "/ping"), 200, "GET /ping (no key needed)")
-                _say("[4/5] An authenticated, streamed chat")
-                _stream_chat(proxy, user_key)
-                _say("[5/5] What the proxy refuses")
-                _expect(httpx.get(proxy + "/api/tags"), 401, "anonymous GET /api/tags")
-                _expect(
-                    httpx.get(proxy + "/api/tags", headers={"X-API-Key": "odk_guessed"}),
-                    401,
-                    "a wrong key",
-                )
-                pull = {"model": "qwen3:0.6b", "stream": False}
-                _expect(
-                    httpx.post(proxy + "/api/pull", json=pull, headers={"X-API-Key": user_key}),
-                    403,
-                    "user key POST /api/pull",
-                )
-                _expect(
-                    httpx.post(proxy + "/api/%70ull", json=pull, headers={"X-API-Key": user_key}),
-                    403,
-                    "user key POST /api/%70ull",
-                )
-                _expect(
-                    httpx.post(
-                        proxy + "/api/pull", json=pull, headers={"X-API-Key": admin_key},
-                        timeout=30,
-                    ),
-                    200,
-                    "admin key POST /api/pull",
-                )  # fmt: skip
+        _say()
+        _say(f"[1/5] ondemand up    (models: {MODELS}; qwen3:0.6b is not cached: it is pulled)")
+        up = json.loads(_ondemand(env, "--json", "up"))
+        url, key = str(up["url"]), str(up["api_key"])
+        try:
+            _say(f"      OLLAMA_HOST={url}  OLLAMA_API_KEY={_masked(key)}")
+            _say("[2/5] An authenticated, streamed chat through the proxy")
+            _stream_chat(url, key)
+            _say("[3/5] What the proxy refuses")
+            _refusals(url, key, str(admin_key["key"]))
+            _say("[4/5] ondemand status")
+            for line in _ondemand(env, "status").splitlines():
+                _say(f"      {line}")
+        finally:
+            _say("[5/5] ondemand down")
+            _say("      " + _ondemand(env, "down").strip())
+        try:
+            httpx.get(url + "/ping", timeout=2)
+        except httpx.HTTPError:
+            _say("      /ping no longer answers: nothing is left running")
+        else:
+            raise DemoFailed("the server still answers after 'ondemand down'")
     _say()
-    _say("Done: the emulator and the proxy were stopped. Next: 'make test', docs/proxy.md.")
+    _say("Done. Next: 'make test', docs/serve.md and docs/proxy.md.")
 
 
 def main() -> None:
     try:
         run()
-    except (DemoFailed, ProcessFailed) as exc:
+    except DemoFailed as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
