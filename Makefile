@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Shell scripts of the repository: keep this list in step when adding one.
+SHELL_SCRIPTS := .ci/run
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint image/Dockerfile
+	$(BIN)/shellcheck $(SHELL_SCRIPTS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
