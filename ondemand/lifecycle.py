@@ -261,7 +261,9 @@ def _start_and_wait(
             lambda result: result[1].ping == 200,
             timeout=timeout,
             what=f"{name} to be ready",
-            interval=0.25,
+            # Fast at first (a local or cached start is ready within a second or two), then
+            # no more than every two seconds against a cloud API.
+            interval=0.1,
             max_interval=2.0,
             on_poll=lambda result, elapsed: reporter(result[1], elapsed),
         )

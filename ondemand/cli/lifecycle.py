@@ -1,0 +1,205 @@
+"""The lifecycle commands: deploy, start, stop, up, down, status, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import click
+
+from ondemand.cli.root import App, cli, pass_app
+
+if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
+    from ondemand.lifecycle import UpResult
+    from ondemand.providers.base import Provider
+
+
+def _lifecycle(app: App, **flags: object) -> tuple[ResolvedConfig, Provider]:
+    from ondemand.lifecycle import make_provider
+
+    resolved = app.config(**flags)
+    for secret in resolved.secrets.secret_values():
+        app.actions.mask(secret)
+    return resolved, make_provider(resolved, app.env)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s"
+
+
+def _print_up(app: App, result: UpResult, provider: str) -> None:
+    from ondemand.lifecycle import describe_models
+
+    if result.api_key:
+        app.actions.mask(result.api_key)
+    models = describe_models({"models": result.models})
+    data = {
+        "url": result.url,
+        "openai_url": result.openai_url,
+        "api_key": result.api_key,
+        "status": "ready",
+        "deployment_id": result.deployment.id,
+        "provider": provider,
+        "reused": result.reused,
+        "seconds_to_start": round(result.seconds_to_start, 3),
+        "seconds_to_warm": round(result.seconds_to_warm, 3),
+        "models": result.models,
+        "notes": result.notes,
+    }
+    if app.as_json:
+        app.emit(data, "")
+        return
+    how = "already running" if result.reused else (
+        f"server {_seconds(result.seconds_to_start)}, models warm "
+        f"{_seconds(result.seconds_to_warm)} later"
+    )  # fmt: skip
+    app.info(f"ready: {result.url} ({provider}; {how})")
+    for line in models:
+        app.info(f"  {line}")
+    lines = [f"OLLAMA_HOST={result.url}", f"OPENAI_BASE_URL={result.openai_url}"]
+    if result.api_key:
+        lines += [f"OLLAMA_API_KEY={result.api_key}", f"OPENAI_API_KEY={result.api_key}"]
+    app.emit(data, "\n".join(lines))
+
+
+@cli.command()
+@click.option("--image", help="Server image to deploy. [env: ONDEMAND_IMAGE]")
+@click.option("--models", help="Models to preload, comma-separated. [env: ONDEMAND_MODELS]")
+@click.option("--gpu", help="GPU model, e.g. L4. [env: ONDEMAND_GPU, GPU_MODEL]")
+@pass_app
+def deploy(app: App, image: str | None, models: str | None, gpu: str | None) -> None:
+    """Create the deployment, or update it when its spec changed. Idempotent; prints state.
+
+    Recreates only when the provider cannot update in place, and never touches the model
+    cache volume.
+    """
+    from ondemand import lifecycle
+
+    resolved, provider = _lifecycle(app, image=image, models=models, gpu=gpu)
+    deployment = lifecycle.deploy(resolved, provider)
+    app.emit(
+        {"deployment_id": deployment.id, "status": deployment.status.value},
+        f"deployed {deployment.name} ({provider.name}): {deployment.status.value}",
+    )
+
+
+@cli.command()
+@click.option("--no-wait", is_flag=True, help="Return once the provider accepted the start.")
+@click.option("--timeout", help="How long to wait for ready, e.g. 15m. [env: ONDEMAND_TIMEOUT]")
+@pass_app
+def start(app: App, no_wait: bool, timeout: str | None) -> None:
+    """Start the deployment (the provider's raw start) and wait until it is ready."""
+    from ondemand import lifecycle
+
+    resolved, provider = _lifecycle(app, timeout=timeout)
+    result = lifecycle.start(resolved, provider, wait=not no_wait, progress=app.info)
+    if no_wait:
+        app.emit(
+            {"deployment_id": result.deployment.id, "status": result.deployment.status.value},
+            f"starting {result.deployment.name} ({provider.name})",
+        )
+        return
+    _print_up(app, result, provider.name)
+
+
+@cli.command()
+@click.option("--timeout", help="How long to wait for the provider to report it stopped.")
+@pass_app
+def stop(app: App, timeout: str | None) -> None:
+    """Stop the deployment (the provider's raw stop) and verify it stopped billing compute."""
+    from ondemand import lifecycle
+
+    resolved, provider = _lifecycle(app, timeout=timeout)
+    result = lifecycle.down(resolved, provider)
+    app.emit({"status": result.deployment.status.value, "stopped": result.was_running},
+             result.message)  # fmt: skip
+
+
+@cli.command()
+@click.option("--timeout", help="How long to wait for ready. [env: ONDEMAND_TIMEOUT; 15m]")
+@click.option("--lease-ttl", help="How long the lease lives. [env: ONDEMAND_LEASE_TTL; 3h]")
+@pass_app
+def up(app: App, timeout: str | None, lease_ttl: str | None) -> None:
+    """Before tests: deploy if missing, start, wait until models are warm, take a lease.
+
+    Prints OLLAMA_HOST, OPENAI_BASE_URL and the key as KEY=value lines on stdout (progress
+    goes to stderr), so 'ondemand up > .env' works; in GitHub Actions the key is masked.
+    A second 'up' while the server runs reuses it.
+    """
+    from ondemand import lifecycle
+
+    resolved, provider = _lifecycle(app, timeout=timeout, lease_ttl=lease_ttl)
+    app.info(f"starting {resolved.config.name} on {provider.name}...")
+    result = lifecycle.up(resolved, provider, progress=app.info)
+    _print_up(app, result, provider.name)
+
+
+@cli.command()
+@click.option("--lease", "lease_id", help="Lease to release (default: this job's lease).")
+@click.option("--force", is_flag=True, help="Stop even if other leases are live.")
+@click.option("--delete", "delete_after", is_flag=True, help="Delete it after stopping it.")
+@pass_app
+def down(app: App, lease_id: str | None, force: bool, delete_after: bool) -> None:
+    """After tests: release the lease; stop only when no live lease remains.
+
+    Verifies the stop and prints the estimated cost. Never fails a cleanup step because
+    the deployment is already stopped or gone.
+    """
+    from ondemand import lifecycle
+
+    del lease_id, force  # leases arrive with the lease-aware server
+    resolved, provider = _lifecycle(app)
+    result = lifecycle.down(resolved, provider, delete_after=delete_after)
+    app.emit({"status": result.deployment.status.value, "stopped": result.was_running},
+             result.message)  # fmt: skip
+
+
+@cli.command()
+@pass_app
+def status(app: App) -> None:
+    """Provider state, URL, readiness, models (GPU or CPU), activity, leases, cost."""
+    from ondemand import lifecycle
+
+    resolved, provider = _lifecycle(app)
+    report = lifecycle.status(resolved, provider)
+    app.emit(report, _status_text(report))
+
+
+def _status_text(report: Mapping[str, object]) -> str:
+    from ondemand.lifecycle import describe_models
+
+    state = str(report["status"])
+    if report.get("ready") is not None:
+        state += ", ready" if report["ready"] else f", not ready (/ping {report.get('ping')})"
+    lines = [f"{report['name']} ({report['provider']}): {state}"]
+    if report.get("url"):
+        lines.append(f"  url: {report['url']}")
+    if report.get("detail"):
+        lines.append(f"  note: {report['detail']}")
+    server = report.get("server")
+    if isinstance(server, dict):
+        inner = server.get("server")
+        if isinstance(inner, dict):
+            lines += [f"  {line}" for line in describe_models(inner)]
+        activity = f"  in flight: {server.get('inflight')}, requests: {server.get('requests')}"
+        idle, uptime = server.get("idle_seconds"), server.get("uptime_seconds")
+        if isinstance(idle, float | int):
+            activity += f", idle {idle:.0f}s"
+        if isinstance(uptime, float | int):
+            activity += f", up {uptime:.0f}s"
+        lines.append(activity)
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def delete(app: App, yes: bool) -> None:
+    """Remove the deployment (never the model cache volume or bucket)."""
+    from ondemand import lifecycle
+
+    del yes  # nothing interactive yet: deleting keeps the model cache
+    resolved, provider = _lifecycle(app)
+    result = lifecycle.delete(resolved, provider)
+    app.emit({"status": "absent", "was_running": result.was_running}, result.message)
