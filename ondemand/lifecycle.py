@@ -104,7 +104,12 @@ class Readiness:
     """What the server says about itself while the lifecycle waits for it."""
 
     ping: int | None = None  # None: not answering yet
-    server: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)  # /ondemand/status, when a key is known
+
+    @property
+    def server(self) -> dict[str, Any]:
+        server = self.status.get("server")
+        return server if isinstance(server, dict) else {}
 
     def __str__(self) -> str:
         if self.ping is None:
@@ -120,17 +125,17 @@ def read_readiness(url: str, api_key: str | None) -> Readiness:
         ping = httpx.get(url + "/ping", timeout=5).status_code
     except httpx.HTTPError:
         return Readiness()
-    server: dict[str, Any] = {}
+    status: dict[str, Any] = {}
     if api_key:
         try:
             response = httpx.get(
                 url + "/ondemand/status", headers={"X-API-Key": api_key}, timeout=5
             )
             if response.status_code == 200:
-                server = response.json().get("server") or {}
+                status = response.json()
         except (httpx.HTTPError, ValueError):
             pass
-    return Readiness(ping, server)
+    return Readiness(ping, status)
 
 
 def describe_models(server: Mapping[str, Any]) -> list[str]:
@@ -377,18 +382,9 @@ def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:
         "created_at": deployment.created_at.isoformat() if deployment.created_at else None,
     }
     if deployment.status is Status.RUNNING and deployment.url:
-        import httpx
-
-        api_key = _api_key(resolved, provider, name)
-        ready = read_readiness(deployment.url, api_key)
+        ready = read_readiness(deployment.url, _api_key(resolved, provider, name))
         report["ping"] = ready.ping
         report["ready"] = ready.ping == 200
-        if api_key:
-            try:
-                server = httpx.get(
-                    deployment.url + "/ondemand/status", headers={"X-API-Key": api_key}, timeout=5
-                ).json()
-            except (httpx.HTTPError, ValueError):
-                server = {}
-            report["server"] = server
+        if ready.status:
+            report["server"] = ready.status
     return report

@@ -24,6 +24,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` can be bound now, as a server binding it would (SO_REUSEADDR, so a
+    port left in TIME_WAIT by a process that just died counts as free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def _answers(url: str) -> bool:
     import httpx
 

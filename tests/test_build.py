@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from ondemand import image
-from ondemand.cli import main
 from ondemand.gha import Actions
+from tests.clirun import run
 
 DIGEST = "sha256:" + "ab12" * 16
 
@@ -131,14 +131,6 @@ def _plain_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 # -- success ----------------------------------------------------------------------------

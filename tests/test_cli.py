@@ -11,20 +11,13 @@ import pytest
 
 from ondemand import __version__
 from ondemand.cli import cli, main
+from tests.clirun import run
 
 INTERFACE_COMMANDS = {
     "init", "build", "deploy", "start", "stop", "up", "down", "status", "delete",
     "watchdog", "reap", "serve", "proxy", "keys", "sandbox",
 }  # fmt: skip
 LATER = ["init", "watchdog", "reap"]
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.fixture(autouse=True)

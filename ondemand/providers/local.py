@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ondemand.errors import ConfigError, ProviderError, UsageError
+from ondemand.processes import free_port, port_free
 from ondemand.providers.base import LABEL_MANAGED_BY, MANAGED_BY, Deployment, Spec, Status
 
 EMULATOR_NOTE = "no 'ollama' found (OLLAMA_BIN or PATH): using the built-in Ollama emulator"
@@ -89,23 +90,6 @@ def _is_our_server(pid: int) -> bool:
     return "ondemand" in command and "serve" in command
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port() -> int:
-    from ondemand.processes import free_port
-
-    return free_port()
-
-
 class LocalProvider:
     """Runs deployments as local background processes (see the module docstring)."""
 
@@ -158,7 +142,7 @@ class LocalProvider:
         if current.status in (Status.RUNNING, Status.STARTING):
             return current  # a second start reuses the running server
         port = int(record.get("port") or 0)
-        if port and not _port_free(port):
+        if port and not port_free(port):
             raise UsageError(
                 f"port {port} on 127.0.0.1 is already in use",
                 cause="another process listens there (another server, or ollama-ondemand "
@@ -166,7 +150,7 @@ class LocalProvider:
                 hint="set another port (ONDEMAND_PORT or 'port' in ondemand.yml), or stop "
                 "that process",
             )
-        port = port or _free_port()
+        port = port or free_port()
         secrets = _read(directory / "secrets.json") or {}
         binary, note = self._ollama(directory)
         env = {k: v for k, v in self.env.items() if not _ours(k)}
@@ -179,7 +163,7 @@ class LocalProvider:
                 "HOST": "127.0.0.1",
                 "PORT": str(port),
                 # The machine may already run its own Ollama on 11434.
-                "ONDEMAND_OLLAMA_HOST": f"127.0.0.1:{_free_port()}",
+                "ONDEMAND_OLLAMA_HOST": f"127.0.0.1:{free_port()}",
             }
         )
         if note:

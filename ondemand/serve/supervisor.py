@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import httpx
 
+from ondemand.processes import port_free
+
 log = logging.getLogger("ondemand.serve")
 ollama_log = logging.getLogger("ondemand.serve.ollama")
 
@@ -156,19 +158,6 @@ class Supervisor:
         self._stop_requested.set()
         self.state = "stopped"
         await self._terminate(grace)
-
-
-def port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        # As Ollama's own listener does, so a port left in TIME_WAIT by a crash counts as free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def resolve_binary(env: Mapping[str, str]) -> str | None:

@@ -12,10 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ondemand.cli import main
 from ondemand.processes import free_port
-
-Run = tuple[int, str, str]
+from tests.clirun import run
 
 
 @pytest.fixture
@@ -36,14 +34,6 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         pid = json.loads(server.read_text())["pid"]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> Run:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def _running(pid: int) -> bool:
