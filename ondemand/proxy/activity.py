@@ -1,7 +1,8 @@
-"""What the proxy has been doing: requests in flight and when the last real one arrived.
+"""When the proxy was last used: the time of the last real request and uptime.
 
-Ollama has no in-flight counter, so an idle decision needs this one. Only forwarded
-requests count: health probes, status and metrics reads are not activity.
+Ollama has no in-flight counter, so an idle decision needs the proxy's (``Limits``, which
+takes a slot per forwarded request). Only forwarded requests count: health probes, status
+and metrics reads are not activity.
 """
 
 from __future__ import annotations
@@ -12,30 +13,27 @@ from datetime import UTC, datetime
 
 class Activity:
     def __init__(self) -> None:
-        self.inflight = 0
         self.total = 0
         self.started_at = time.time()
-        self.last_request_at: float | None = None
+        self.last: float | None = None
 
     def begin(self) -> None:
-        self.inflight += 1
         self.total += 1
-        self.last_request_at = time.time()
+        self.last = time.time()
 
     def end(self) -> None:
-        self.inflight -= 1
         # A long stream is activity until it ends, so the idle clock starts from its end.
-        self.last_request_at = time.time()
+        self.last = time.time()
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self, inflight: int) -> dict[str, object]:
         now = time.time()
-        last = self.last_request_at
+        last = self.last
         return {
-            "inflight": self.inflight,
+            "inflight": inflight,
             "requests": self.total,
             "uptime_seconds": round(now - self.started_at, 3),
             "last_request_at": None if last is None else _iso(last),
-            "idle_seconds": None if last is None or self.inflight else round(now - last, 3),
+            "idle_seconds": None if last is None or inflight else round(now - last, 3),
         }
 
 

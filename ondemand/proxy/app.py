@@ -1,41 +1,34 @@
-"""The proxy as one ASGI callable: health, authentication, routing, streaming forward."""
+"""The proxy as one ASGI callable: health, CORS, authentication, routing, local routes.
+
+Forwarding one request (policy, limits, the streamed answer, its usage) is ``exchange``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ondemand import __version__
-from ondemand.asgi import (
-    BodyTooLarge,
-    ClientDisconnected,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    header,
-    read_body,
-    send_json,
-)
+from ondemand.asgi import Receive, Scope, Send, header, send_bytes, send_json
 from ondemand.proxy.activity import Activity
-from ondemand.proxy.auth import AuthFailure, Identity
+from ondemand.proxy.auth import AuthFailure, Identity, KeyStore, keystore_from_env
+from ondemand.proxy.context import RequestContext
+from ondemand.proxy.exchange import Exchange
+from ondemand.proxy.limits import Limits
+from ondemand.proxy.metrics import CONTENT_TYPE, Metrics
 from ondemand.proxy.responses import family_of, send_error
-from ondemand.proxy.routes import Access, BadPath, Route, resolve
-from ondemand.proxy.upstream import (
-    StreamedResponse,
-    Upstream,
-    UpstreamBroken,
-    UpstreamClient,
-    UpstreamUnavailable,
-    request_headers,
-    response_headers,
-)
+from ondemand.proxy.routes import Access, BadPath, resolve
+from ondemand.proxy.upstream import Upstream, UpstreamClient, UpstreamUnavailable
+from ondemand.proxy.usage import Ledger, UsageRecord
 
 if TYPE_CHECKING:
     from ondemand.proxy.settings import ProxySettings
+    from ondemand.proxy.webhook import WebhookSender
 
 log = logging.getLogger("ondemand.proxy")
 
@@ -45,17 +38,12 @@ _AUTH_MESSAGES = {
     "invalid": "invalid API key",
 }
 _WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="ollama-ondemand"')]
-_STREAM_TYPES = (b"application/x-ndjson", b"text/event-stream")
-
+KEYS_RELOAD_INTERVAL = 2.0  # seconds between looks at the keys file's modification time
 
 # (status, body) for /ping: 200 ready, 204 initializing (no body), 503 unhealthy.
 HealthCheck = Callable[[], Awaitable[tuple[int, Mapping[str, object]]]]
 # Extra fields for /ondemand/status, given the caller's identity.
 StatusExtra = Callable[[Identity], Mapping[str, object]]
-
-
-class _Disconnected(Exception):
-    pass
 
 
 async def send_ping(send: Send, health: HealthCheck) -> None:
@@ -84,7 +72,7 @@ class HealthApp:
 
 
 class ProxyApp:
-    """Authenticating, default-deny, streaming reverse proxy in front of one Ollama."""
+    """Authenticating, default-deny, metering, streaming reverse proxy in front of one Ollama."""
 
     def __init__(
         self,
@@ -95,16 +83,30 @@ class ProxyApp:
         status_extra: StatusExtra | None = None,
     ) -> None:
         self.settings = settings
-        self.keys = settings.keys
+        self.keys: KeyStore = settings.keys
         self.upstream: UpstreamClient = upstream or Upstream(
             settings.upstream, connect_timeout=settings.connect_timeout
         )
         self.activity = Activity()
+        self.limits = Limits(settings.max_inflight)
+        self.ledger = Ledger()
+        self.metrics = Metrics(
+            inflight=lambda: self.limits.inflight, last_request=lambda: self.activity.last
+        )
         # Alone in front of an Ollama, health is whether it answers; under `serve`, the
         # supervisor knows better (starting, warming, a failed preload) and says so.
         self.health: HealthCheck = health or self._upstream_health
         self.status_extra = status_extra
+        self.webhook: WebhookSender | None = None
+        if settings.webhook is not None:
+            from ondemand.proxy.webhook import WebhookSender
+
+            self.webhook = WebhookSender(settings.webhook, on_event=self.metrics.webhook_event)
+        keys_file = settings.env.get("ONDEMAND_KEYS_FILE", "")
+        self._keys_file = Path(keys_file) if keys_file else None
+        self._keys_mtime = _mtime(self._keys_file)
         self._ping_task: asyncio.Task[bool] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -114,34 +116,88 @@ class ProxyApp:
             await self._lifespan(receive, send)
         # Websockets and other scopes are not part of Ollama's API: closing is the answer.
 
+    # -- start and stop ----------------------------------------------------------------
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.upstream.aclose()
+                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def startup(self) -> None:
+        if self.webhook is not None:
+            await self.webhook.start()
+        if self._keys_file is not None:
+            self._background.append(asyncio.ensure_future(self._watch_keys_file()))
+            # SIGHUP reloads the keys file at once; only the main thread may listen.
+            with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_keys)
+
+    async def shutdown(self) -> None:
+        for task in self._background:
+            task.cancel()
+        if self.webhook is not None:
+            await self.webhook.stop()
+        await self.upstream.aclose()
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def reload_keys(self) -> bool:
+        """Re-read the keys file; a broken file keeps the keys that work now."""
+        self._keys_mtime = _mtime(self._keys_file)
+        try:
+            store = keystore_from_env(self.settings.env)
+        except Exception as exc:  # anything wrong in the file must not take keys away
+            log.error("keys file not reloaded, the previous keys stay in force: %s", exc)
+            return False
+        self.keys = store
+        log.info("keys reloaded: %s", ", ".join(store.names()) or "(none)")
+        return True
+
+    async def _watch_keys_file(self) -> None:
+        while True:
+            await asyncio.sleep(KEYS_RELOAD_INTERVAL)
+            if _mtime(self._keys_file) != self._keys_mtime:
+                self.reload_keys()
+
+    # -- one request ---------------------------------------------------------------------
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = RequestContext.of(scope, self.settings.cors_origins)
+        send = ctx.wrap(send)
+        try:
+            await self._dispatch(scope, receive, send, ctx)
+        finally:
+            ctx.log()
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         if raw_path == b"/ping":
+            ctx.quiet = True
             await send_ping(send, self.health)
             return
         family = family_of(raw_path)
+        if scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method"):
+            await self._preflight(send, ctx)
+            return
         try:
             identity = self.keys.authenticate(scope["headers"])
         except AuthFailure as failure:
-            # %r: the path is the client's, and must not be able to forge log lines.
-            log.info(
-                "refused %s %r: %s credentials", scope["method"], scope["path"], failure.reason
-            )
+            self.metrics.auth_failures.labels(failure.reason).inc()
+            ctx.detail = f"credentials {failure.reason}"
             await send_error(
                 send, family, 401, _AUTH_MESSAGES[failure.reason],
                 code="invalid_api_key", headers=_WWW_AUTHENTICATE,
             )  # fmt: skip
             return
+        ctx.key_name = identity.name
         try:
             route = resolve(raw_path)
         except BadPath as exc:
@@ -155,15 +211,38 @@ class ProxyApp:
                 send, family, 403, f"{route.path} needs an admin key; this key is a user key"
             )
             return
-        await self._forward(scope, receive, send, route)
+        await Exchange(self, scope, receive, send, route, identity, ctx).run()
+
+    async def _preflight(self, send: Send, ctx: RequestContext) -> None:
+        if ctx.cors_origin is None:
+            await send_json(send, 403, {"error": "this origin is not allowed (CORS)"})
+            return
+        await send({"type": "http.response.start", "status": 204,
+                    "headers": ctx.preflight_headers()})  # fmt: skip
+        await send({"type": "http.response.body", "body": b""})
+
+    def usage(self, record: UsageRecord) -> None:
+        """One forwarded request is done: count it, total it, send it on."""
+        self.metrics.observe(record, record.route)
+        self.ledger.add(record)
+        if self.webhook is not None:
+            self.webhook.submit(record.to_json())
+
+    # -- local routes -------------------------------------------------------------------
 
     async def _local_route(
         self, scope: Scope, send: Send, identity: Identity, raw_path: bytes, family: str
     ) -> None:
-        if raw_path == b"/ondemand/status" and scope["method"] in ("GET", "HEAD"):
+        method = scope["method"]
+        if raw_path == b"/ondemand/status" and method in ("GET", "HEAD"):
             await send_json(send, 200, await self._status(identity))
-            return
-        await send_error(send, family, 404, f"no such route: {scope['method']} {scope['path']}")
+        elif raw_path == b"/metrics" and method in ("GET", "HEAD"):
+            if not identity.admin:
+                await send_error(send, family, 403, "/metrics needs an admin key")
+                return
+            await send_bytes(send, 200, self.metrics.exposition(), CONTENT_TYPE)
+        else:
+            await send_error(send, family, 404, f"no such route: {method} {scope['path']}")
 
     async def _status(self, identity: Identity) -> dict[str, object]:
         code, body = await self.health()
@@ -173,8 +252,20 @@ class ProxyApp:
             "version": __version__,
             "key": identity.name,
             "admin": identity.admin,
-            **self.activity.snapshot(),
+            **self.activity.snapshot(self.limits.inflight),
+            "usage": self.ledger.view(None if identity.admin else identity.name),
         }
+        if identity.admin:
+            status["limits"] = {
+                "max_inflight": self.settings.max_inflight,
+                "keys": {
+                    e.name: {"max_concurrency": e.max_concurrency, "rpm": e.rpm,
+                             "models": sorted(e.models) if e.models is not None else None}
+                    for e in self.keys.entries
+                },
+            }  # fmt: skip
+            if self.webhook is not None:
+                status["webhook"] = self.webhook.stats()
         if self.status_extra is not None:
             status.update(self.status_extra(identity))
         return status
@@ -200,181 +291,14 @@ class ProxyApp:
             return False
         return status == 200
 
-    # -- forwarding -------------------------------------------------------------------
 
-    async def _read_body(self, receive: Receive, family: str, send: Send) -> bytes | None:
-        """The whole request body, or None after answering 413/408 (or on disconnect)."""
-        limit = self.settings.max_body
-        try:
-            return await read_body(receive, limit, self.settings.body_timeout)
-        except TimeoutError:
-            await send_error(send, family, 408, "timed out reading the request body")
-        except BodyTooLarge:
-            await send_error(
-                send, family, 413, f"request body is larger than the limit of {limit} bytes"
-            )
-        except ClientDisconnected:
-            pass
+def _mtime(path: Path | None) -> int | None:
+    if path is None:
         return None
-
-    async def _stream_body(self, receive: Receive) -> AsyncIterator[bytes]:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                return
-
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
-        family = route.family
-        declared = header(scope, b"content-length")
-        if declared is not None and not route.stream_body:
-            try:
-                too_big = int(declared) > self.settings.max_body
-            except ValueError:
-                await send_error(send, family, 400, "invalid Content-Length header")
-                return
-            if too_big:
-                limit = self.settings.max_body
-                await send_error(
-                    send, family, 413, f"request body is larger than the limit of {limit} bytes"
-                )
-                return
-        body: bytes | AsyncIterator[bytes]
-        if route.stream_body:
-            body = self._stream_body(receive)
-        else:
-            read = await self._read_body(receive, family, send)
-            if read is None:
-                return
-            body = read
-        self.activity.begin()
-        try:
-            await self._exchange(scope, receive, send, route, body)
-        finally:
-            self.activity.end()
-
-    async def _exchange(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        route: Route,
-        body: bytes | AsyncIterator[bytes],
-    ) -> None:
-        if route.stream_body:
-            # receive() belongs to the body reader here; a disconnect surfaces there.
-            try:
-                await self._relay(scope, send, route, body)
-            except _Disconnected:
-                log.info("client disconnected while sending %s", route.path)
-            return
-        # The body is read, so the next thing receive() reports is the client going away (or
-        # our own response ending). One pending receive() per request cancels this task on a
-        # disconnect; that is cheaper than running the exchange in a second task.
-        task = asyncio.current_task()
-        assert task is not None
-        watch = _DisconnectWatch(task)
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(watch.on_receive)
-        try:
-            await self._relay(scope, send, route, body)
-        except asyncio.CancelledError:
-            if not watch.disconnected:
-                raise
-            task.uncancel()
-            log.info("client disconnected: %s %s cancelled", scope["method"], route.path)
-        finally:
-            watch.finished = True
-            watcher.cancel()
-
-    async def _relay(
-        self, scope: Scope, send: Send, route: Route, body: bytes | AsyncIterator[bytes]
-    ) -> None:
-        try:
-            response = await self.upstream.send(
-                scope["method"],
-                route.upstream_path,
-                scope.get("query_string", b""),
-                request_headers(scope["headers"]),
-                body,
-            )
-        except UpstreamUnavailable as exc:
-            log.warning("upstream unavailable for %s: %s", route.path, exc)
-            await send_error(send, route.family, 502, "upstream Ollama is unavailable")
-            return
-        try:
-            await self._send_response(send, route, response)
-        finally:
-            await response.aclose()
-
-    async def _send_response(self, send: Send, route: Route, response: StreamedResponse) -> None:
-        headers = response_headers(response.headers)
-        content_type = next((v for n, v in headers if n == b"content-type"), b"")
-        streaming = content_type.startswith(_STREAM_TYPES)
-        if streaming:
-            # Tell any buffering proxy in front of us (nginx) to pass chunks straight on.
-            headers.append((b"x-accel-buffering", b"no"))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        remaining = _content_length(headers)
-        try:
-            async for chunk in response.chunks():
-                if remaining is not None:
-                    remaining -= len(chunk)
-                    if remaining <= 0:
-                        # Complete: one message instead of this chunk plus an empty last one.
-                        await send({"type": "http.response.body", "body": chunk})
-                        return
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamBroken as exc:
-            log.warning("upstream closed %s mid-response: %s", route.path, exc)
-            if streaming:
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": _stream_error(content_type),
-                        "more_body": True,
-                    }
-                )
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class _DisconnectWatch:
-    __slots__ = ("disconnected", "finished", "task")
-
-    def __init__(self, task: asyncio.Task[object]) -> None:
-        self.task = task
-        self.disconnected = False
-        self.finished = False
-
-    def on_receive(self, watcher: asyncio.Future[Message]) -> None:
-        if self.finished or watcher.cancelled() or watcher.exception() is not None:
-            return
-        if watcher.result()["type"] == "http.disconnect":
-            self.disconnected = True
-            self.task.cancel()
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _stream_error(content_type: bytes) -> bytes:
-    """A final stream item that makes clients raise instead of silently truncating."""
-    message = "upstream Ollama closed the stream before it was complete"
-    if content_type.startswith(b"text/event-stream"):
-        payload = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
-        return b"data: " + json.dumps(payload).encode() + b"\n\n"
-    return b'{"error":"' + message.encode() + b'"}\n'
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def create_app(settings: ProxySettings) -> ProxyApp:

@@ -18,15 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ondemand.errors import ConfigError
+from ondemand.modelnames import canonical
 from ondemand.proxy.auth import KeyEntry, digest, parse_sha256, valid_key_name
 
 _FIELDS = {"name", "key", "sha256", "models", "admin", "max_concurrency", "rpm"}
-
-
-def _normalise_model(name: str) -> str:
-    name = name.strip().lower()
-    tail = name.rsplit("/", 1)[-1]
-    return name if ":" in tail else name + ":latest"
 
 
 def _problem(path: Path, line: int | None, text: str) -> str:
@@ -106,7 +101,7 @@ def parse_keys_file(path: Path) -> list[KeyEntry]:
             ):
                 problems.append(_problem(path, line, f"{where}: 'models' must be a list of names"))
             else:
-                models = frozenset(_normalise_model(m) for m in models_raw)
+                models = frozenset(canonical(m) for m in models_raw)
         admin = item.get("admin", False)
         if not isinstance(admin, bool):
             problems.append(_problem(path, line, f"{where}: 'admin' must be true or false"))

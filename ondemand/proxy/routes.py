@@ -33,7 +33,20 @@ class Route:
     family: str  # "native" or "openai": decides the shape of error bodies
     stream_body: bool = False  # forward the request body without buffering it
 
+    @property
+    def label(self) -> str:
+        """The route as a metrics label: path parameters collapsed, so the set is bounded."""
+        for prefix, name in _PARAMETERS:
+            if self.path.startswith(prefix):
+                return prefix + name
+        return self.path
 
+
+_PARAMETERS = (
+    ("/v1/models/", "{model}"),
+    ("/api/blobs/", "{digest}"),
+    ("/api/user/keys/", "{key}"),
+)
 _USER_EXACT = frozenset(
     {
         "/",

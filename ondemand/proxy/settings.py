@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ondemand.errors import ConfigError
 from ondemand.proxy.auth import KeyStore, keystore_from_env
+from ondemand.proxy.policy import KeepAlivePolicy
+
+if TYPE_CHECKING:
+    from ondemand.proxy.webhook import WebhookSettings
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
@@ -65,6 +70,27 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _positive(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number ≥ 1, got {raw!r}")
+    return int(raw)
+
+
+def _origins(raw: str) -> frozenset[str]:
+    """``ONDEMAND_CORS_ORIGINS``: exact origins (scheme://host[:port]) or ``*``."""
+    origins = frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins - {"*"}:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"ONDEMAND_CORS_ORIGINS: {origin!r} is not an origin",
+                hint="list origins like https://app.example.com or http://localhost:5173",
+            )
+    return origins
+
+
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     upstream: str
@@ -76,6 +102,12 @@ class ProxySettings:
     ping_timeout: float = 2.0
     log_json: bool = False
     log_level: str = "INFO"
+    keep_alive: KeepAlivePolicy = field(default_factory=KeepAlivePolicy)
+    max_inflight: int | None = None
+    cors_origins: frozenset[str] = frozenset()
+    webhook: WebhookSettings | None = None
+    # Kept to rebuild the key store when the keys file changes; holds secrets, so no repr.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, upstream: str | None = None) -> ProxySettings:
@@ -90,6 +122,8 @@ class ProxySettings:
             raise ConfigError(
                 f"AUTHORIZATION_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}"
             )
+        from ondemand.proxy.webhook import WebhookSettings
+
         return cls(
             upstream=normalise_upstream(raw_upstream),
             keys=keystore_from_env(env),
@@ -98,4 +132,9 @@ class ProxySettings:
             connect_timeout=_float(env, "ONDEMAND_UPSTREAM_CONNECT_TIMEOUT", 10.0),
             log_json=_truthy(env.get("AUTHORIZATION_LOG_JSON")),
             log_level="WARNING" if level == "WARN" else level,
+            keep_alive=KeepAlivePolicy.from_env(env),
+            max_inflight=_positive(env, "ONDEMAND_MAX_INFLIGHT"),
+            cors_origins=_origins(env.get("ONDEMAND_CORS_ORIGINS", "")),
+            webhook=WebhookSettings.from_env(env),
+            env=dict(env),
         )

@@ -7,17 +7,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-_DEFAULT_HOST = "registry.ollama.ai/"
+from ondemand.modelnames import canonical
+
 _VAR = re.compile(r"^PRELOAD_MODEL_[A-Za-z0-9_]+$")
-
-
-def canonical(name: str) -> str:
-    """The key Ollama looks a model up by: default host and namespace dropped, tag
-    added (``llama3.2`` == ``registry.ollama.ai/library/llama3.2:latest``), case folded."""
-    name = name.strip().lower()
-    name = name.removeprefix(_DEFAULT_HOST).removeprefix("library/")
-    tail = name.rsplit("/", 1)[-1]
-    return name if ":" in tail else name + ":latest"
 
 
 def preload_list(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from ondemand.serve.models import ModelState, Phase, canonical
+from ondemand.modelnames import canonical
+from ondemand.serve.models import ModelState, Phase
 
 log = logging.getLogger("ondemand.serve")
 

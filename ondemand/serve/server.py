@@ -73,6 +73,17 @@ class ServeState:
         return {"server": server}
 
 
+def _ollama_default_keep_alive(settings: ServeSettings) -> str | int | None:
+    """What Ollama should use when a request names no keep_alive (every /v1 request)."""
+    policy = settings.proxy.keep_alive
+    if policy.default is not None:
+        return policy.default
+    # Ollama's own default is 5 minutes; a lower cap must hold for /v1 as well.
+    if policy.cap_seconds is not None and policy.cap_seconds < 300:
+        return policy.cap
+    return None
+
+
 class Serve:
     def __init__(self, settings: ServeSettings, env: Mapping[str, str]) -> None:
         self.settings = settings
@@ -83,6 +94,7 @@ class Serve:
             env,
             on_up=self._on_ollama_up,
             on_down=self._on_ollama_down,
+            keep_alive=_ollama_default_keep_alive(settings),
         )
         self.state.supervisor = self.supervisor
         self._preload: asyncio.Task[None] | None = None

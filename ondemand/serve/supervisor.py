@@ -30,9 +30,15 @@ _SECRET_VARS = re.compile(
 )
 
 
-def child_environment(env: Mapping[str, str], port: int) -> dict[str, str]:
+def child_environment(
+    env: Mapping[str, str], port: int, keep_alive: str | int | None = None
+) -> dict[str, str]:
     out = {k: v for k, v in env.items() if not _SECRET_VARS.match(k)}
     out["OLLAMA_HOST"] = f"127.0.0.1:{port}"
+    if keep_alive is not None:
+        # /v1 requests cannot carry keep_alive: Ollama then uses its own default, so the
+        # proxy's policy becomes that default (whole seconds or a duration, as Ollama reads).
+        out["OLLAMA_KEEP_ALIVE"] = str(keep_alive)
     return out
 
 
@@ -52,11 +58,12 @@ class Supervisor:
         *,
         on_up: Callable[[], Awaitable[None]],
         on_down: Callable[[str], None],
+        keep_alive: str | int | None = None,
     ) -> None:
         self.binary = binary
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.env = child_environment(env, port)
+        self.env = child_environment(env, port, keep_alive)
         self.on_up = on_up
         self.on_down = on_down
         self.process: asyncio.subprocess.Process | None = None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ondemand.errors import ConfigError
-from ondemand.serve.models import canonical, preload_list
+from ondemand.modelnames import canonical
+from ondemand.serve.models import preload_list
 from ondemand.serve.settings import keep_alive_value, ollama_port
 from ondemand.serve.supervisor import child_environment
 

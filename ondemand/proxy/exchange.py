@@ -1,0 +1,339 @@
+"""One request forwarded to Ollama: body, policy, limits, the streamed answer, its usage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from ondemand.asgi import (
+    BodyTooLarge,
+    ClientDisconnected,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+)
+from ondemand.proxy import policy
+from ondemand.proxy.metering import Meter
+from ondemand.proxy.responses import send_error
+from ondemand.proxy.upstream import (
+    StreamedResponse,
+    UpstreamBroken,
+    UpstreamUnavailable,
+    request_headers,
+    response_headers,
+)
+from ondemand.proxy.usage import UsageRecord
+
+if TYPE_CHECKING:
+    from ondemand.proxy.app import ProxyApp
+    from ondemand.proxy.auth import Identity
+    from ondemand.proxy.context import RequestContext
+    from ondemand.proxy.routes import Route
+
+log = logging.getLogger("ondemand.proxy")
+
+_STREAM_TYPES = (b"application/x-ndjson", b"text/event-stream")
+_MAX_LISTING = 8 * 1024 * 1024  # a model list far larger than this is not Ollama's
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class Exchange:
+    """Forwards one request; ``run`` answers it in every case and records its usage."""
+
+    def __init__(
+        self,
+        proxy: ProxyApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        identity: Identity,
+        ctx: RequestContext,
+    ) -> None:
+        self.proxy = proxy
+        self.settings = proxy.settings
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.route = route
+        self.identity = identity
+        self.ctx = ctx
+        self.meter: Meter | None = None
+        self.strip_usage = False
+
+    async def error(
+        self, status: int, message: str, *, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        await send_error(self.send, self.route.family, status, message, headers=headers or ())
+
+    async def run(self) -> None:
+        body = await self._body()
+        if body is None:
+            return
+        if isinstance(body, bytes):
+            try:
+                prepared = policy.prepare(
+                    self.route.path, body, self.identity, self.settings.keep_alive
+                )
+                policy.check_path_model(self.route.path, self.identity)
+            except policy.Rejected as rejected:
+                await self.error(rejected.status, rejected.message)
+                return
+            self.ctx.model = prepared.model or _path_model(self.route.path)
+            self.strip_usage = prepared.strip_usage
+            body = prepared.body
+        limited = self.proxy.limits.acquire(self.identity, time.monotonic())
+        if limited is not None:
+            self.proxy.metrics.rate_limited.labels(self.identity.name, limited.limit).inc()
+            self.proxy.ledger.rate_limited(self.identity.name)
+            await self.error(
+                429, limited.message, headers=[(b"retry-after", str(limited.retry_after).encode())]
+            )
+            return
+        self.proxy.activity.begin()
+        try:
+            await self._exchange(body)
+        finally:
+            self.proxy.limits.release(self.identity)
+            self.proxy.activity.end()
+            self._record()
+
+    # -- the request body -------------------------------------------------------------
+
+    async def _body(self) -> bytes | AsyncIterator[bytes] | None:
+        """The body to forward, or None once the request has been answered here."""
+        if self.route.stream_body:
+            return self._stream_body()
+        limit = self.settings.max_body
+        declared = header(self.scope, b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                await self.error(400, "invalid Content-Length header")
+                return None
+            if too_big:
+                await self.error(413, f"request body is larger than the limit of {limit} bytes")
+                return None
+        try:
+            return await read_body(self.receive, limit, self.settings.body_timeout)
+        except TimeoutError:
+            await self.error(408, "timed out reading the request body")
+        except BodyTooLarge:
+            await self.error(413, f"request body is larger than the limit of {limit} bytes")
+        except ClientDisconnected:
+            pass
+        return None
+
+    async def _stream_body(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    # -- forwarding and cancellation --------------------------------------------------
+
+    async def _exchange(self, body: bytes | AsyncIterator[bytes]) -> None:
+        route = self.route
+        if route.stream_body:
+            # receive() belongs to the body reader here; a disconnect surfaces there.
+            try:
+                await self._relay(body)
+            except _Disconnected:
+                log.info("client disconnected while sending %s", route.path)
+            return
+        # The body is read, so the next thing receive() reports is the client going away (or
+        # our own response ending). One pending receive() per request cancels this task on a
+        # disconnect; that is cheaper than running the exchange in a second task.
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _DisconnectWatch(task)
+        watcher = asyncio.ensure_future(self.receive())
+        watcher.add_done_callback(watch.on_receive)
+        try:
+            await self._relay(body)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            task.uncancel()
+            self.ctx.status = 499  # as nginx calls "the client closed the request"
+            log.info("client disconnected: %s %s cancelled", self.ctx.method, route.path)
+        finally:
+            watch.finished = True
+            watcher.cancel()
+
+    async def _relay(self, body: bytes | AsyncIterator[bytes]) -> None:
+        headers = request_headers(self.scope["headers"])
+        headers.append((b"x-request-id", self.ctx.request_id.encode()))
+        try:
+            response = await self.proxy.upstream.send(
+                self.ctx.method,
+                self.route.upstream_path,
+                self.scope.get("query_string", b""),
+                headers,
+                body,
+            )
+        except UpstreamUnavailable as exc:
+            self.proxy.metrics.upstream_errors.labels("unavailable").inc()
+            log.warning("upstream unavailable for %s: %s", self.route.path, exc)
+            await self.error(502, "upstream Ollama is unavailable")
+            return
+        try:
+            if self._filters_listing(response):
+                await self._send_filtered(response)
+            else:
+                await self._send_response(response)
+        finally:
+            await response.aclose()
+
+    def _filters_listing(self, response: StreamedResponse) -> bool:
+        entry = self.identity.entry
+        return (
+            self.route.path in policy.LIST_ROUTES
+            and entry is not None
+            and entry.models is not None
+            and response.status == 200
+        )
+
+    async def _send_filtered(self, response: StreamedResponse) -> None:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.chunks():
+                size += len(chunk)
+                if size > _MAX_LISTING:
+                    await self.error(502, "the model list from Ollama is too large")
+                    return
+                chunks.append(chunk)
+        except UpstreamBroken:
+            self.proxy.metrics.upstream_errors.labels("broken").inc()
+            await self.error(502, "upstream Ollama closed the answer before it was complete")
+            return
+        body = policy.filter_listing(self.route.path, b"".join(chunks), self.identity)
+        headers = [(n, v) for n, v in response_headers(response.headers) if n != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def _send_response(self, response: StreamedResponse) -> None:
+        route = self.route
+        send = self.send
+        headers = response_headers(response.headers)
+        content_type = next((v for n, v in headers if n == b"content-type"), b"")
+        streaming = content_type.startswith(_STREAM_TYPES)
+        if streaming:
+            # Tell any buffering proxy in front of us (nginx) to pass chunks straight on.
+            headers.append((b"x-accel-buffering", b"no"))
+        meter = None
+        if route.path in policy.MODEL_ROUTES and response.status == 200:
+            meter = self.meter = Meter(
+                family="openai" if route.family == "openai" else "native",
+                content_type=content_type,
+                strip_usage=self.strip_usage and streaming,
+            )
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        remaining = _content_length(headers)
+        try:
+            async for chunk in response.chunks():
+                out = meter.feed(chunk) if meter is not None else chunk
+                if remaining is not None:
+                    remaining -= len(chunk)
+                    if remaining <= 0:
+                        if meter is not None:
+                            out += meter.finish()
+                        # Complete: one message instead of this chunk plus an empty last one.
+                        await send({"type": "http.response.body", "body": out})
+                        return
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        except UpstreamBroken as exc:
+            self.proxy.metrics.upstream_errors.labels("broken").inc()
+            log.warning("upstream closed %s mid-response: %s", route.path, exc)
+            if streaming:
+                tail = meter.finish() if meter is not None else b""
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": tail + _stream_error(content_type),
+                        "more_body": True,
+                    }
+                )
+                meter = None
+        tail = meter.finish() if meter is not None else b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    # -- usage --------------------------------------------------------------------------
+
+    def _record(self) -> None:
+        ctx = self.ctx
+        meter = self.meter
+        if meter is not None:
+            ctx.prompt_tokens, ctx.completion_tokens = meter.prompt_tokens, meter.completion_tokens
+        record = UsageRecord(
+            ts=ctx.ts,
+            request_id=ctx.request_id,
+            key_name=self.identity.name,
+            model=ctx.model,
+            route=self.route.label,
+            method=ctx.method,
+            status=ctx.status if ctx.status is not None else 499,
+            prompt_tokens=ctx.prompt_tokens,
+            completion_tokens=ctx.completion_tokens,
+            duration_ms=ctx.duration_ms,
+            ttft_ms=ctx.ttft_ms,
+        )
+        self.proxy.usage(record)
+
+
+class _DisconnectWatch:
+    __slots__ = ("disconnected", "finished", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.disconnected = False
+        self.finished = False
+
+    def on_receive(self, watcher: asyncio.Future[Message]) -> None:
+        if self.finished or watcher.cancelled() or watcher.exception() is not None:
+            return
+        if watcher.result()["type"] == "http.disconnect":
+            self.disconnected = True
+            self.task.cancel()
+
+
+def _path_model(path: str) -> str | None:
+    return path.removeprefix("/v1/models/") if path.startswith("/v1/models/") else None
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _stream_error(content_type: bytes) -> bytes:
+    """A final stream item that makes clients raise instead of silently truncating."""
+    message = "upstream Ollama closed the stream before it was complete"
+    if content_type.startswith(b"text/event-stream"):
+        payload = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    return b'{"error":"' + message.encode() + b'"}\n'

@@ -1,0 +1,100 @@
+"""Prometheus metrics of one proxy, on a registry of its own (``GET /metrics``, admin key).
+
+Label values come from bounded sets: routes from the route table, key names from the
+configuration, and model names only for requests Ollama served (a client that invents
+model names gets 404s, counted under "other", not a new series each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ondemand.modelnames import canonical
+from ondemand.proxy.usage import UsageRecord
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+MAX_MODEL_LABELS = 64
+# Seconds: from a fast cached answer to a model load on a cold GPU.
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(
+        self, inflight: Callable[[], float], last_request: Callable[[], float | None]
+    ) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self._models: set[str] = set()
+        self.requests = Counter(
+            "ondemand_requests", "Requests forwarded to Ollama, by outcome.",
+            ["route", "status", "key", "model"], registry=registry,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "ondemand_tokens", "Tokens processed, by direction (prompt or completion).",
+            ["direction", "key", "model"], registry=registry,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "ondemand_time_to_first_byte_seconds",
+            "Time from the request to the first byte of the response body.",
+            ["route", "model"], buckets=_TTFT_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "ondemand_request_duration_seconds", "Time from the request to the end of the answer.",
+            ["route", "model"], buckets=_DURATION_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.rate_limited = Counter(
+            "ondemand_rate_limited", "Requests answered 429, by key and limit.",
+            ["key", "limit"], registry=registry,
+        )  # fmt: skip
+        self.auth_failures = Counter(
+            "ondemand_auth_failures", "Requests refused for their credentials.",
+            ["reason"], registry=registry,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            "ondemand_upstream_errors", "Ollama unreachable or cut off mid-answer.",
+            ["kind"], registry=registry,
+        )  # fmt: skip
+        self.webhook = Counter(
+            "ondemand_webhook_events", "Usage webhook: records sent and dropped, batches, retries.",
+            ["event"], registry=registry,
+        )  # fmt: skip
+        Gauge(
+            "ondemand_requests_in_flight", "Requests being forwarded now.", registry=registry
+        ).set_function(inflight)
+        Gauge(
+            "ondemand_last_request_timestamp_seconds",
+            "When the last real request (not /ping, /metrics, /ondemand/*) arrived or ended.",
+            registry=registry,
+        ).set_function(lambda: last_request() or 0.0)
+
+    def _model_label(self, record: UsageRecord) -> str:
+        if record.model is None:
+            return ""
+        name = canonical(record.model)
+        if name in self._models:
+            return name
+        if record.status < 400 and len(self._models) < MAX_MODEL_LABELS:
+            self._models.add(name)
+            return name
+        return "other"
+
+    def observe(self, record: UsageRecord, route: str) -> None:
+        model = self._model_label(record)
+        key = record.key_name
+        self.requests.labels(route, str(record.status), key, model).inc()
+        if record.prompt_tokens:
+            self.tokens.labels("prompt", key, model).inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.tokens.labels("completion", key, model).inc(record.completion_tokens)
+        if record.ttft_ms is not None:
+            self.ttft.labels(route, model).observe(record.ttft_ms / 1000)
+        self.duration.labels(route, model).observe(record.duration_ms / 1000)
+
+    def webhook_event(self, name: str, count: int) -> None:
+        self.webhook.labels(name).inc(count)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,292 @@
+"""Usage records to USER_MODEL_METRICS_WEBHOOK_URL, in batches, off the request path.
+
+``submit`` only appends to a bounded queue: a slow or dead webhook never slows or fails a
+request. One task sends, retries and, on shutdown, flushes; every record is counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from ondemand import __version__
+from ondemand.errors import ConfigError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger("ondemand.proxy.webhook")
+
+SOURCE = "ollama-ondemand"
+BACKOFF_FIRST = 0.5
+# Neither backoff nor Retry-After parks the sender longer: the queue behind it is bounded.
+MAX_DELAY = 30.0
+
+Record = Mapping[str, object]
+Outcome = Literal["sent", "retry", "fatal"]
+_COUNTERS = ("produced", "sent", "dropped_queue_full", "dropped_delivery", "dropped_shutdown",
+             "batches_sent", "batches_failed", "retries")  # fmt: skip
+_EVENTS = {"batches_sent": "batch_sent", "batches_failed": "batch_failed", "retries": "retry"}
+
+
+def _host(url: str) -> str:
+    """Host and port only, for logs: user info and query strings may carry credentials."""
+    return url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+
+
+def _count(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"{name} must be a whole number of at least {minimum}, got {raw!r}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    try:
+        value = float(raw.removesuffix("s")) if raw else default
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a number of seconds above 0, got {raw!r}")
+    return value
+
+
+def _backoff(attempt: int) -> float:
+    delay = min(BACKOFF_FIRST * 2.0**attempt, MAX_DELAY)
+    # Jitter keeps replicas that failed together from retrying in lockstep.
+    return delay + random.uniform(0, delay / 10)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header; the HTTP-date form falls back to the backoff."""
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), MAX_DELAY) if math.isfinite(seconds) else None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    batch_size: int = 100
+    interval: float = 5.0  # a partial batch is sent at most this many seconds late
+    timeout: float = 5.0  # per POST
+    retries: int = 3  # attempts after the first
+    queue_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        counts_ok = min(self.batch_size, self.queue_size, self.retries + 1) >= 1
+        if not (counts_ok and self.interval > 0 and self.timeout > 0):
+            raise ValueError(f"invalid {self!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WebhookSettings | None:
+        """None when USER_MODEL_METRICS_WEBHOOK_URL is unset or empty: no webhook."""
+        url = env.get("USER_MODEL_METRICS_WEBHOOK_URL", "").strip()
+        if not url:
+            return None
+        scheme, host = url.partition("://")[0].lower(), _host(url)
+        if scheme not in ("http", "https") or not host or host.startswith(":"):
+            raise ConfigError(
+                "USER_MODEL_METRICS_WEBHOOK_URL must be an http:// or https:// URL with a host,"
+                f" got scheme {scheme!r} and host {host!r}"
+            )
+        return cls(
+            url=url,
+            api_key=env.get("USER_MODEL_METRICS_WEBHOOK_API_KEY", "").strip() or None,
+            batch_size=_count(env, "ONDEMAND_WEBHOOK_BATCH_SIZE", 100, 1),
+            interval=_seconds(env, "ONDEMAND_WEBHOOK_INTERVAL", 5.0),
+            timeout=_seconds(env, "ONDEMAND_WEBHOOK_TIMEOUT", 5.0),
+            retries=_count(env, "ONDEMAND_WEBHOOK_RETRIES", 3, 0),
+            queue_size=_count(env, "ONDEMAND_WEBHOOK_QUEUE", 10_000, 1),
+        )
+
+
+class WebhookSender:
+    """Posts usage records to the metrics webhook from one task; use it in the loop's thread."""
+
+    def __init__(
+        self, settings: WebhookSettings, *, on_event: Callable[[str, int], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self._on_event = on_event
+        # A batch larger than the queue could never fill up and would always wait.
+        self._batch_size = min(settings.batch_size, settings.queue_size)
+        self._queue: deque[tuple[float, Record]] = deque()
+        self._in_flight: list[Record] = []
+        self._n = dict.fromkeys(_COUNTERS, 0)
+        self._wake = asyncio.Event()  # the queue became non-empty, or holds a full batch
+        self._stopping = asyncio.Event()
+        self._closed = self._failing = False
+        self._last_error = ""
+        self._logged_statuses: set[int] = set()
+        self._where = _host(settings.url)
+        auth = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        agent = f"{SOURCE}/{__version__}"
+        self._headers = {"Content-Type": "application/json", "User-Agent": agent, **auth}
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, record: Record) -> None:
+        """Queue a record (kept as is, not copied); O(1), never waits, never raises."""
+        self._n["produced"] += 1
+        if self._closed:
+            self._add("dropped_shutdown", 1)
+            return
+        queue = self._queue
+        if len(queue) >= self.settings.queue_size:
+            # The newest records say most about current usage; the oldest go first.
+            queue.popleft()
+            self._add("dropped_queue_full", 1)
+        queue.append((time.monotonic(), record))
+        if len(queue) in (1, self._batch_size):
+            self._wake.set()
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("a stopped WebhookSender cannot be started again")
+        if self._task is None:
+            import aiohttp
+
+            timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+            self._task = asyncio.create_task(self._run(), name="ondemand-webhook")
+
+    async def stop(self, flush_timeout: float = 10.0) -> None:
+        """Send what is queued within ``flush_timeout``, then close; the rest is dropped."""
+        self._stopping.set()
+        self._wake.set()
+        task = self._task
+        try:
+            if task is not None:
+                await asyncio.wait({task}, timeout=flush_timeout)
+        finally:
+            if task is not None:
+                task.cancel()  # a no-op when the flush has finished
+                await asyncio.wait({task})
+            self._closed = True
+            unsent = len(self._queue) + len(self._in_flight)
+            self._queue.clear()
+            self._in_flight = []
+            if unsent:
+                log.warning("metrics webhook: %d records unsent at shutdown, dropped", unsent)
+                self._add("dropped_shutdown", unsent)
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    def stats(self) -> dict[str, int]:
+        n = self._n
+        dropped = n["dropped_queue_full"] + n["dropped_delivery"] + n["dropped_shutdown"]
+        return {**n, "pending": len(self._queue) + len(self._in_flight), "dropped": dropped}
+
+    def _add(self, counter: str, count: int) -> None:
+        self._n[counter] += count
+        if self._on_event is not None:
+            name = _EVENTS.get(counter, counter)
+            try:
+                self._on_event(name, count)
+            except Exception:
+                # Metrics about metrics must not cost a request or a batch.
+                log.debug("on_event(%r) failed", name, exc_info=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._ready()
+            if not self._queue:
+                return  # stopping, and nothing is left
+            count = min(len(self._queue), self._batch_size)
+            self._in_flight = [self._queue.popleft()[1] for _ in range(count)]
+            try:
+                await self._deliver(self._in_flight)
+            except Exception:
+                log.exception("metrics webhook: unexpected failure, batch dropped")
+                self._finish(sent=False)
+
+    async def _ready(self) -> None:
+        """Return when a batch is due: full, old enough, or shutdown is flushing."""
+        while not self._stopping.is_set() and len(self._queue) < self._batch_size:
+            oldest = self._queue[0][0] if self._queue else None
+            delay = None if oldest is None else oldest + self.settings.interval - time.monotonic()
+            if delay is not None and delay <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def _deliver(self, batch: list[Record]) -> None:
+        records = json.dumps([dict(r) for r in batch], separators=(",", ":"), default=str)
+        retries = self.settings.retries
+        for attempt in range(retries + 1):
+            if attempt:
+                self._add("retries", 1)
+            outcome, retry_after = await self._post(records)
+            if outcome == "sent":
+                self._finish(sent=True)
+                return
+            log.debug("metrics webhook attempt failed: %s", self._last_error)
+            # Once shutdown has begun, a batch gets one more attempt at most.
+            if outcome == "fatal" or attempt == retries or self._stopping.is_set():
+                break
+            delay = retry_after if retry_after is not None else _backoff(attempt)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+        if outcome == "retry" and not self._failing:
+            # Once per outage, not per batch; recovery is logged in _finish.
+            self._failing = True
+            msg = "metrics webhook %s failed (%s); batches are dropped after %d attempts"
+            log.warning(msg, self._where, self._last_error, retries + 1)
+        self._finish(sent=False)
+
+    async def _post(self, records: str) -> tuple[Outcome, float | None]:
+        import aiohttp
+
+        assert self._session is not None
+        body = f'{{"source":"{SOURCE}","sent_at":{time.time()!r},"records":{records}}}'
+        try:
+            # A redirect is a configuration error to report, not a place to send the key.
+            async with self._session.post(
+                self.settings.url, data=body.encode(), headers=self._headers, allow_redirects=False
+            ) as response:
+                await response.read()
+                status, retry_after = response.status, response.headers.get("Retry-After")
+                self._last_error = f"HTTP {status} {response.reason or ''}".strip()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._last_error = f"{type(exc).__name__} {exc}".strip()
+            return "retry", None
+        if 200 <= status < 300:
+            return "sent", None
+        if status == 429 or status >= 500:
+            return "retry", _retry_after(retry_after)
+        # Once per status: a wrong URL or key must not log an error for every batch.
+        if status not in self._logged_statuses:
+            self._logged_statuses.add(status)
+            msg = "metrics webhook %s answered %s; batches it refuses are dropped, not retried"
+            log.error(msg, self._where, self._last_error)
+        return "fatal", None
+
+    def _finish(self, *, sent: bool) -> None:
+        count, self._in_flight = len(self._in_flight), []
+        self._add("sent" if sent else "dropped_delivery", count)
+        self._add("batches_sent" if sent else "batches_failed", 1)
+        if sent and self._failing:
+            self._failing = False
+            log.info("metrics webhook %s accepts batches again", self._where)
