@@ -167,6 +167,7 @@ class BackgroundServer:
     ) -> None:
         import uvicorn
 
+        self.app = app
         self._sock = bind(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"

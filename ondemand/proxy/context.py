@@ -56,8 +56,8 @@ class RequestContext:
         ]
 
     def preflight_headers(self) -> Headers:
+        """What a preflight adds to the CORS headers every response of ``wrap`` carries."""
         return [
-            *self.cors_headers(),
             (b"access-control-allow-methods", b"GET, POST, DELETE, HEAD, OPTIONS"),
             (b"access-control-allow-headers", _CORS_ALLOW_HEADERS),
             (b"access-control-max-age", b"600"),

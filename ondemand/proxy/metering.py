@@ -20,7 +20,19 @@ _NDJSON, _SSE, _JSON = 1, 2, 3
 _MODES = {b"application/x-ndjson": _NDJSON, b"text/event-stream": _SSE, b"application/json": _JSON}
 
 _JSON_LIMIT = 4 << 20
-"""A non-streamed body past this is not kept: usage goes unrecorded rather than memory growing."""
+"""A non-streamed body past this is not kept whole; only its last ``_JSON_TAIL`` bytes."""
+_JSON_TAIL = 64 << 10
+# In a large embedding answer the counts come after the vectors, at the end of the body.
+_TAIL_COUNTS = {
+    "native": (
+        re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)'),
+        re.compile(rb'"eval_count"\s*:\s*(\d+)'),
+    ),
+    "openai": (
+        re.compile(rb'"usage"\s*:\s*\{[^{}]*"prompt_tokens"\s*:\s*(\d+)'),
+        re.compile(rb'"usage"\s*:\s*\{[^{}]*"completion_tokens"\s*:\s*(\d+)'),
+    ),
+}
 _RECORD_LIMIT = 1 << 20
 """An unterminated line or event past this is passed through unobserved."""
 _ERROR_LIMIT = 2000
@@ -41,6 +53,7 @@ class Meter:
 
     __slots__ = (
         "_body",
+        "_body_tail",
         "_delim",
         "_family",
         "_mark",
@@ -75,6 +88,7 @@ class Meter:
         self._skipping = False
         """The record in progress outgrew the limit; ``_tail`` keeps only its last bytes."""
         self._body: bytearray | None = bytearray() if self._mode == _JSON else None
+        self._body_tail: bytearray | None = None
         self.prompt_tokens = None
         self.completion_tokens = None
         self.error = None
@@ -88,9 +102,14 @@ class Meter:
             body = self._body
             if body is not None:
                 if len(body) + len(chunk) > _JSON_LIMIT:
-                    self._body = None
+                    self._body_tail, self._body = body, None
                 else:
                     body += chunk
+                    return chunk
+            tail = self._body_tail
+            if tail is not None:
+                tail += chunk
+                del tail[: max(0, len(tail) - _JSON_TAIL)]
             return chunk
         if not self._strip:
             self._advance(chunk, None)
@@ -107,6 +126,9 @@ class Meter:
             body, self._body = self._body, None
             if body:
                 self._inspect(bytes(body))
+            elif self._body_tail is not None:
+                self._read_counts(bytes(self._body_tail))
+                self._body_tail = None
             return b""
         tail = self._tail
         if self._skipping or not tail:
@@ -119,6 +141,18 @@ class Meter:
         if self._mark.search(held):
             self._inspect(held)
         return held if self._strip else b""
+
+    def _read_counts(self, tail: bytes) -> None:
+        """Token counts from the end of a body too large to keep whole."""
+        prompt, completion = _TAIL_COUNTS[self._family]
+        found = prompt.findall(tail)
+        if found:
+            self.prompt_tokens = int(found[-1])
+            counted = completion.findall(tail)
+            if counted:
+                self.completion_tokens = int(counted[-1])
+            elif self._family == "native":
+                self.completion_tokens = None
 
     def _advance(self, chunk: bytes, out: list[Buffer] | None) -> None:
         """Take in ``chunk``; with ``out``, append the bytes the client is owed now."""

@@ -499,9 +499,28 @@ def test_huge_events_are_released_and_stripping_resumes_after_them() -> None:
     assert _tokens(meter) == (3, 1)
 
 
-def test_oversized_json_bodies_are_given_up() -> None:
-    body = b'{"embeddings":[' + b"0.1," * (MiB + 10) + b'0.1],"prompt_eval_count":9}'
-    assert _tokens(_native(body, JSON)) == (None, None)
+def test_large_embedding_answers_are_counted_from_their_tail() -> None:
+    # A batch of a few hundred vectors passes 4 MiB; its counts come after the vectors.
+    vectors = b"0.1," * (MiB + 10) + b"0.1"
+    native = b'{"model":"m","embeddings":[' + vectors + b'],"prompt_eval_count":9}'
+    for seed in range(3):
+        meter = Meter(family="native", content_type=JSON)
+        for chunk in _random_chunks(native, seed):
+            assert meter.feed(chunk) is chunk
+        meter.finish()
+        assert _tokens(meter) == (9, None)
+    openai = (
+        b'{"object":"list","data":[{"embedding":[' + vectors + b']}],"model":"m",'
+        b'"usage":{"prompt_tokens":12,"total_tokens":12}}'
+    )
+    meter = Meter(family="openai", content_type=JSON)
+    for chunk in _random_chunks(openai, 4):
+        meter.feed(chunk)
+    meter.finish()
+    assert _tokens(meter) == (12, None)
+    # Counts that lie before the kept tail are not guessed at.
+    early = b'{"prompt_eval_count":9,"embeddings":[' + vectors + b"]}"
+    assert _tokens(_native(early, JSON)) == (None, None)
     assert _tokens(_native(b'{"embeddings":[],"prompt_eval_count":9}', JSON)) == (9, None)
 
 
