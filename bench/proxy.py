@@ -52,12 +52,39 @@ def emulator(tokens_per_second: float, response_tokens: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def proxy(upstream: str, server: str = "uvicorn", client: str = "aiohttp") -> Iterator[str]:
+def policy_env() -> Iterator[dict[str, str]]:
+    """Everything on: a keys file with an allow-list and limits, a keep-alive cap, and a
+    live webhook receiving every usage record."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = Path(tmp) / "keys.yml"
+        entry = {"name": "bench", "key": KEY, "models": [MODEL], "max_concurrency": 10_000,
+                 "rpm": 10_000_000}  # fmt: skip
+        keys.write_text(json.dumps([entry]))
+        sink_port = free_port()
+        sink = f"http://127.0.0.1:{sink_port}"
+        args = [sys.executable, str(ROOT / "bench" / "sink.py"), str(sink_port)]
+        with running(args, ready_url=sink + "/count", cwd=ROOT):
+            yield {
+                "ONDEMAND_KEYS_FILE": str(keys),
+                "ONDEMAND_MAX_KEEP_ALIVE": "30m",
+                "USER_MODEL_METRICS_WEBHOOK_URL": sink,
+                "ONDEMAND_WEBHOOK_INTERVAL": "1",
+            }
+
+
+@contextlib.contextmanager
+def proxy(
+    upstream: str, server: str = "uvicorn", client: str = "aiohttp", policy: bool = True
+) -> Iterator[str]:
     port = free_port()
     args = [sys.executable, str(ROOT / "bench" / "proxy_server.py"), "--server", server,
             "--client", client, "--upstream", upstream, "--port", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    with running(args, env={"AUTHORIZATION_APIKEY": KEY}, ready_url=url + "/ping", cwd=ROOT):
+    with contextlib.ExitStack() as stack:
+        env = stack.enter_context(policy_env()) if policy else {"AUTHORIZATION_APIKEY": KEY}
+        stack.enter_context(running(args, env=env, ready_url=url + "/ping", cwd=ROOT))
         yield url
 
 
@@ -253,12 +280,14 @@ def report_requests(title: str, d: list[Round], p: list[Round]) -> dict[str, flo
     return out
 
 
-async def measure(server: str, client: str, quick: bool, parts: set[str]) -> dict[str, object]:
+async def measure(
+    server: str, client: str, quick: bool, parts: set[str], policy: bool = True
+) -> dict[str, object]:
     rounds = 2 if quick else 4
     results: dict[str, object] = {"server": server, "client": client}
     if "realistic" in parts:
         tokens, window = (100, 4.0) if quick else (200, 8.0)
-        with emulator(100, tokens) as up, proxy(up, server, client) as px:
+        with emulator(100, tokens) as up, proxy(up, server, client, policy) as px:
             d, p = await alternate(
                 up, px, rounds, lambda url: steady_streams(url, 64, window, tokens / 100)
             )
@@ -273,7 +302,7 @@ async def measure(server: str, client: str, quick: bool, parts: set[str]) -> dic
                 f"64 streams arriving at the same instant ({server}+{client})", d, p
             )
     if "saturation" in parts:
-        with emulator(0, 2000) as up, proxy(up, server, client) as px:
+        with emulator(0, 2000) as up, proxy(up, server, client, policy) as px:
             d, p = await alternate(up, px, rounds, lambda url: streams(url, 16))
             results["saturation"] = report_streams(
                 f"16 streams x 2000 tokens, unpaced ({server}+{client})", d, p
@@ -284,7 +313,7 @@ async def measure(server: str, client: str, quick: bool, parts: set[str]) -> dic
                 f"/api/tags at concurrency 32 ({server}+{client})", d, p
             )
     if "cancel" in parts:
-        with emulator(100, 100_000) as up, proxy(up, server, client) as px:
+        with emulator(100, 100_000) as up, proxy(up, server, client, policy) as px:
             trials = 10 if quick else 20
             direct = await cancel_latency(up, up, trials)
             proxied = await cancel_latency(px, up, trials)
@@ -304,6 +333,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--compare", action="store_true", help="server x client matrix")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--no-policy", action="store_true", help="keys from env only, no limits, no webhook"
+    )
     args = parser.parse_args()
     everything: dict[str, object] = {}
     if args.compare:
@@ -315,8 +347,11 @@ def main() -> None:
                 )
     else:
         everything["shipped"] = asyncio.run(
-            measure("uvicorn", "aiohttp", args.quick, {"realistic", "saturation", "cancel"})
-        )
+            measure(
+                "uvicorn", "aiohttp", args.quick, {"realistic", "saturation", "cancel"},
+                policy=not args.no_policy,
+            )
+        )  # fmt: skip
         help_s, bare_s = help_wall_time(10 if args.quick else 20)
         everything["help"] = {"ondemand_help_ms": help_s * 1e3, "python_bare_ms": bare_s * 1e3}
         print(f"\n`ondemand --help` wall time: {help_s * 1e3:.1f} ms "

@@ -31,6 +31,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+    # One access line per request: skip what no format here prints. Finding the calling
+    # file and line walks the stack, and thread and process names are looked up per record.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
         handler.setFormatter(JsonFormatter())

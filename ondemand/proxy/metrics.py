@@ -8,6 +8,7 @@ model names gets 404s, counted under "other", not a new series each).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -22,12 +23,21 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
+class _Series(NamedTuple):
+    requests: Counter
+    prompt: Counter
+    completion: Counter
+    ttft: Histogram
+    duration: Histogram
+
+
 class Metrics:
     def __init__(
         self, inflight: Callable[[], float], last_request: Callable[[], float | None]
     ) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self._models: set[str] = set()
+        self._cache: dict[tuple[str, int, str, str], _Series] = {}
         self.requests = Counter(
             "ondemand_requests", "Requests forwarded to Ollama, by outcome.",
             ["route", "status", "key", "model"], registry=registry,
@@ -81,17 +91,30 @@ class Metrics:
             return name
         return "other"
 
+    def _series(self, route: str, status: int, key: str, model: str) -> _Series:
+        # labels() validates and locks on every call; the label sets are few, so each
+        # one's children are looked up once.
+        found = self._cache.get((route, status, key, model))
+        if found is None:
+            found = self._cache[(route, status, key, model)] = _Series(
+                self.requests.labels(route, str(status), key, model),
+                self.tokens.labels("prompt", key, model),
+                self.tokens.labels("completion", key, model),
+                self.ttft.labels(route, model),
+                self.duration.labels(route, model),
+            )
+        return found
+
     def observe(self, record: UsageRecord, route: str) -> None:
-        model = self._model_label(record)
-        key = record.key_name
-        self.requests.labels(route, str(record.status), key, model).inc()
+        series = self._series(route, record.status, record.key_name, self._model_label(record))
+        series.requests.inc()
         if record.prompt_tokens:
-            self.tokens.labels("prompt", key, model).inc(record.prompt_tokens)
+            series.prompt.inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.tokens.labels("completion", key, model).inc(record.completion_tokens)
+            series.completion.inc(record.completion_tokens)
         if record.ttft_ms is not None:
-            self.ttft.labels(route, model).observe(record.ttft_ms / 1000)
-        self.duration.labels(route, model).observe(record.duration_ms / 1000)
+            series.ttft.observe(record.ttft_ms / 1000)
+        series.duration.observe(record.duration_ms / 1000)
 
     def webhook_event(self, name: str, count: int) -> None:
         self.webhook.labels(name).inc(count)
