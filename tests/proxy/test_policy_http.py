@@ -399,3 +399,28 @@ def test_the_keys_file_reloads_and_a_broken_one_keeps_the_last_good_keys(
     time.sleep(0.3)
     assert status(new_key) == 200  # the last good keys stay in force
     assert "keys file not reloaded, the previous keys stay in force" in caplog.text
+
+
+def test_probes_status_and_metrics_are_not_activity(
+    recorder: tuple[Recorder, BackgroundServer], start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    _, upstream = recorder
+    proxy = start_proxy(upstream.url, env_for(tmp_path))
+
+    def status() -> dict[str, object]:
+        answer: dict[str, object] = httpx.get(
+            proxy.url + "/ondemand/status", headers=h(ADMIN_KEY)
+        ).json()
+        return answer
+
+    assert status()["last_request_at"] is None
+    httpx.get(proxy.url + "/api/tags", headers=h(OPEN_KEY))
+    first = status()
+    assert first["requests"] == 1
+    time.sleep(0.05)
+    httpx.get(proxy.url + "/ping")
+    httpx.get(proxy.url + "/metrics", headers=h(ADMIN_KEY))
+    httpx.get(proxy.url + "/ondemand/status", headers=h(OPEN_KEY))
+    later = status()
+    assert (later["requests"], later["last_request_at"]) == (1, first["last_request_at"])
+    assert later["idle_seconds"] > first["idle_seconds"]  # type: ignore[operator]
