@@ -14,10 +14,9 @@ import ollama
 import openai
 import pytest
 
-from ondemand.sandbox.ollama import EmulatorConfig, create_app
 from ondemand.sandbox.ollama.app import Emulator
 from ondemand.serving import BackgroundServer
-from tests.conftest import ADMIN_KEY, USER_KEY, ProxyFactory
+from tests.conftest import ADMIN_KEY, USER_KEY, ProxyFactory, serve_emulator
 
 MODEL = "llama3.2"
 EMBED = "nomic-embed-text"
@@ -25,18 +24,7 @@ EMBED = "nomic-embed-text"
 
 @pytest.fixture
 def emulator() -> Iterator[tuple[Emulator, BackgroundServer]]:
-    config = EmulatorConfig.from_env(
-        {
-            "OLLAMA_EMULATOR_MODELS": f"{MODEL},{EMBED}=embed",
-            "OLLAMA_EMULATOR_TOKENS_PER_SECOND": "0",
-            "OLLAMA_EMULATOR_TTFT": "0",
-            "OLLAMA_EMULATOR_LOAD_TIME": "0",
-            "OLLAMA_EMULATOR_PULL_SECONDS": "0.05",
-        }
-    )
-    app = create_app(config)
-    with BackgroundServer(app) as server:
-        yield app, server
+    yield from serve_emulator(f"{MODEL},{EMBED}=embed")
 
 
 @pytest.fixture

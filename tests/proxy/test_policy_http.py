@@ -17,10 +17,9 @@ import pytest
 
 from ondemand.asgi import Receive, Scope, Send, read_body, send_json
 from ondemand.proxy.auth import sha256_form
-from ondemand.sandbox.ollama import EmulatorConfig, create_app
 from ondemand.sandbox.ollama.app import Emulator
 from ondemand.serving import BackgroundServer
-from tests.conftest import ADMIN_KEY, ProxyFactory
+from tests.conftest import ADMIN_KEY, ProxyFactory, serve_emulator
 from tests.proxy.recorder import Recorder
 
 CI_KEY = "odk_ci_key_0123456789abcdef"
@@ -49,17 +48,7 @@ class Receiver:
 
 @pytest.fixture
 def emulator() -> Iterator[tuple[Emulator, BackgroundServer]]:
-    config = EmulatorConfig.from_env(
-        {
-            "OLLAMA_EMULATOR_MODELS": f"llama3.2,qwen3:0.6b,{EMBED}=embed",
-            "OLLAMA_EMULATOR_TOKENS_PER_SECOND": "0",
-            "OLLAMA_EMULATOR_TTFT": "0",
-            "OLLAMA_EMULATOR_LOAD_TIME": "0",
-        }
-    )
-    app = create_app(config)
-    with BackgroundServer(app) as server:
-        yield app, server
+    yield from serve_emulator(f"llama3.2,qwen3:0.6b,{EMBED}=embed")
 
 
 @pytest.fixture
