@@ -93,6 +93,15 @@ class Model(BaseModel):
 class OvhSection(Model):
     """Settings that only the ``ovh`` provider reads."""
 
+    # The flavor is derived from `gpu` (L4 -> l4-1-gpu); set it to use another one.
+    flavor: OptionalText = None
+    # Fixed scaling, unless replicas_min and replicas_max are both set (automatic scaling).
+    replicas: int = Field(default=1, ge=1, le=10)
+    replicas_min: int | None = Field(default=None, ge=0, le=10)
+    replicas_max: int | None = Field(default=None, ge=1, le=10)
+    autoscale_resource: Literal["CPU", "RAM"] = "CPU"
+    autoscale_target: int = Field(default=75, ge=1, le=100)
+
 
 class RunpodSection(Model):
     """Settings that only the ``runpod`` and ``runpod-pod`` providers read."""
@@ -130,6 +139,9 @@ class Config(Model):
     max_keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
     require_gpu: bool = False
     export_env: bool = True
+    # Price per GPU per hour by GPU model, in the provider's currency, for cost estimates;
+    # merged over built-in indicative prices (docs/configuration.md).
+    prices: dict[str, float] = Field(default_factory=dict)
     ovh: OvhSection = Field(default_factory=OvhSection)
     runpod: RunpodSection = Field(default_factory=RunpodSection)
 
@@ -365,9 +377,17 @@ def _field_annotation(path: FieldPath) -> object:
 
 
 def _from_text(path: FieldPath, value: object) -> object:
-    """Env and flag text for a list setting is comma-separated."""
-    if isinstance(value, str) and get_origin(_field_annotation(path)) is list:
+    """Env and flag text for a list setting is comma-separated; for a table, ``k=v,k=v``."""
+    if not isinstance(value, str):
+        return value
+    origin = get_origin(_field_annotation(path))
+    if origin is list:
         return [item.strip() for item in value.split(",") if item.strip()]
+    if origin is dict:
+        pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+        if all(sep for _, sep, _ in pairs):
+            return {key.strip(): item.strip() for key, _, item in pairs}
+        # A pair without "=" is left to validation, which then names the setting.
     return value
 
 

@@ -105,6 +105,12 @@ class Readiness:
 
     ping: int | None = None  # None: not answering yet
     status: dict[str, Any] = field(default_factory=dict)  # /ondemand/status, when a key is known
+    ping_status: str | None = None  # the "status" word of /ping's own answer
+
+    @property
+    def failed(self) -> bool:
+        """The server itself says a model cannot be made ready (not a gateway's 503)."""
+        return self.ping == 503 and "failed" in (self.ping_status, self.server.get("phase"))
 
     @property
     def server(self) -> dict[str, Any]:
@@ -122,9 +128,14 @@ def read_readiness(url: str, api_key: str | None) -> Readiness:
     import httpx
 
     try:
-        ping = httpx.get(url + "/ping", timeout=5).status_code
+        answer = httpx.get(url + "/ping", timeout=5)
     except httpx.HTTPError:
         return Readiness()
+    ping = answer.status_code
+    try:
+        word = answer.json().get("status") if answer.content else None
+    except (ValueError, AttributeError):
+        word = None
     status: dict[str, Any] = {}
     if api_key:
         try:
@@ -135,7 +146,7 @@ def read_readiness(url: str, api_key: str | None) -> Readiness:
                 status = response.json()
         except (httpx.HTTPError, ValueError):
             pass
-    return Readiness(ping, status)
+    return Readiness(ping, status, word if isinstance(word, str) else None)
 
 
 def describe_models(server: Mapping[str, Any]) -> list[str]:
@@ -153,15 +164,36 @@ def describe_models(server: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+@dataclass
+class Waiting:
+    """One look at a deployment on its way to ready: the provider's view and the server's."""
+
+    provider: str
+    deployment: Deployment
+    readiness: Readiness
+
+    def lines(self) -> list[str]:
+        state = self.deployment.vendor_state or self.deployment.status.value
+        head = f"{self.provider}: {state}"
+        if self.deployment.detail and self.deployment.status is not Status.RUNNING:
+            head += f" ({self.deployment.detail})"
+        if self.deployment.status is not Status.RUNNING:
+            return [head]
+        return [head, str(self.readiness), *describe_models(self.readiness.server)]
+
+    def __str__(self) -> str:
+        return "; ".join(self.lines())
+
+
 class _Reporter:
-    """Prints what changed while waiting, not the same line every poll."""
+    """Prints what changed while waiting, once each, not the same line every poll."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.seen: set[str] = set()
 
-    def __call__(self, state: Readiness, elapsed: float) -> None:
-        for line in [str(state), *describe_models(state.server)]:
+    def __call__(self, state: Waiting, elapsed: float) -> None:
+        for line in state.lines():
             if line not in self.seen:
                 self.seen.add(line)
                 self.progress(f"  [{elapsed:5.1f}s] {line}")
@@ -196,13 +228,28 @@ class DownResult:
 # -- commands ------------------------------------------------------------------------------
 
 
-def deploy(resolved: ResolvedConfig, provider: Provider) -> Deployment:
-    """Create the deployment or update it to the config; mint a key if none is given."""
+def deploy(
+    resolved: ResolvedConfig, provider: Provider, *, keep_running: bool = False
+) -> Deployment:
+    """Create the deployment or update it to the config; mint a key if none is given.
+
+    Some clouds start what they create (OVH runs a new app at once). Unless the caller goes
+    on to use it (``up``), a deployment this call created is stopped again: deploying must
+    not leave a GPU billing.
+    """
     from ondemand.keys import mint
 
     name = resolved.config.name
     api_key = _api_key(resolved, provider, name) or mint(name).key
-    return provider.deploy(build_spec(resolved, api_key, _secret(resolved, "admin_key")))
+    deployed = provider.deploy(build_spec(resolved, api_key, _secret(resolved, "admin_key")))
+    if (
+        not keep_running
+        and deployed.detail in ("created", "recreated")
+        and deployed.status.billable
+    ):
+        stopped = provider.stop(name)
+        return dataclasses.replace(stopped, detail=f"{deployed.detail}, then stopped")
+    return deployed
 
 
 def start(
@@ -223,7 +270,7 @@ def up(resolved: ResolvedConfig, provider: Provider, *, progress: Progress = _qu
     name = resolved.config.name
     current = provider.status(name)
     if current.status not in (Status.RUNNING, Status.STARTING, Status.PENDING):
-        current = deploy(resolved, provider)
+        current = deploy(resolved, provider, keep_running=True)
     return _start_and_wait(resolved, provider, current, wait=True, progress=progress)
 
 
@@ -248,35 +295,43 @@ def _start_and_wait(
     timeout = resolved.config.timeout.total_seconds()
     reporter = _Reporter(progress)
     started_at: list[float] = []
+    shown_url: list[str] = []
 
-    def probe() -> tuple[Deployment, Readiness]:
+    def probe() -> Waiting:
         state = provider.status(name)
         if state.status in (Status.STOPPED, Status.FAILED, Status.ABSENT):
             raise _server_died(provider, state)
-        ready = read_readiness(state.url, api_key) if state.url else Readiness()
+        if state.url and not shown_url:
+            shown_url.append(state.url)
+            progress(f"url: {state.url} (waiting until it is ready)")
+        # Before the provider reports it running, whatever answers at the URL (a gateway's
+        # 503, nothing) says nothing about the server.
+        running = state.status is Status.RUNNING and state.url
+        ready = read_readiness(state.url, api_key) if running and state.url else Readiness()
         if ready.ping is not None and not started_at:
             started_at.append(time.monotonic())
-        if ready.ping == 503 and ready.server.get("phase") != "ollama-down":
+        if ready.failed:
             raise _unhealthy(name, ready)
-        return state, ready
+        return Waiting(provider.name, state, ready)
 
     try:
-        deployment, ready = wait_until(
+        waited = wait_until(
             probe,
-            lambda result: result[1].ping == 200,
+            lambda result: result.readiness.ping == 200,
             timeout=timeout,
             what=f"{name} to be ready",
-            # Fast at first (a local or cached start is ready within a second or two), then
-            # no more than every two seconds against a cloud API.
+            # Fast at first (a local or cached start is ready within a second or two), and
+            # never more than a second apart, so 'up' returns soon after the server is ready.
             interval=0.1,
-            max_interval=2.0,
-            on_poll=lambda result, elapsed: reporter(result[1], elapsed),
+            max_interval=1.0,
+            on_poll=reporter,
         )
     except ReadyTimeoutError as exc:
         exc.hint = "raise --timeout (ONDEMAND_TIMEOUT), and check the server log" + (
             f" ({_log_hint(provider, name)})" if _log_hint(provider, name) else ""
         )
         raise
+    deployment, ready = waited.deployment, waited.readiness
     finished = time.monotonic()
     first = started_at[0] if started_at else finished
     return UpResult(
@@ -307,7 +362,15 @@ def _log_tail(provider: Provider, name: str, lines: int = 12) -> str | None:
     return "\n".join(text.splitlines()[-lines:]) or None
 
 
-def _server_died(provider: Provider, state: Deployment) -> OndemandError:
+def _server_died(provider: Provider, state: Deployment) -> Exception:
+    explain = getattr(provider, "explain_failure", None)
+    if state.status is Status.FAILED and callable(explain):
+        failure: Exception = explain(state)
+        return failure
+    return _local_failure(provider, state)
+
+
+def _local_failure(provider: Provider, state: Deployment) -> OndemandError:
     tail = _log_tail(provider, state.name) or ""
     error_line = next(
         (
@@ -381,6 +444,23 @@ def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:
         "detail": deployment.detail,
         "created_at": deployment.created_at.isoformat() if deployment.created_at else None,
     }
+    if deployment.status.billable and deployment.status is not Status.ABSENT:
+        from ondemand.providers.costs import estimate
+
+        config = resolved.config
+        cost = estimate(
+            provider.name, deployment.running_since, config.gpu, config.gpu_count, config.prices
+        )
+        report["running_since"] = (
+            deployment.running_since.isoformat() if deployment.running_since else None
+        )
+        report["uptime_seconds"] = round(cost.seconds, 1)
+        report["cost"] = {
+            "amount": cost.amount,
+            "currency": cost.currency,
+            "hourly": cost.hourly,
+            "estimate": cost.describe(),
+        }
     if deployment.status is Status.RUNNING and deployment.url:
         ready = read_readiness(deployment.url, _api_key(resolved, provider, name))
         report["ping"] = ready.ping

@@ -78,9 +78,19 @@ def deploy(app: App, image: str | None, models: str | None, gpu: str | None) -> 
 
     resolved, provider = _lifecycle(app, image=image, models=models, gpu=gpu)
     deployment = lifecycle.deploy(resolved, provider)
+    state = deployment.vendor_state or deployment.status.value
+    human = f"deployed {deployment.name} ({provider.name}): {deployment.detail or 'done'}; {state}"
+    if deployment.url:
+        human += f"; url {deployment.url}"
     app.emit(
-        {"deployment_id": deployment.id, "status": deployment.status.value},
-        f"deployed {deployment.name} ({provider.name}): {deployment.status.value}",
+        {
+            "deployment_id": deployment.id,
+            "status": deployment.status.value,
+            "state": state,
+            "url": deployment.url,
+            "change": deployment.detail,
+        },
+        human,
     )
 
 
@@ -177,6 +187,9 @@ def _status_text(report: Mapping[str, object]) -> str:
         lines.append(f"  url: {report['url']}")
     if report.get("detail"):
         lines.append(f"  note: {report['detail']}")
+    cost = report.get("cost")
+    if isinstance(cost, dict):
+        lines.append(f"  cost: {cost['estimate']}")
     server = report.get("server")
     if isinstance(server, dict):
         inner = server.get("server")

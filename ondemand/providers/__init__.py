@@ -18,10 +18,10 @@ PROVIDER_NAMES: Final[tuple[str, ...]] = get_args(ProviderName)
 # name -> "module:Class"; None for providers this version does not ship yet.
 PROVIDERS: Final[dict[str, str | None]] = {
     "local": "ondemand.providers.local:LocalProvider",
-    "ovh": None,
+    "ovh": "ondemand.providers.ovh:OvhProvider",
     "runpod": None,
     "runpod-pod": None,
-    "sandbox": None,
+    "sandbox": "ondemand.providers.ovh:SandboxProvider",
 }
 
 

@@ -7,6 +7,7 @@ cost): that lives in ``lifecycle.py`` above it, the same for every provider.
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,16 @@ LABEL_REPO = "repo"
 LABEL_RUN_ID = "run-id"
 LABEL_EXPIRES_AT = "expires-at"
 MANAGED_BY = "ollama-ondemand"
+
+
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def label_value(text: str) -> str:
+    """A value that fits every vendor's labels: ``[A-Za-z0-9._-]``, at most 63 characters,
+    starting and ending with a letter or digit (``org/repo`` becomes ``org.repo``)."""
+    value = _LABEL_UNSAFE.sub("-", text.replace("/", ".")).strip("-._")
+    return value[:63].rstrip("-._")
 
 
 class Status(enum.Enum):
@@ -83,6 +94,7 @@ class Deployment:
     url: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
+    running_since: datetime | None = None  # when it last began to bill compute
     detail: str | None = None  # the vendor's explanation, e.g. why it FAILED
 
 

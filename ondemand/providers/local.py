@@ -128,7 +128,8 @@ class LocalProvider:
         }
         _write(directory / "deployment.json", record)
         _write(directory / "secrets.json", dict(spec.secret_env), private=True)
-        return self.status(spec.name)
+        change = "created" if existing is None else "updated"
+        return dataclasses.replace(self.status(spec.name), detail=change)
 
     def start(self, deployment_id: str) -> Deployment:
         directory = self._dir(deployment_id)
@@ -223,7 +224,8 @@ class LocalProvider:
             vendor_state=f"pid {pid}",
             url=str(server["url"]),
             labels=labels,
-            created_at=_parse_time(server.get("started_at")) or created,
+            created_at=created,
+            running_since=_parse_time(server.get("started_at")),
             detail=EMULATOR_NOTE if server.get("emulated") else None,
         )
 

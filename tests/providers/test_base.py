@@ -43,7 +43,7 @@ def test_registry_knows_every_interface_provider() -> None:
     with pytest.raises(UsageError, match="unknown provider 'azure'"):
         provider_class("azure")
     with pytest.raises(NotAvailableError, match="not available yet"):
-        provider_class("ovh")
+        provider_class("runpod")
 
 
 class FakeClock:

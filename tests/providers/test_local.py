@@ -184,6 +184,6 @@ def test_the_key_is_masked_before_it_is_printed_in_actions(
 def test_providers_of_later_versions_say_so(
     state: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(["--provider", "ovh", "up"], capsys)
+    code, _, err = run(["--provider", "runpod", "up"], capsys)
     assert code == 2
-    assert "the 'ovh' provider is not available yet in this version" in err
+    assert "the 'runpod' provider is not available yet in this version" in err

@@ -1,0 +1,67 @@
+"""Estimated spend: how long compute has been billed, times a price per GPU-hour.
+
+The built-in prices are indicative list prices gathered in 2026 and will drift: set
+``prices:`` in ondemand.yml (GPU model -> price per GPU per hour) to your own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+# Per GPU per hour, in the provider's billing currency.
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "ovh": {"L4": 0.95, "L40S": 1.80, "V100S": 1.93, "A100": 3.07, "H100": 3.50},
+    "runpod": {"L4": 0.43, "A40": 0.40, "L40S": 0.86, "A100": 1.64, "H100": 2.69,
+               "RTX 4090": 0.69, "RTX A6000": 0.49},
+}  # fmt: skip
+CURRENCY = {"ovh": "EUR", "sandbox": "EUR", "runpod": "USD", "runpod-pod": "USD", "local": ""}
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    seconds: float
+    hourly: float | None  # None: no price known for this GPU
+    currency: str
+
+    @property
+    def amount(self) -> float | None:
+        return None if self.hourly is None else round(self.hourly * self.seconds / 3600, 4)
+
+    def describe(self) -> str:
+        minutes = self.seconds / 60
+        if self.hourly is None:
+            return f"billed {minutes:.0f} min (no price known: set prices: in ondemand.yml)"
+        if self.hourly == 0:
+            return f"running {minutes:.0f} min (no GPU bill)"
+        return (
+            f"billed {minutes:.0f} min x {self.hourly:.2f} {self.currency}/h "
+            f"= about {self.amount:.2f} {self.currency}"
+        )
+
+
+def price(provider: str, gpu: str, gpu_count: int, overrides: Mapping[str, float]) -> float | None:
+    """Price per hour for ``gpu_count`` GPUs of model ``gpu``; 0 for the local machine."""
+    if provider == "local":
+        return 0.0
+    table = {**DEFAULT_PRICES.get("ovh" if provider == "sandbox" else provider.split("-")[0], {})}
+    table.update(overrides)
+    wanted = gpu.upper().replace("TESLA-", "").replace("-80GB", "").replace("-40GB", "")
+    for name, hourly in table.items():
+        if name.upper() == wanted or name.upper() == gpu.upper():
+            return hourly * gpu_count
+    return None
+
+
+def estimate(
+    provider: str,
+    running_since: datetime | None,
+    gpu: str,
+    gpu_count: int,
+    overrides: Mapping[str, float],
+    now: datetime | None = None,
+) -> Estimate:
+    now = now or datetime.now(UTC)
+    seconds = max(0.0, (now - running_since).total_seconds()) if running_since else 0.0
+    return Estimate(seconds, price(provider, gpu, gpu_count, overrides), CURRENCY.get(provider, ""))

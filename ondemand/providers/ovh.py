@@ -1,0 +1,477 @@
+"""OVHcloud AI Deploy: the server image as an AI Deploy app, through the regional AI API.
+
+``OvhClient`` mirrors the API (``/v1/app``, bearer AI token, ``{"message"}`` errors);
+``OvhProvider`` holds the semantics: one app per deployment name, found by its labels,
+updated in place when its spec changed and recreated only when OVH cannot update it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+
+from ondemand.errors import CapacityError, ConfigError, CredentialsError, ProviderError
+from ondemand.providers._http import ApiClient, ApiError, ApiUnreachable
+from ondemand.providers.base import (
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    Deployment,
+    Spec,
+    Status,
+    label_value,
+    map_status,
+)
+from ondemand.providers.ovh_spec import (
+    check_image,
+    digest,
+    flavor_for,
+    needs_recreate,
+    parse_volume,
+)
+
+if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
+
+log = logging.getLogger("ondemand.providers.ovh")
+
+REGIONS = {
+    "GRA": "https://gra.ai.cloud.ovh.net",
+    "BHS": "https://bhs.ai.cloud.ovh.net",
+    "US-EAST-VA": "https://us-east-va.ai.cloud.ovh.us",
+}
+DEFAULT_REGION = "GRA"
+STATES = {
+    "QUEUED": Status.PENDING,
+    "INITIALIZING": Status.STARTING,
+    "SCALING": Status.STARTING,
+    "RUNNING": Status.RUNNING,
+    "STOPPING": Status.STOPPING,
+    "STOPPED": Status.STOPPED,
+    "FAILED": Status.FAILED,
+    "ERROR": Status.FAILED,
+    "DELETING": Status.DELETING,
+    "DELETED": Status.ABSENT,
+}
+ACTIVE = frozenset({"QUEUED", "INITIALIZING", "SCALING", "RUNNING"})
+LABEL_SPEC = "ondemand-spec"
+_CAPACITY_WORDS = ("quota", "capacity", "no gpu", "not available", "unavailable", "insufficient")
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return response.text.strip()[:300]
+
+
+class OvhClient:
+    """The AI API's app routes, nothing more."""
+
+    def __init__(self, api: ApiClient) -> None:
+        self.api = api
+
+    def create_app(self, body: Mapping[str, object]) -> dict[str, Any]:
+        app: dict[str, Any] = self.api.request("POST", "/v1/app", json=body, retry=False).json()
+        return app
+
+    def list_apps(self, label_selector: str) -> Iterator[dict[str, Any]]:
+        page = 1
+        while True:
+            params = {"labelSelector": label_selector, "page": page, "size": 100}
+            body = self.api.request("GET", "/v1/app", params=params).json()
+            # The AI API answers {items, metadata}; the OVH API a bare list: accept both.
+            items = body.get("items", []) if isinstance(body, dict) else body
+            yield from (item for item in items if isinstance(item, dict))
+            meta = body.get("metadata", {}) if isinstance(body, dict) else {}
+            if not items or page >= int(meta.get("pageCount") or 1):
+                return
+            page += 1
+
+    def get_app(self, app_id: str) -> dict[str, Any] | None:
+        try:
+            app: dict[str, Any] = self.api.request("GET", f"/v1/app/{app_id}").json()
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return app
+
+    def update_app(self, app_id: str, body: Mapping[str, object]) -> None:
+        self.api.request("PUT", f"/v1/app/{app_id}", json=body)
+
+    def set_label(self, app_id: str, name: str, value: str) -> None:
+        self.api.request("PUT", f"/v1/app/{app_id}/label", json={"name": name, "value": value})
+
+    def set_scaling(self, app_id: str, strategy: Mapping[str, object]) -> None:
+        self.api.request("PUT", f"/v1/app/{app_id}/scalingstrategy", json=strategy)
+
+    def start_app(self, app_id: str) -> None:
+        self.api.request("PUT", f"/v1/app/{app_id}/start")
+
+    def stop_app(self, app_id: str) -> None:
+        self.api.request("PUT", f"/v1/app/{app_id}/stop")
+
+    def delete_app(self, app_id: str, *, force: bool) -> None:
+        self.api.request("DELETE", f"/v1/app/{app_id}", params={"force": str(force).lower()})
+
+
+class OvhProvider:
+    """AI Deploy apps; deployment ids are the deployment names (one app per name)."""
+
+    name: ClassVar[str] = "ovh"
+
+    def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
+        self.env = env
+        self.resolved = config
+        self.config = config.config
+        token = config.secrets.ovh_token
+        base = self._base_url(env)
+        self.client = OvhClient(
+            ApiClient(
+                base,
+                self._token(token.get_secret_value() if token else None),
+                error_message=_message,
+                retry_budget=min(120.0, config.config.timeout.total_seconds()),
+            )
+        )
+
+    # -- settings ----------------------------------------------------------------------
+
+    def _token(self, token: str | None) -> str:
+        if not token:
+            raise CredentialsError(
+                "OVH_AI_TOKEN is not set",
+                cause="the ovh provider manages apps through the AI API with an AI token",
+                hint="create an operator token ('ovhai token create ondemand --role operator' or "
+                "the Control Panel) and pass it as OVH_AI_TOKEN (a GitHub secret in workflows)",
+            )
+        return token
+
+    def _base_url(self, env: Mapping[str, str]) -> str:
+        override = env.get("OVH_AI_API_URL", "").strip()
+        if override:
+            return override.rstrip("/").removesuffix("/v1")
+        region = (self.config.region or DEFAULT_REGION).strip().upper()
+        if region not in REGIONS:
+            raise ConfigError(
+                f"unknown OVH region {self.config.region!r}",
+                hint="use one of " + ", ".join(REGIONS) + " (OVH_REGION), or set "
+                "OVH_AI_API_URL to the AI API of another region",
+            )
+        return REGIONS[region]
+
+    def _image(self, spec: Spec) -> str:
+        return check_image(spec.image)
+
+    # -- reading apps -----------------------------------------------------------------
+
+    def _api(self) -> ApiClient:
+        return self.client.api
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run an API call, turning its failure into the error a user can act on."""
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            raise self._error(what, exc) from exc
+        except ApiUnreachable as exc:
+            raise CapacityError(
+                f"the OVH AI API at {self._api().base_url} could not be reached ({what}): {exc}",
+                hint="check OVH_REGION / OVH_AI_API_URL and the network; retried until the "
+                "command's time budget ran out",
+            ) from exc
+
+    def _error(self, what: str, exc: ApiError) -> Exception:
+        text = f"OVH AI API refused to {what}: {exc.message} (HTTP {exc.status})"
+        if exc.status == 401:
+            return CredentialsError(
+                text,
+                cause="the AI token is wrong, was deleted, or belongs to another region",
+                hint="check OVH_AI_TOKEN; 'ovhai token list' shows your tokens",
+            )
+        if exc.status == 403:
+            return CredentialsError(
+                text,
+                cause="the token may only read, or its label selector does not cover this app",
+                hint="use a token with the operator role and no label selector (or one matching "
+                f"{LABEL_MANAGED_BY}={MANAGED_BY})",
+            )
+        if exc.status == 402:
+            return CapacityError(text, hint="check the Public Cloud project's billing and quotas")
+        if exc.status in (429,) or exc.status >= 500:
+            return CapacityError(text, hint="OVH is busy or failing; try again in a few minutes")
+        return ProviderError(text)
+
+    def _find_app(self, name: str) -> dict[str, Any] | None:
+        selector = f"{LABEL_NAME}={label_value(name)}"
+        apps = [
+            app
+            for app in self._call("list apps", lambda: list(self.client.list_apps(selector)))
+            if (app.get("spec") or {}).get("name") == name
+            and _state(app) not in ("DELETED", "DELETING")
+        ]
+        if len(apps) > 1:
+            log.warning("%d OVH apps are named %s; using the most recent", len(apps), name)
+            apps.sort(key=lambda app: str(app.get("createdAt") or ""), reverse=True)
+        return apps[0] if apps else None
+
+    def _deployment(
+        self, name: str, app: dict[str, Any] | None, detail: str | None = None
+    ) -> Deployment:
+        if app is None:
+            return Deployment(id=name, name=name, status=Status.ABSENT)
+        status = app.get("status") or {}
+        state = _state(app)
+        info = status.get("info") or {}
+        return Deployment(
+            id=name,
+            name=name,
+            status=map_status(STATES, state),
+            vendor_state=state,
+            url=status.get("url"),
+            labels=(app.get("spec") or {}).get("labels") or {},
+            created_at=_time(app.get("createdAt")),
+            running_since=_running_since(status),
+            detail=detail or info.get("message"),
+        )
+
+    # -- the Provider contract ----------------------------------------------------------
+
+    def find(self, name: str) -> Deployment | None:
+        app = self._find_app(name)
+        return None if app is None else self._deployment(name, app)
+
+    def list_managed(self) -> list[Deployment]:
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        apps = self._call("list apps", lambda: list(self.client.list_apps(selector)))
+        return [
+            self._deployment(str((app.get("spec") or {}).get("name") or app.get("id")), app)
+            for app in apps
+            if _state(app) not in ("DELETED", "DELETING")
+        ]
+
+    def status(self, deployment_id: str) -> Deployment:
+        return self._deployment(deployment_id, self._find_app(deployment_id))
+
+    def deploy(self, spec: Spec) -> Deployment:
+        body = self.app_spec(spec)
+        spec_digest = digest(body)
+        body["labels"] = {**body["labels"], LABEL_SPEC: spec_digest}  # type: ignore[dict-item]
+        app = self._find_app(spec.name)
+        if app is None:
+            return self._deployment(spec.name, self._create(spec.name, body), "created")
+        app_id = str(app["id"])
+        labels = (app.get("spec") or {}).get("labels") or {}
+        if labels.get(LABEL_SPEC) == spec_digest:
+            return self._deployment(spec.name, app, "unchanged")
+        if needs_recreate(app.get("spec") or {}, body):
+            if _state(app) in ACTIVE or _state(app) == "STOPPING":
+                raise ProviderError(
+                    f"{spec.name}: the cache volume or the app's access mode changed, which "
+                    "OVH cannot update in place, and the app is running",
+                    hint="run 'ondemand down' (or stop) first; the app is then recreated, and "
+                    "the bucket keeps the model cache",
+                )
+            self._call("delete the old app", self.client.delete_app, app_id, force=False)
+            return self._deployment(spec.name, self._create(spec.name, body), "recreated")
+        self._update(app_id, app.get("spec") or {}, body)
+        note = "updated; it takes effect at the next start" if _state(app) in ACTIVE else "updated"
+        return self._deployment(
+            spec.name, self._call("read the app", self.client.get_app, app_id), note
+        )
+
+    def start(self, deployment_id: str) -> Deployment:
+        app = self._find_app(deployment_id)
+        if app is None:
+            return self._deployment(deployment_id, None)
+        state = _state(app)
+        if state in ACTIVE:
+            return self._deployment(deployment_id, app, f"already {state}")
+        if state == "STOPPING":
+            raise ProviderError(
+                f"{deployment_id} is still stopping", hint="wait for STOPPED, then start it"
+            )
+        self._call("start the app", self.client.start_app, app["id"])
+        return self.status(deployment_id)
+
+    def stop(self, deployment_id: str) -> Deployment:
+        app = self._find_app(deployment_id)
+        if app is None or _state(app) not in ACTIVE:
+            return self._deployment(deployment_id, app)
+        self._call("stop the app", self.client.stop_app, app["id"])
+        return self.status(deployment_id)
+
+    def delete(self, deployment_id: str) -> None:
+        app = self._find_app(deployment_id)
+        if app is None:
+            return
+        force = _state(app) in ACTIVE or _state(app) == "STOPPING"
+        self._call("delete the app", self.client.delete_app, app["id"], force=force)
+
+    def explain_failure(self, deployment: Deployment) -> Exception:
+        """The error to report when the app ended FAILED or ERROR."""
+        message = deployment.detail or "no reason given"
+        text = f"{deployment.name} ended {deployment.vendor_state} on OVH: {message}"
+        if deployment.vendor_state == "ERROR" or any(w in message.lower() for w in _CAPACITY_WORDS):
+            return CapacityError(
+                text, hint="try another region or GPU model, or again later ('ondemand start')"
+            )
+        return ProviderError(
+            text,
+            cause="FAILED is the app's side: an image that cannot be pulled or is not "
+            "linux/amd64, a private registry OVH cannot read, or a quota",
+            hint="check the image and the app's logs ('ovhai app logs <id>'), then deploy again",
+        )
+
+    # -- building and changing apps -------------------------------------------------------
+
+    def app_spec(self, spec: Spec) -> dict[str, object]:
+        """The AppSpec for ``spec`` (the body of POST /v1/app)."""
+        config = self.config
+        env = {**spec.env, **spec.secret_env, "PORT": str(spec.port)}
+        volumes: list[dict[str, object]] = []
+        if spec.volume:
+            volume = parse_volume(spec.volume)
+            volumes.append(volume.to_api())
+            env["OLLAMA_MODELS"] = volume.mount
+        flavor = flavor_for(spec.gpu, config.ovh.flavor)
+        labels = {k: label_value(v) for k, v in spec.labels.items()}
+        labels[LABEL_MANAGED_BY] = MANAGED_BY
+        labels[LABEL_NAME] = label_value(spec.name)
+        return {
+            "name": spec.name,
+            "image": self._image(spec),
+            "envVars": [{"name": k, "value": v} for k, v in sorted(env.items())],
+            "resources": {"flavor": flavor, "gpu": spec.gpu_count},
+            "volumes": volumes,
+            "defaultHttpPort": spec.port,
+            # The proxy in the image authenticates every request itself (docs/ovh.md).
+            "unsecureHttp": True,
+            "labels": labels,
+            "probe": {"path": "/ping", "port": spec.port},
+            "scalingStrategy": self._scaling(),
+        }
+
+    def _scaling(self) -> dict[str, object]:
+        ovh = self.config.ovh
+        if ovh.replicas_min is not None and ovh.replicas_max is not None:
+            return {
+                "automatic": {
+                    "replicasMin": ovh.replicas_min,
+                    "replicasMax": ovh.replicas_max,
+                    "resourceType": ovh.autoscale_resource,
+                    "averageUsageTarget": ovh.autoscale_target,
+                }
+            }
+        return {"fixed": {"replicas": ovh.replicas}}
+
+    def _create(self, name: str, body: Mapping[str, object]) -> dict[str, Any]:
+        """POST /v1/app, retried safely: after a 5xx or a lost answer the app may exist."""
+        retrying = self._api().retrying()
+
+        def attempt() -> dict[str, Any]:
+            existing = self._find_app(name)
+            if existing is not None:
+                return existing
+            return self.client.create_app(body)
+
+        try:
+            app: dict[str, Any] = retrying(attempt)
+        except ApiError as exc:
+            raise self._error("create the app", exc) from exc
+        except ApiUnreachable as exc:
+            raise CapacityError(f"the OVH AI API could not be reached: {exc}") from exc
+        return app
+
+    def _update(self, app_id: str, current: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+        wanted = {e["name"]: e["value"] for e in body["envVars"]}
+        have = {e.get("name"): e.get("value") for e in current.get("envVars") or []}
+        env_patch = [{"name": k, "value": v} for k, v in wanted.items() if have.get(k) != v]
+        env_patch += [{"name": k, "value": ""} for k in have if k not in wanted and k]
+        resources = body["resources"]
+        update: dict[str, object] = {
+            "url": body["image"],
+            "defaultHttpPort": body["defaultHttpPort"],
+            "flavor": resources["flavor"],
+            "gpu": resources["gpu"],
+            "probe": body["probe"],
+        }
+        if env_patch:
+            update["envVars"] = env_patch
+        self._call("update the app", self.client.update_app, app_id, update)
+        if current.get("scalingStrategy") != body["scalingStrategy"]:
+            self._call(
+                "change the scaling", self.client.set_scaling, app_id, body["scalingStrategy"]
+            )
+        have_labels = current.get("labels") or {}
+        for name, value in body["labels"].items():
+            if have_labels.get(name) != value:
+                self._call("label the app", self.client.set_label, app_id, name, value)
+
+
+class SandboxProvider(OvhProvider):
+    """The built-in emulated cloud (``ondemand sandbox``), spoken to as OVH AI Deploy."""
+
+    name: ClassVar[str] = "sandbox"
+    DEFAULT_TOKEN = "sandbox-operator"
+    DEFAULT_IMAGE = "ollama-ondemand:sandbox"
+
+    def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
+        token = env.get("OVH_AI_TOKEN") or env.get("ONDEMAND_SANDBOX_TOKEN") or self.DEFAULT_TOKEN
+        secrets = config.secrets.model_copy(update={"ovh_token": _secret(token)})
+        super().__init__(env=env, config=replace(config, secrets=secrets))
+
+    def _base_url(self, env: Mapping[str, str]) -> str:
+        url = env.get("ONDEMAND_SANDBOX_URL", "").strip().rstrip("/")
+        if not url:
+            raise ConfigError(
+                "ONDEMAND_SANDBOX_URL is not set",
+                cause="the sandbox provider talks to a running 'ondemand sandbox'",
+                hint="start 'ondemand sandbox' (it prints ONDEMAND_SANDBOX_URL) and export it",
+            )
+        return url + "/ovh"
+
+    def _image(self, spec: Spec) -> str:
+        # Nothing is pulled in the sandbox: an image name is only recorded.
+        return check_image(spec.image or self.DEFAULT_IMAGE)
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)
+
+
+def _state(app: Mapping[str, Any]) -> str:
+    status = app.get("status") or {}
+    state = status.get("state")
+    if not state and status.get("history"):
+        state = status["history"][-1].get("state")
+    return str(state or "").upper()
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _running_since(status: Mapping[str, Any]) -> datetime | None:
+    """When compute began to bill: the start of the last run of SCALING/RUNNING states."""
+    since: datetime | None = None
+    for entry in status.get("history") or []:
+        billing = str(entry.get("state") or "").upper() in ("SCALING", "RUNNING")
+        since = (since or _time(entry.get("date"))) if billing else None
+    return since if _state({"status": status}) in ("SCALING", "RUNNING") else None
