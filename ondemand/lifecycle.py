@@ -285,8 +285,22 @@ def _start_and_wait(
     name = resolved.config.name
     reused = current.status is Status.RUNNING
     began = time.monotonic()
+    if current.status is Status.STOPPING:
+        # A start is refused until the stop has finished (a 'down' a moment ago).
+        progress(f"{name} is still stopping; starting it once it has stopped")
+        wait_until(
+            lambda: provider.status(name),
+            lambda d: d.status is not Status.STOPPING,
+            timeout=resolved.config.timeout.total_seconds(),
+            what=f"{name} to finish stopping",
+            interval=0.2,
+            max_interval=1.0,
+        )
     deployment = current if reused else provider.start(name)
-    notes = [deployment.detail] if deployment.detail else []
+    # The provider's remarks about a running deployment (e.g. the emulator in use); its
+    # state messages on the way there are part of the progress lines below.
+    running = deployment.status is Status.RUNNING
+    notes = [deployment.detail] if deployment.detail and running else []
     for note in notes:
         progress(note)
     api_key = _api_key(resolved, provider, name)

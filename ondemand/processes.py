@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,6 +15,30 @@ from pathlib import Path
 
 class ProcessFailed(Exception):
     """The process exited, or did not answer in time; carries the tail of its stderr."""
+
+
+# Runs before the real command: asks the kernel to SIGTERM it when its parent dies (even
+# by SIGKILL), then becomes that command. The parent check closes the race where the
+# parent died before the request was made. PR_SET_PDEATHSIG is 1; elsewhere than Linux
+# the command just runs.
+_DIES_WITH_PARENT = """
+import os, signal, sys
+if sys.platform.startswith("linux"):
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(70)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def dies_with_parent(args: Sequence[str]) -> list[str]:
+    """``args`` run so that the child is signalled when this process dies, however it dies:
+    a killed server must not leave an Ollama holding a GPU and a port."""
+    return [sys.executable, "-c", _DIES_WITH_PARENT, str(os.getpid()), *args]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

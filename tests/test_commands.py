@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -36,18 +37,17 @@ def _wait(url: str, proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[str]:
+def sandbox(tmp_path: Path) -> Iterator[str]:
+    """`ondemand sandbox` as a process; yields the OLLAMA_HOST it prints (its /ollama)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ondemand", "sandbox", "--models", "llama3.2", "--ttft", "0"],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        [sys.executable, "-m", "ondemand", "sandbox", "--models", "llama3.2", "--ttft", "0",
+         "--state-dir", str(tmp_path / "sandbox")],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    assert line.startswith("OLLAMA_HOST=http://127.0.0.1:"), line
-    url = line.split("=", 1)[1]
+    lines = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(4))
+    url = lines["OLLAMA_HOST"]
+    assert url == lines["ONDEMAND_SANDBOX_URL"] + "/ollama", lines
     _wait(url + "/", proc)
     yield url
     proc.send_signal(signal.SIGTERM)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import click
 
@@ -61,24 +62,57 @@ def _env_port(env: Mapping[str, str], name: str, default: int) -> int:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port (default: any free).")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where apps, logs and model stores are kept. [default: $ONDEMAND_STATE_DIR/sandbox, "
+    "else $RUNNER_TEMP/ondemand/sandbox, else ~/.cache/ondemand/sandbox]",
+)
+@click.option(
+    "--transition-seconds",
+    type=click.FloatRange(min=0),
+    default=0.3,
+    show_default=True,
+    help="How long QUEUED and INITIALIZING (and at least STOPPING, DELETING) last.",
+)
 @click.option("--models", help="Models the emulated Ollama has (comma-separated).")
 @click.option("--tokens-per-second", type=float, help="Generation speed per stream (0: max).")
 @click.option("--ttft", type=float, help="Seconds before the first token.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, not KEY=value lines.")
 @pass_app
 def sandbox(
     app: App,
     host: str,
     port: int,
+    state_dir: Path | None,
+    transition_seconds: float,
     models: str | None,
     tokens_per_second: float | None,
     ttft: float | None,
+    as_json: bool,
 ) -> None:
-    """Run the built-in emulators on loopback, for rehearsals without a GPU bill.
+    """Run the emulated clouds on loopback, for rehearsals without a GPU bill.
 
-    This version serves the Ollama API emulator and prints OLLAMA_HOST for it; the OVH AI
-    Deploy and RunPod emulators are not available yet in this version.
+    Serves OVHcloud AI Deploy's API under /ovh (apps are real 'ondemand serve' processes
+    with an emulated Ollama), the Ollama API emulator under /ollama, and control routes
+    under /_sandbox (faults, apps). Prints ONDEMAND_SANDBOX_URL, OVH_AI_API_URL,
+    OVH_AI_TOKEN and OLLAMA_HOST, one KEY=value per line. Tokens: ONDEMAND_SANDBOX_TOKEN
+    (operator) and ONDEMAND_SANDBOX_READ_TOKEN, else sandbox-operator / sandbox-read.
+    Faults at start-up: ONDEMAND_SANDBOX_FAULTS (JSON, see docs/sandbox.md). Apps survive
+    a restart on the same state directory. SIGTERM or Ctrl-C stops every app and exits 0.
     """
-    from ondemand.sandbox.ollama import EmulatorConfig, create_app
+    import json
+    import logging
+
+    from ondemand.errors import ConfigError
+    from ondemand.providers.local import state_root
+    from ondemand.sandbox.ollama import EmulatorConfig
+    from ondemand.sandbox.server import (
+        DEFAULT_OPERATOR_TOKEN,
+        DEFAULT_READ_TOKEN,
+        client_env,
+        create_sandbox,
+    )
     from ondemand.serving import bind, run
 
     env = dict(app.env)
@@ -88,13 +122,45 @@ def sandbox(
         env["OLLAMA_EMULATOR_TOKENS_PER_SECOND"] = str(tokens_per_second)
     if ttft is not None:
         env["OLLAMA_EMULATOR_TTFT"] = str(ttft)
-    emulator = create_app(EmulatorConfig.from_env(env))
+    # The apps' emulated Ollama gets the same models and speeds as the one under /ollama.
+    app_env = {k: v for k, v in env.items() if k.startswith("OLLAMA_EMULATOR_")}
+    operator = env.get("ONDEMAND_SANDBOX_TOKEN", "").strip() or DEFAULT_OPERATOR_TOKEN
+    read = env.get("ONDEMAND_SANDBOX_READ_TOKEN", "").strip() or DEFAULT_READ_TOKEN
+    directory = state_dir or state_root(env) / "sandbox"
+    logging.basicConfig(
+        level=logging.INFO if app.verbosity > 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = EmulatorConfig.from_env(env)
+        config.models_dir = None  # the sandbox keeps its own store, never a real Ollama's
+        box = create_sandbox(
+            directory, operator_token=operator, read_token=read,
+            transition_seconds=transition_seconds, ollama=config, app_env=app_env,
+            faults=env.get("ONDEMAND_SANDBOX_FAULTS", "").strip() or None,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"cannot start the sandbox: {exc}") from None
     sock = bind(host, port)
-    url = f"http://{host}:{sock.getsockname()[1]}"
-    app.emit({"OLLAMA_HOST": url}, f"OLLAMA_HOST={url}")
-    app.info("Ollama API emulator ready (Ctrl-C to stop); cloud emulators: not available yet")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"http://{shown}:{sock.getsockname()[1]}"
+    printed = client_env(url, operator)
+    if as_json or app.as_json:
+        extra = {"ONDEMAND_SANDBOX_READ_TOKEN": read, "ONDEMAND_SANDBOX_STATE_DIR": str(directory)}
+        click.echo(json.dumps({**printed, **extra}))
+    else:
+        click.echo("\n".join(f"{k}={v}" for k, v in printed.items()))
     sys.stdout.flush()
-    run(emulator, sock=sock)
+    app.info(
+        f"sandbox ready on {url} (Ctrl-C to stop): OVH AI Deploy under /ovh, Ollama under "
+        f"/ollama; operator token {operator!r}, read token {read!r}; state in {directory}"
+    )
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        app.info("warning: the sandbox's tokens are well known; keep it on loopback")
+    try:
+        run(box, sock=sock, lifespan="on")
+    finally:
+        box.close()
 
 
 @cli.command()

@@ -317,6 +317,14 @@ class OvhProvider:
         force = _state(app) in ACTIVE or _state(app) == "STOPPING"
         self._call("delete the app", self.client.delete_app, app["id"], force=force)
 
+    def stored_api_key(self, deployment_id: str) -> str | None:
+        """The user key the app was deployed with (it travels in the app's env)."""
+        app = self._find_app(deployment_id)
+        for entry in ((app or {}).get("spec") or {}).get("envVars") or []:
+            if entry.get("name") == "AUTHORIZATION_APIKEY" and entry.get("value"):
+                return str(entry["value"])
+        return None
+
     def explain_failure(self, deployment: Deployment) -> Exception:
         """The error to report when the app ended FAILED or ERROR."""
         message = deployment.detail or "no reason given"

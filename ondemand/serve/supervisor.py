@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import httpx
 
-from ondemand.processes import port_free
+from ondemand.processes import dies_with_parent, port_free
 
 log = logging.getLogger("ondemand.serve")
 ollama_log = logging.getLogger("ondemand.serve.ollama")
@@ -102,8 +102,7 @@ class Supervisor:
             # Another process (a user's own Ollama?) would answer our readiness check.
             return f"cannot start: 127.0.0.1:{self.port} is already in use by another process"
         self.process = await asyncio.create_subprocess_exec(
-            self.binary,
-            "serve",
+            *dies_with_parent([self.binary, "serve"]),
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -103,7 +104,11 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         log = tmp_path / f"serve-{port}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ondemand", "serve"], env=full, stdout=out, stderr=out
+                [sys.executable, "-m", "ondemand", "serve"],
+                env=full,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
         served = Served(proc, f"http://127.0.0.1:{port}", log, ollama_port)
         started.append(served)
@@ -117,6 +122,12 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
 
     yield start
     for served in started:
-        if served.proc.poll() is None:
-            served.proc.kill()
-            served.proc.wait()
+        # The whole group: a test that killed the server must not leave its Ollama behind.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(served.proc.pid, sig)
+            try:
+                served.proc.wait(5)
+                break
+            except subprocess.TimeoutExpired:
+                continue

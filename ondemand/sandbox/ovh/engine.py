@@ -1,0 +1,259 @@
+"""The emulator's apps: what each API operation may do in each state, and the store.
+
+Every change is written to ``<state>/ovh/apps.json`` at once (atomically), so a restarted
+sandbox finds its apps; those that were up are queued again and walk back to RUNNING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ondemand.processes import free_port
+from ondemand.sandbox.apps import AppRunner, log_tail, reap_orphan
+from ondemand.sandbox.faults import FaultSet
+from ondemand.sandbox.ovh import validate
+from ondemand.sandbox.ovh.edits import apply_update, models_dir
+from ondemand.sandbox.ovh.machine import ApiError, Machine
+from ondemand.sandbox.ovh.model import (
+    ACTIVE,
+    DELETABLE,
+    DELETING,
+    QUEUED,
+    RUNNING,
+    STARTABLE,
+    STOPPED,
+    STOPPING,
+    AppRecord,
+    iso,
+    now,
+)
+from ondemand.sandbox.statefile import read_json, write_json_atomic
+
+log = logging.getLogger("ondemand.sandbox")
+
+
+class OvhEngine(Machine):
+    """Owns the apps of the OVH emulator. Its methods run on the event loop that serves
+    the API; ``begin()`` must be called from that loop before the first request."""
+
+    def __init__(
+        self,
+        directory: Path,
+        runner: AppRunner,
+        faults: FaultSet,
+        *,
+        transition_seconds: float = 0.3,
+        probe_period: float = 1.0,
+        user: str = "sandbox-user",
+    ) -> None:
+        super().__init__(runner, faults, transition_seconds, probe_period)
+        self.directory = directory
+        self.user = user
+        self._resume: list[str] = []
+        self._load()
+
+    # -- persistence ----------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "apps.json"
+
+    def app_dir(self, app_id: str) -> Path:
+        return self.directory / "apps" / app_id
+
+    def _load(self) -> None:
+        stored = (read_json(self.state_file) or {}).get("apps")
+        for raw in stored if isinstance(stored, list) else []:
+            try:
+                record = AppRecord.from_store(raw)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("skipping an unreadable app in %s: %s", self.state_file, exc)
+                continue
+            if record.pid is not None and reap_orphan(record.pid, record.port):
+                log.warning("stopped app %s's server left by a previous sandbox", record.id)
+            record.pid = None
+            if record.state == DELETING:
+                shutil.rmtree(self.app_dir(record.id), ignore_errors=True)
+                continue
+            if record.state == STOPPING:
+                record.transition(STOPPED)
+            elif record.state in ACTIVE:
+                self._resume.append(record.id)
+            self.apps[record.id] = record
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(
+            self.state_file, {"version": 1, "apps": [r.to_store() for r in self.apps.values()]}
+        )
+
+    # -- life of the engine ---------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Bind to the running loop and resume the apps that were up when the sandbox
+        stopped: they queue again and walk back to RUNNING on their old port and URL."""
+        if self.loop is not None:
+            return
+        self.loop = asyncio.get_running_loop()
+        for app_id in self._resume:
+            record = self.apps.get(app_id)
+            if record is not None:
+                self._set(record, QUEUED, "App is queued again after a sandbox restart")
+                self._drive(record, self._walk)
+        self._resume.clear()
+        self.save()
+
+    async def aclose(self) -> None:
+        """Stop every task and app process; the stored states stay as they were, so the
+        next sandbox on this state directory resumes the apps that were up."""
+        if self.closed:
+            return
+        self.closed = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.runner.stop_all()
+        for record in self.apps.values():
+            record.pid = None
+        self.save()
+
+    def kill(self) -> None:
+        """The blocking twin of ``aclose`` for when the loop is gone (or is this thread)."""
+        if self.closed and not self.runner.processes:
+            return
+        self.closed = True
+        for task in self._tasks.values():
+            task.cancel()
+        self.runner.kill_all()
+        for record in self.apps.values():
+            record.pid = None
+        self.save()
+
+    # -- operations (the API's handlers call these) ---------------------------------------
+
+    def find(self, app_id: str) -> AppRecord:
+        record = self.apps.get(app_id)
+        if record is None:
+            raise ApiError(404, f"app {app_id} not found")
+        return record
+
+    def create(self, spec: dict[str, Any]) -> AppRecord:
+        stamp = iso(now())
+        record = AppRecord(
+            id=str(uuid.uuid4()),
+            spec=spec,
+            user=self.user,
+            port=self._reserve_port(),
+            created_at=stamp,
+            updated_at=stamp,
+        )
+        record.own_labels()
+        self.apps[record.id] = record
+        self._set(record, QUEUED)
+        self._drive(record, self._walk)
+        return record
+
+    def start(self, app_id: str) -> None:
+        record = self.find(app_id)
+        if record.state not in STARTABLE:
+            raise ApiError(
+                400, f"app {app_id} is {record.state}: only a STOPPED or FAILED app can be started"
+            )
+        self._set(record, QUEUED)
+        self._drive(record, self._walk)
+
+    def stop(self, app_id: str) -> None:
+        record = self.find(app_id)
+        if record.state not in ACTIVE:
+            raise ApiError(
+                400,
+                f"app {app_id} is {record.state}: only a running app "
+                "(QUEUED, INITIALIZING, SCALING or RUNNING) can be stopped",
+            )
+        self._set(record, STOPPING)
+        self._drive(record, self._stopping)
+
+    def delete(self, app_id: str, *, force: bool) -> None:
+        record = self.find(app_id)
+        if record.state == DELETING:
+            raise ApiError(400, f"app {app_id} is already being deleted")
+        if not force and record.state not in DELETABLE:
+            raise ApiError(
+                400,
+                f"app {app_id} is {record.state}: stop it before deleting it, "
+                "or delete it with force=true",
+            )
+        self._set(record, DELETING)
+        self._drive(record, self._deleting)
+
+    def update(self, app_id: str, patch: dict[str, Any]) -> AppRecord:
+        """Spec changes apply at the next start: the running server keeps its environment."""
+        record = self._editable(app_id)
+        try:
+            apply_update(record.spec, patch)
+        except validate.Invalid as exc:
+            raise ApiError(400, str(exc)) from None
+        record.touch()
+        self.save()
+        return record
+
+    def set_image(self, app_id: str, url: str) -> None:
+        record = self._editable(app_id)
+        record.spec["image"] = url
+        record.touch()
+        self.save()
+
+    def set_label(self, app_id: str, name: str, value: str | None) -> None:
+        record = self._editable(app_id)
+        if name.startswith("ovh/"):
+            raise ApiError(400, f"label {name!r}: labels under 'ovh/' are set by the platform")
+        if value is None:
+            record.labels.pop(name, None)
+        else:
+            record.labels[name] = value
+        record.touch()
+        self.save()
+
+    def set_scaling(self, app_id: str, strategy: dict[str, Any]) -> None:
+        record = self._editable(app_id)
+        record.spec["scalingStrategy"] = strategy
+        record.touch()
+        if record.state == RUNNING:
+            self._rescale.add(app_id)
+        self.save()
+
+    def log_text(self, app_id: str, tail: int | None) -> str:
+        self.find(app_id)
+        path = self.app_dir(app_id) / "serve.log"
+        if tail is not None:
+            return log_tail(path, lines=tail, chars=1_000_000) + "\n"
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _editable(self, app_id: str) -> AppRecord:
+        record = self.find(app_id)
+        if record.state == DELETING:
+            raise ApiError(400, f"app {app_id} is being deleted")
+        return record
+
+    def _reserve_port(self) -> int:
+        taken = {record.port for record in self.apps.values()}
+        port = free_port()
+        while port in taken:
+            port = free_port()
+        return port
+
+    def models_dir(self, record: AppRecord) -> Path:
+        return models_dir(record.spec, self.app_dir(record.id), self.directory / "datastores")
