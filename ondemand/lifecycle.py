@@ -296,6 +296,8 @@ def _start_and_wait(
             interval=0.2,
             max_interval=1.0,
         )
+    if reused:
+        progress(f"{name} is already running on {provider.name}")
     deployment = current if reused else provider.start(name)
     # The provider's remarks about a running deployment (e.g. the emulator in use); its
     # state messages on the way there are part of the progress lines below.

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -8,7 +11,9 @@ from ondemand.proxy import ProxySettings, create_app
 from ondemand.sandbox.ollama import EmulatorConfig
 from ondemand.sandbox.ollama import create_app as create_emulator
 from ondemand.sandbox.ollama.app import Emulator
+from ondemand.sandbox.server import SandboxServer, sandbox_server
 from ondemand.serving import BackgroundServer
+from tests.cloud import FAST_APPS, Launched, Ovh, StartSandbox
 from tests.proxy.recorder import Recorder
 
 USER_KEY = "odk_user_0123456789abcdef"
@@ -59,3 +64,45 @@ def start_proxy() -> Iterator[ProxyFactory]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def start_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StartSandbox]:
+    """Start sandboxes (fast transitions, fast emulated Ollama) on loopback; all stopped at
+    the end, and no app process may outlive them. Same ``state_dir`` = same sandbox state."""
+    stack = contextlib.ExitStack()
+    launched = Launched()
+
+    def start(state_dir: Path | None = None, **options: Any) -> tuple[SandboxServer, Ovh]:
+        settings: dict[str, Any] = {
+            "transition_seconds": 0.05,
+            "probe_period": 0.2,
+            "stop_grace": 10.0,
+            "app_env": FAST_APPS,
+            **options,
+        }
+        running = stack.enter_context(sandbox_server(state_dir or tmp_path / "sandbox", **settings))
+        launched.spy_on(running.sandbox, monkeypatch)
+        client = Ovh(running)
+        stack.callback(client.close)
+        return running, client
+
+    with stack:
+        yield start
+    launched.assert_all_gone()
+
+
+@pytest.fixture
+def ovh(start_sandbox: StartSandbox) -> tuple[SandboxServer, Ovh]:
+    """One fresh sandbox for the test."""
+    return start_sandbox()
+
+
+@pytest.fixture(scope="module")
+def idle_ovh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SandboxServer, Ovh]]:
+    """One sandbox shared by a module's tests that create no app (refused requests)."""
+    with sandbox_server(tmp_path_factory.mktemp("idle"), transition_seconds=0.05) as running:
+        client = Ovh(running)
+        yield running, client
+        client.close()
+        assert running.sandbox.runner.processes == {}

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ondemand.cli.root import App, cli, pass_app
+from ondemand.cli.root import App, cli, json_option, pass_app
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
@@ -21,7 +21,11 @@ def _lifecycle(app: App, **flags: object) -> tuple[ResolvedConfig, Provider]:
     resolved = app.config(**flags)
     for secret in resolved.secrets.secret_values():
         app.actions.mask(secret)
-    return resolved, make_provider(resolved, app.env)
+    provider = make_provider(resolved, app.env)
+    close = getattr(provider, "close", None)
+    if callable(close):
+        click.get_current_context().call_on_close(close)
+    return resolved, provider
 
 
 def _seconds(value: float) -> str:
@@ -64,6 +68,7 @@ def _print_up(app: App, result: UpResult, provider: str) -> None:
 
 
 @cli.command()
+@json_option
 @click.option("--image", help="Server image to deploy. [env: ONDEMAND_IMAGE]")
 @click.option("--models", help="Models to preload, comma-separated. [env: ONDEMAND_MODELS]")
 @click.option("--gpu", help="GPU model, e.g. L4. [env: ONDEMAND_GPU, GPU_MODEL]")
@@ -95,6 +100,7 @@ def deploy(app: App, image: str | None, models: str | None, gpu: str | None) -> 
 
 
 @cli.command()
+@json_option
 @click.option("--no-wait", is_flag=True, help="Return once the provider accepted the start.")
 @click.option("--timeout", help="How long to wait for ready, e.g. 15m. [env: ONDEMAND_TIMEOUT]")
 @pass_app
@@ -114,6 +120,7 @@ def start(app: App, no_wait: bool, timeout: str | None) -> None:
 
 
 @cli.command()
+@json_option
 @click.option("--timeout", help="How long to wait for the provider to report it stopped.")
 @pass_app
 def stop(app: App, timeout: str | None) -> None:
@@ -127,6 +134,7 @@ def stop(app: App, timeout: str | None) -> None:
 
 
 @cli.command()
+@json_option
 @click.option("--timeout", help="How long to wait for ready. [env: ONDEMAND_TIMEOUT; 15m]")
 @click.option("--lease-ttl", help="How long the lease lives. [env: ONDEMAND_LEASE_TTL; 3h]")
 @pass_app
@@ -146,6 +154,7 @@ def up(app: App, timeout: str | None, lease_ttl: str | None) -> None:
 
 
 @cli.command()
+@json_option
 @click.option("--lease", "lease_id", help="Lease to release (default: this job's lease).")
 @click.option("--force", is_flag=True, help="Stop even if other leases are live.")
 @click.option("--delete", "delete_after", is_flag=True, help="Delete it after stopping it.")
@@ -166,6 +175,7 @@ def down(app: App, lease_id: str | None, force: bool, delete_after: bool) -> Non
 
 
 @cli.command()
+@json_option
 @pass_app
 def status(app: App) -> None:
     """Provider state, URL, readiness, models (GPU or CPU), activity, leases, cost."""
@@ -206,6 +216,7 @@ def _status_text(report: Mapping[str, object]) -> str:
 
 
 @cli.command()
+@json_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def delete(app: App, yes: bool) -> None:

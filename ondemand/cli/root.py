@@ -133,6 +133,22 @@ def cli(
 pass_app = click.make_pass_decorator(App)
 
 
+def _json_after_command(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    app = ctx.find_object(App)
+    if value and app is not None:
+        app.as_json = True
+
+
+# 'ondemand status --json' reads as naturally as 'ondemand --json status': both work.
+json_option = click.option(
+    "--json",
+    is_flag=True,
+    expose_value=False,
+    callback=_json_after_command,
+    help="Print results as JSON on stdout (same as the global --json).",
+)
+
+
 def later(name: str) -> NoReturn:
     raise not_available(name)
 

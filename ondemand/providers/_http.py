@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+import tenacity
 
 from ondemand import __version__
 
@@ -65,12 +66,17 @@ class ApiClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
         retry_budget: float = 60.0,
+        deadline: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._error_message = error_message
         self.retry_budget = retry_budget
+        # A command's own deadline (time.monotonic()): no retry sleeps past it, whatever the
+        # budget of the one request says.
+        self.deadline = deadline
         self.calls = 0  # requests sent, retries included (benchmarks count them)
-        self._client = httpx.Client(
+        # Public for event hooks: tests and debugging see exactly what was sent.
+        self.http = httpx.Client(
             base_url=self.base_url,
             headers={
                 "Authorization": f"Bearer {token}",
@@ -84,12 +90,12 @@ class ApiClient:
         )
 
     def close(self) -> None:
-        self._client.close()
+        self.http.close()
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         self.calls += 1
         try:
-            response = self._client.request(method, path, **kwargs)
+            response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ApiUnreachable(f"{type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
@@ -118,7 +124,6 @@ class ApiClient:
 
     def retrying(self) -> Any:
         """The retry policy, for callers that need to retry a step of their own."""
-        import tenacity
 
         def wait(state: tenacity.RetryCallState) -> float:
             outcome = state.outcome
@@ -127,14 +132,26 @@ class ApiClient:
                 return exc.retry_after
             return backoff(state)
 
-        backoff = tenacity.wait_exponential_jitter(initial=0.5, max=10.0, jitter=0.5)
+        backoff = tenacity.wait_exponential(multiplier=0.5, max=10.0) + tenacity.wait_random(0, 0.5)
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception(_retryable),
             wait=wait,
-            stop=tenacity.stop_after_delay(self.retry_budget),
+            stop=tenacity.stop_before_delay(self.retry_budget) | _StopAt(self.deadline),
             before_sleep=_log_retry,
             reraise=True,
         )
+
+
+class _StopAt(tenacity.stop.stop_base):
+    """Stop before a sleep would end past ``deadline`` (a time.monotonic() value)."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        if self.deadline is None:
+            return False
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
 
 
 def _retryable(exc: BaseException) -> bool:

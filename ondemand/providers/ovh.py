@@ -8,6 +8,7 @@ updated in place when its spec changed and recreated only when OVH cannot update
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -141,8 +142,12 @@ class OvhProvider:
                 self._token(token.get_secret_value() if token else None),
                 error_message=_message,
                 retry_budget=min(120.0, config.config.timeout.total_seconds()),
+                deadline=time.monotonic() + config.config.timeout.total_seconds(),
             )
         )
+
+    def close(self) -> None:
+        self.client.api.close()
 
     # -- settings ----------------------------------------------------------------------
 
@@ -241,7 +246,9 @@ class OvhProvider:
             labels=(app.get("spec") or {}).get("labels") or {},
             created_at=_time(app.get("createdAt")),
             running_since=_running_since(status),
-            detail=detail or info.get("message"),
+            # On the way up or down, OVH's message says why it waits or failed; once it runs,
+            # it only repeats the state ("App is running").
+            detail=detail or (None if state == "RUNNING" else info.get("message")),
         )
 
     # -- the Provider contract ----------------------------------------------------------

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from ondemand.sandbox.server import SandboxServer
-from tests.sandbox.conftest import Ovh, StartSandbox
+from tests.cloud import Ovh, StartSandbox
 
 PARKED = {"ovh": {"slow": {"seconds": {"QUEUED": 120}}}}
 

@@ -16,7 +16,7 @@ import httpx
 from ondemand.processes import free_port
 from ondemand.sandbox.ollama import write_standin
 from ondemand.sandbox.server import SandboxServer, sandbox_server
-from tests.sandbox.conftest import APP_KEY, FAST_APPS, Ovh, StartSandbox, group_alive
+from tests.cloud import APP_KEY, FAST_APPS, Ovh, StartSandbox, group_alive
 
 NEW_KEY = "odk_sandbox_new_key_9876543210"
 _ONCE = {"stream": False}

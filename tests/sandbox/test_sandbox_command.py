@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.sandbox.conftest import APP_KEY, FAST_APPS, group_alive
+from tests.cloud import APP_KEY, FAST_APPS, group_alive
 
 KEYS = ["ONDEMAND_SANDBOX_URL", "OVH_AI_API_URL", "OVH_AI_TOKEN", "OLLAMA_HOST"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from ondemand.sandbox.faults import HttpFault, SandboxFaults
 from ondemand.sandbox.server import SandboxServer, create_sandbox
-from tests.sandbox.conftest import Ovh, StartSandbox
+from tests.cloud import Ovh, StartSandbox
 
 
 def _faults(running: SandboxServer, method: str, body: object = None) -> httpx.Response:
