@@ -1,25 +1,26 @@
 """A rehearsal on this machine, no GPU and no credentials: ``python -m ondemand.demo``.
 
-Runs the lifecycle a CI job runs, with the ``local`` provider and the built-in Ollama
-emulator: ``ondemand up`` (server started, a model pulled, every model warmed), an
-authenticated streamed chat through the proxy, the requests the proxy refuses,
-``ondemand status`` and ``ondemand down``. Exits non-zero if anything behaves differently
-from what it shows.
+Runs the lifecycle a CI job runs on OVHcloud AI Deploy against ``ondemand sandbox``, the
+emulated cloud (its AI API starts real ``ondemand serve`` processes with an emulated
+Ollama): ``deploy``, ``up`` (app started, a model pulled, every model warmed), an
+authenticated streamed chat through the app's URL, the requests the proxy refuses,
+``status``, ``down`` and ``delete``. Exits non-zero if anything behaves differently from
+what it shows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-
-from ondemand.sandbox.ollama import write_standin
 
 MODELS = "llama3.2,qwen3:0.6b"
 CHAT_MODEL = "llama3.2"
@@ -105,48 +106,99 @@ def _refusals(url: str, user_key: str, admin_key: str) -> None:
             "admin key POST /api/pull")  # fmt: skip
 
 
+@contextlib.contextmanager
+def _sandbox(env: dict[str, str], state: Path) -> Iterator[dict[str, str]]:
+    """``ondemand sandbox`` in the background; yields the variables it prints."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ondemand", "sandbox", "--state-dir", str(state)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        printed: dict[str, str] = {}
+        while len(printed) < 4:
+            line = proc.stdout.readline()
+            if not line:
+                raise DemoFailed(f"'ondemand sandbox' exited with {proc.wait()}")
+            name, _, value = line.strip().partition("=")
+            printed[name] = value
+        yield printed
+    finally:
+        proc.terminate()
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+    if code != 0:
+        raise DemoFailed(f"the sandbox exited with {code} when stopped")
+
+
 def run() -> None:
-    _say("ollama-ondemand demo: the CI lifecycle on this machine (local provider, Ollama")
-    _say("emulator: no GPU, no credentials)")
+    _say("ollama-ondemand demo: the CI lifecycle on OVHcloud AI Deploy, rehearsed against the")
+    _say("sandbox cloud on this machine (emulated AI API and Ollama: no GPU, no credentials)")
     with tempfile.TemporaryDirectory(prefix="ondemand-demo-") as tmp:
         admin_key = json.loads(_ondemand(dict(os.environ), "--json", "keys", "new", "--admin"))
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("ONDEMAND_", "OLLAMA_"))},
-            "ONDEMAND_STATE_DIR": tmp,
-            "ONDEMAND_NAME": "ondemand-demo",
-            "ONDEMAND_MODELS": MODELS,
-            "ONDEMAND_ADMIN_KEY": str(admin_key["key"]),
-            # The emulator even where a real Ollama is installed: the demo must not download
-            # gigabytes of weights.
-            "OLLAMA_BIN": str(write_standin(Path(tmp) / "bin")),
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ONDEMAND_", "OLLAMA_", "OVH_", "OPENAI_"))
+        }
+        emulated = {
             "OLLAMA_EMULATOR_TOKENS_PER_SECOND": "40",
             "OLLAMA_EMULATOR_PULL_SECONDS": "1.5",
             "OLLAMA_EMULATOR_LOAD_TIME": "0.4",
         }
-        _say()
-        _say(f"[1/5] ondemand up    (models: {MODELS}; qwen3:0.6b is not cached: it is pulled)")
-        up = json.loads(_ondemand(env, "--json", "up"))
-        url, key = str(up["url"]), str(up["api_key"])
-        try:
-            _say(f"      OLLAMA_HOST={url}  OLLAMA_API_KEY={_masked(key)}")
-            _say("[2/5] An authenticated, streamed chat through the proxy")
-            _stream_chat(url, key)
-            _say("[3/5] What the proxy refuses")
-            _refusals(url, key, str(admin_key["key"]))
-            _say("[4/5] ondemand status")
-            for line in _ondemand(env, "status").splitlines():
-                _say(f"      {line}")
-        finally:
-            _say("[5/5] ondemand down")
-            _say("      " + _ondemand(env, "down").strip())
-        try:
-            httpx.get(url + "/ping", timeout=2)
-        except httpx.HTTPError:
-            _say("      /ping no longer answers: nothing is left running")
-        else:
-            raise DemoFailed("the server still answers after 'ondemand down'")
+        with _sandbox({**clean, **emulated}, Path(tmp) / "sandbox") as cloud:
+            env = {
+                **clean,
+                "ONDEMAND_SANDBOX_URL": cloud["ONDEMAND_SANDBOX_URL"],
+                "ONDEMAND_PROVIDER": "sandbox",
+                "ONDEMAND_NAME": "ondemand-demo",
+                "ONDEMAND_MODELS": MODELS,
+                "ONDEMAND_ADMIN_KEY": str(admin_key["key"]),
+                "ONDEMAND_TIMEOUT": "2m",
+            }
+            _say(f"      sandbox: OVH AI API at {cloud['OVH_AI_API_URL']}")
+            _lifecycle(env, str(admin_key["key"]))
     _say()
-    _say("Done. Next: 'make test', docs/serve.md and docs/proxy.md.")
+    _say("Done. Next: 'make test'; docs/ovh.md for the real cloud, docs/sandbox.md for faults.")
+
+
+def _lifecycle(env: dict[str, str], admin_key: str) -> None:
+    _say()
+    _say("[1/7] ondemand deploy   (creates the app; a new app starts, so deploy stops it again)")
+    _say("      " + _ondemand(env, "deploy").strip())
+    _say(f"[2/7] ondemand up       (models: {MODELS}; qwen3:0.6b is not cached: it is pulled)")
+    up = json.loads(_ondemand(env, "--json", "up"))
+    url, key = str(up["url"]), str(up["api_key"])
+    try:
+        _say(f"      OLLAMA_HOST={url}  OLLAMA_API_KEY={_masked(key)}")
+        _say("[3/7] An authenticated, streamed chat through the app's URL")
+        _stream_chat(url, key)
+        _say("[4/7] What the proxy refuses")
+        _refusals(url, key, admin_key)
+        _say("[5/7] ondemand status")
+        for line in _ondemand(env, "status").splitlines():
+            _say(f"      {line}")
+    finally:
+        _say("[6/7] ondemand down")
+        _say("      " + _ondemand(env, "down").strip())
+    try:
+        httpx.get(url + "/ping", timeout=2)
+    except httpx.HTTPError:
+        _say("      /ping no longer answers: the app is stopped, nothing bills")
+    else:
+        raise DemoFailed("the app still answers after 'ondemand down'")
+    _say("[7/7] ondemand delete")
+    _say("      " + _ondemand(env, "delete").strip())
+    gone = json.loads(_ondemand(env, "--json", "status"))
+    if gone["status"] != "absent":
+        raise DemoFailed(f"after 'ondemand delete' the app is {gone['status']}")
+    _say("      status: absent")
 
 
 def main() -> None:
