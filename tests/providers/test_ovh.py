@@ -353,3 +353,20 @@ def test_status_of_a_running_app_takes_at_most_two_api_calls(cloud: Cloud) -> No
         assert report["url"]
         assert report["cost"]["hourly"] > 0
         assert len(sent.requests) <= 2, sent.routes()
+
+
+@pytest.mark.parametrize(
+    ("region", "base"),
+    [
+        ("GRA", "https://gra.ai.cloud.ovh.net"),
+        ("bhs", "https://bhs.ai.cloud.ovh.net"),
+        ("US-EAST-VA", "https://us-east-va.ai.cloud.ovh.us"),
+    ],
+)
+def test_the_region_chooses_the_ai_api_and_an_explicit_url_wins(
+    cloud: Cloud, region: str, base: str
+) -> None:
+    provider, _, _ = cloud.provider(OVH_AI_API_URL="", OVH_REGION=region)
+    assert provider.client.api.base_url == base
+    provider, _, _ = cloud.provider(OVH_REGION=region)
+    assert provider.client.api.base_url == cloud.running.ovh_url
