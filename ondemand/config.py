@@ -16,7 +16,8 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, NoReturn, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Final, Literal, NoReturn, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -105,6 +106,28 @@ class OvhSection(Model):
 
 class RunpodSection(Model):
     """Settings that only the ``runpod`` and ``runpod-pod`` providers read."""
+
+    # Serverless GPU pools (AMPERE_24, ADA_24, ...); derived from `gpu` when unset.
+    gpu_pools: list[str] | None = None
+    # GPU type ids never to run on. Unset: the sm_86 cards on which Ollama has been seen to
+    # fall back to the CPU (docs/runpod.md); an empty list excludes nothing.
+    exclude_gpu_types: list[str] | None = None
+    workers_min: int = Field(default=0, ge=0)
+    # At least 2, so that one throttled worker cannot make the endpoint unreachable.
+    workers_max: int = Field(default=2, ge=1)
+    # Seconds a worker stays up after its last request (billed).
+    idle_timeout: int = Field(default=60, ge=1, le=3600)
+    # In-flight requests per worker before another starts; high, so one worker serves all.
+    request_count: int = Field(default=100, ge=1)
+    flashboot: bool = True
+    # Network volume for the model cache, NAME@DATACENTER; created if it does not exist.
+    network_volume: OptionalText = None
+    network_volume_size: int = Field(default=50, ge=10, le=4096)
+    data_centers: list[str] = Field(default_factory=list)
+    container_disk: int = Field(default=20, ge=1)
+    # Pods only.
+    cloud_type: Literal["SECURE", "COMMUNITY"] = "SECURE"
+    pod_volume: int = Field(default=50, ge=0)
 
 
 def _duration_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
@@ -380,7 +403,12 @@ def _from_text(path: FieldPath, value: object) -> object:
     """Env and flag text for a list setting is comma-separated; for a table, ``k=v,k=v``."""
     if not isinstance(value, str):
         return value
-    origin = get_origin(_field_annotation(path))
+    annotation = _field_annotation(path)
+    # `list[str] | None`: the list inside the optional.
+    inner = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(inner) == 1:
+        annotation = inner[0]
+    origin = get_origin(annotation)
     if origin is list:
         return [item.strip() for item in value.split(",") if item.strip()]
     if origin is dict:
@@ -440,7 +468,7 @@ def load_config(
     """Resolve defaults < ``ondemand.yml`` < env < flags into a :class:`ResolvedConfig`.
 
     ``path`` is ``--config``; without it ``ONDEMAND_CONFIG``, then ``cwd/ondemand.yml`` if it
-    exists. ``flags`` maps field paths (``"timeout"``, ``"runpod.workers"``, ``"api_key"``)
+    exists. ``flags`` maps field paths (``"timeout"``, ``"runpod.workers_max"``, ``"api_key"``)
     to values the user gave, parsed or raw text. Raises :class:`ConfigError` listing every
     problem found, one per line.
     """

@@ -124,11 +124,20 @@ class Readiness:
         return f"/ping {self.ping} ({phase})" if phase else f"/ping {self.ping}"
 
 
-def read_readiness(url: str, api_key: str | None) -> Readiness:
+def gateway_headers(provider: Provider) -> dict[str, str]:
+    """What the provider's front door needs besides our key (RunPod's gateway wants the
+    account key in Authorization, so our key travels in X-API-Key)."""
+    headers = getattr(provider, "gateway_headers", None)
+    return dict(headers()) if callable(headers) else {}
+
+
+def read_readiness(
+    url: str, api_key: str | None, headers: Mapping[str, str] | None = None
+) -> Readiness:
     import httpx
 
     try:
-        answer = httpx.get(url + "/ping", timeout=5)
+        answer = httpx.get(url + "/ping", headers=dict(headers or {}), timeout=5)
     except httpx.HTTPError:
         return Readiness()
     ping = answer.status_code
@@ -140,7 +149,9 @@ def read_readiness(url: str, api_key: str | None) -> Readiness:
     if api_key:
         try:
             response = httpx.get(
-                url + "/ondemand/status", headers={"X-API-Key": api_key}, timeout=5
+                url + "/ondemand/status",
+                headers={**(headers or {}), "X-API-Key": api_key},
+                timeout=5,
             )
             if response.status_code == 200:
                 status = response.json()
@@ -310,6 +321,8 @@ def _start_and_wait(
         return UpResult(deployment, deployment.url or "", api_key, reused, 0.0, 0.0, notes=notes)
     timeout = resolved.config.timeout.total_seconds()
     reporter = _Reporter(progress)
+    front_door = gateway_headers(provider)
+    check = getattr(provider, "readiness_problem", None)
     started_at: list[float] = []
     shown_url: list[str] = []
 
@@ -323,7 +336,14 @@ def _start_and_wait(
         # Before the provider reports it running, whatever answers at the URL (a gateway's
         # 503, nothing) says nothing about the server.
         running = state.status is Status.RUNNING and state.url
-        ready = read_readiness(state.url, api_key) if running and state.url else Readiness()
+        ready = (
+            read_readiness(state.url, api_key, front_door) if running and state.url else Readiness()
+        )
+        # A provider may know better than the server why it is not coming up (workers
+        # that cannot get a GPU, or that crash as they start).
+        problem = check(state, ready.ping) if callable(check) else None
+        if problem is not None:
+            raise problem
         if ready.ping is not None and not started_at:
             started_at.append(time.monotonic())
         if ready.failed:
@@ -343,6 +363,10 @@ def _start_and_wait(
             on_poll=reporter,
         )
     except ReadyTimeoutError as exc:
+        explain = getattr(provider, "explain_timeout", None)
+        better = explain(provider.status(name)) if callable(explain) else None
+        if better is not None:
+            raise better from exc
         exc.hint = "raise --timeout (ONDEMAND_TIMEOUT), and check the server log" + (
             f" ({_log_hint(provider, name)})" if _log_hint(provider, name) else ""
         )
@@ -440,6 +464,9 @@ def down(resolved: ResolvedConfig, provider: Provider, *, delete_after: bool = F
     message = f"stopped {name}" if was_running else f"{name} was already stopped"
     if delete_after:
         message += "; deployment deleted (the model cache is kept)"
+    elif callable(note := getattr(provider, "stopped_note", None)):
+        # Stopped is not always free (a pod's volume disk): say so where it is decided.
+        message += f"; {note()}"
     return DownResult(after, was_running, message)
 
 
@@ -477,8 +504,14 @@ def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:
             "hourly": cost.hourly,
             "estimate": cost.describe(),
         }
-    if deployment.status is Status.RUNNING and deployment.url:
-        ready = read_readiness(deployment.url, _api_key(resolved, provider, name))
+    wakes = getattr(provider, "probe_would_wake", None)
+    if deployment.status is Status.RUNNING and callable(wakes) and wakes(deployment):
+        # Asking would start a worker and its bill: report the provider's view only.
+        report["ready"] = None
+        report["note"] = "no worker is running: the next request starts one (cold start)"
+    elif deployment.status is Status.RUNNING and deployment.url:
+        key = _api_key(resolved, provider, name)
+        ready = read_readiness(deployment.url, key, gateway_headers(provider))
         report["ping"] = ready.ping
         report["ready"] = ready.ping == 200
         if ready.status:

@@ -265,7 +265,7 @@ def test_kebab_case_key_suggests_underscores(tmp_path: Path) -> None:
 def test_nested_unknown_key_is_shown_with_its_path(tmp_path: Path) -> None:
     write(tmp_path, "runpod:\n  wokers: 2\novh:\n  timeout: 5m\n")
     assert problems(tmp_path) == [
-        "ondemand.yml:2: unknown key 'runpod.wokers'",
+        "ondemand.yml:2: unknown key 'runpod.wokers' — did you mean 'runpod.workers_min'?",
         # A known key under the wrong section points at where it belongs.
         "ondemand.yml:4: unknown key 'ovh.timeout' — did you mean 'timeout'?",
     ]

@@ -59,6 +59,11 @@ def _print_up(app: App, result: UpResult, provider: str) -> None:
         f"{_seconds(result.seconds_to_warm)} later"
     )  # fmt: skip
     app.info(f"ready: {result.url} ({provider}; {how})")
+    if provider == "runpod":
+        app.info(
+            "  RunPod's gateway takes RUNPOD_API_KEY as 'Authorization: Bearer'; send the key "
+            "below as 'X-API-Key' (docs/runpod.md)"
+        )
     for line in models:
         app.info(f"  {line}")
     lines = [f"OLLAMA_HOST={result.url}", f"OPENAI_BASE_URL={result.openai_url}"]

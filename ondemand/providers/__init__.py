@@ -19,8 +19,8 @@ PROVIDER_NAMES: Final[tuple[str, ...]] = get_args(ProviderName)
 PROVIDERS: Final[dict[str, str | None]] = {
     "local": "ondemand.providers.local:LocalProvider",
     "ovh": "ondemand.providers.ovh:OvhProvider",
-    "runpod": None,
-    "runpod-pod": None,
+    "runpod": "ondemand.providers.runpod:RunpodProvider",
+    "runpod-pod": "ondemand.providers.runpod_pod:RunpodPodProvider",
     "sandbox": "ondemand.providers.ovh:SandboxProvider",
 }
 

@@ -38,6 +38,16 @@ def label_value(text: str) -> str:
     return value[:63].rstrip("-._")
 
 
+def parse_time(value: object) -> datetime | None:
+    """A vendor's RFC 3339 time (``Z`` or an offset), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 class Status(enum.Enum):
     """One lifecycle vocabulary over every vendor's states."""
 

@@ -27,6 +27,7 @@ from ondemand.providers.base import (
     Status,
     label_value,
     map_status,
+    parse_time,
 )
 from ondemand.providers.ovh_spec import (
     check_image,
@@ -244,7 +245,7 @@ class OvhProvider:
             vendor_state=state,
             url=status.get("url"),
             labels=(app.get("spec") or {}).get("labels") or {},
-            created_at=_time(app.get("createdAt")),
+            created_at=parse_time(app.get("createdAt")),
             running_since=_running_since(status),
             # On the way up or down, OVH's message says why it waits or failed; once it runs,
             # it only repeats the state ("App is running").
@@ -474,19 +475,10 @@ def _state(app: Mapping[str, Any]) -> str:
     return str(state or "").upper()
 
 
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _running_since(status: Mapping[str, Any]) -> datetime | None:
     """When compute began to bill: the start of the last run of SCALING/RUNNING states."""
     since: datetime | None = None
     for entry in status.get("history") or []:
         billing = str(entry.get("state") or "").upper() in ("SCALING", "RUNNING")
-        since = (since or _time(entry.get("date"))) if billing else None
+        since = (since or parse_time(entry.get("date"))) if billing else None
     return since if _state({"status": status}) in ("SCALING", "RUNNING") else None

@@ -181,9 +181,11 @@ def test_the_key_is_masked_before_it_is_printed_in_actions(
     assert lines.index(f"::add-mask::{key}") < lines.index(f"OLLAMA_API_KEY={key}")
 
 
-def test_providers_of_later_versions_say_so(
-    state: Path, capsys: pytest.CaptureFixture[str]
+def test_cloud_providers_without_credentials_say_which_to_set(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code, _, err = run(["--provider", "runpod", "up"], capsys)
-    assert code == 2
-    assert "the 'runpod' provider is not available yet in this version" in err
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    for provider in ("runpod", "runpod-pod"):
+        code, _, err = run(["--provider", provider, "up"], capsys)
+        assert code == 4
+        assert "RUNPOD_API_KEY is not set" in err

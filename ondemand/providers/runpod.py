@@ -1,0 +1,286 @@
+"""RunPod serverless: the server image as a load-balancing endpoint (REST v2).
+
+Requests reach a worker's HTTP server (our proxy) through RunPod's gateway
+``https://<id>.api.runpod.ai``; workers start on demand, up to ``workers.max``, and stop
+after ``workers.idleTimeout``. There is no stop verb: stopped means ``workers.min = 0`` and
+``workers.max = 0`` (sent explicitly), and verified by the workers summary reaching zero.
+One endpoint per deployment name, found by name and our labels in its env.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ondemand.errors import CapacityError, UnhealthyError
+from ondemand.providers.base import Deployment, Spec, Status, parse_time
+from ondemand.providers.ovh_spec import check_image, digest
+from ondemand.providers.runpod_api import (
+    ENV_SPEC,
+    RunpodApi,
+    label_env,
+    labels,
+    managed,
+)
+from ondemand.providers.runpod_spec import serverless_gpus
+
+if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
+
+log = logging.getLogger("ondemand.providers.runpod")
+
+VOLUME_MOUNT = "/runpod-volume"
+MODELS_DIR = f"{VOLUME_MOUNT}/ollama-models"
+# Polls in a row showing crashed workers and none ready before 'up' calls it a crash loop.
+CRASH_POLLS = 3
+
+
+def _summary(workers: Mapping[str, Any] | None) -> dict[str, int]:
+    raw = (workers or {}).get("summary") or {}
+    keys = ("running", "idle", "initializing", "throttled", "unhealthy", "total")
+    return {k: int(raw.get(k) or 0) for k in keys}
+
+
+def describe(summary: Mapping[str, int]) -> str:
+    shown = [f"{summary[k]} {k}" for k in ("running", "idle", "initializing", "throttled",
+                                           "unhealthy") if summary.get(k)]  # fmt: skip
+    return "workers: " + (", ".join(shown) if shown else "none")
+
+
+class RunpodProvider:
+    """Load-balancing serverless endpoints; deployment ids are the deployment names."""
+
+    name: ClassVar[str] = "runpod"
+
+    def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
+        self.resolved = config
+        self.config = config.config
+        self.runpod = RunpodApi(env=env, config=config)
+        self.last_summary: dict[str, int] = {}
+        self._crash_polls = 0
+
+    def close(self) -> None:
+        self.runpod.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _find(self, name: str) -> dict[str, Any] | None:
+        body = self.runpod.get("list endpoints", "/v2/serverless")
+        items = body.get("endpoints", []) if isinstance(body, dict) else body or []
+        found = [e for e in items if isinstance(e, dict) and managed(e, name)]
+        if len(found) > 1:
+            log.warning("%d RunPod endpoints are named %s; using the newest", len(found), name)
+            found.sort(key=lambda e: str(e.get("createdAt") or ""), reverse=True)
+        return found[0] if found else None
+
+    def _workers(self, endpoint_id: str) -> dict[str, int]:
+        workers = self.runpod.get_or_none(
+            "read the workers", f"/v2/serverless/{endpoint_id}/workers"
+        )
+        self.last_summary = _summary(workers)
+        return self.last_summary
+
+    def _deployment(
+        self, name: str, endpoint: Mapping[str, Any] | None, detail: str | None = None
+    ) -> Deployment:
+        if endpoint is None:
+            return Deployment(id=name, name=name, status=Status.ABSENT)
+        summary = self._workers(str(endpoint["id"]))
+        limits = endpoint.get("workers") or {}
+        allowed = int(limits.get("max") or 0) > 0
+        if allowed:
+            status, state = Status.RUNNING, "ENABLED"
+        elif summary["total"] > 0:
+            status, state = Status.STOPPING, "SCALING_DOWN"
+        else:
+            status, state = Status.STOPPED, "STOPPED"
+        urls = endpoint.get("requestUrls") or {}
+        return Deployment(
+            id=name,
+            name=name,
+            status=status,
+            vendor_state=state,
+            url=str(urls.get("base") or "") or None,
+            labels=labels(endpoint),
+            created_at=parse_time(endpoint.get("createdAt")),
+            detail=detail or describe(summary),
+        )
+
+    # -- the Provider contract ---------------------------------------------------------------
+
+    def find(self, name: str) -> Deployment | None:
+        endpoint = self._find(name)
+        return None if endpoint is None else self._deployment(name, endpoint)
+
+    def list_managed(self) -> list[Deployment]:
+        body = self.runpod.get("list endpoints", "/v2/serverless")
+        items = body.get("endpoints", []) if isinstance(body, dict) else []
+        return [
+            self._deployment(str(e.get("name")), e)
+            for e in items
+            if isinstance(e, dict) and managed(e)
+        ]
+
+    def status(self, deployment_id: str) -> Deployment:
+        return self._deployment(deployment_id, self._find(deployment_id))
+
+    def deploy(self, spec: Spec) -> Deployment:
+        body = self.endpoint_spec(spec)
+        current = self._find(spec.name)
+        if current is None:
+            # Created with no workers allowed: 'start' (or 'up') lets them run.
+            body["workers"] = {**body["workers"], "min": 0, "max": 0}
+            created = self.runpod.create(
+                "create the endpoint", "/v2/serverless", body, lambda: self._find(spec.name)
+            )
+            return self._deployment(spec.name, created, "created")
+        env = current.get("env") or {}
+        if env.get(ENV_SPEC) == body["env"][ENV_SPEC]:
+            return self._deployment(spec.name, current, "unchanged")
+        update = {k: v for k, v in body.items() if k not in ("name", "type")}
+        limits = current.get("workers") or {}
+        # Keep the endpoint as started or stopped as it is; only the idle timeout changes.
+        update["workers"] = {
+            "min": int(limits.get("min") or 0),
+            "max": int(limits.get("max") or 0),
+            "idleTimeout": body["workers"]["idleTimeout"],
+        }
+        updated = self.runpod.send(
+            "update the endpoint", "PATCH", f"/v2/serverless/{current['id']}", update
+        )
+        note = "updated; running workers are replaced with the new version"
+        note = note if limits.get("max") else "updated"
+        return self._deployment(spec.name, updated or current, note)
+
+    def start(self, deployment_id: str) -> Deployment:
+        endpoint = self._find(deployment_id)
+        if endpoint is None:
+            return self._deployment(deployment_id, None)
+        runpod = self.config.runpod
+        limits = endpoint.get("workers") or {}
+        wanted = {"min": runpod.workers_min, "max": runpod.workers_max}
+        if (int(limits.get("min") or 0), int(limits.get("max") or 0)) == (
+            wanted["min"],
+            wanted["max"],
+        ):
+            return self._deployment(deployment_id, endpoint, "already allows workers")
+        self._set_workers(endpoint, wanted["min"], wanted["max"], "start the endpoint")
+        return self.status(deployment_id)
+
+    def stop(self, deployment_id: str) -> Deployment:
+        endpoint = self._find(deployment_id)
+        if endpoint is None:
+            return self._deployment(deployment_id, None)
+        limits = endpoint.get("workers") or {}
+        if int(limits.get("min") or 0) or int(limits.get("max") or 0):
+            self._set_workers(endpoint, 0, 0, "stop the endpoint")
+        return self.status(deployment_id)
+
+    def delete(self, deployment_id: str) -> None:
+        endpoint = self._find(deployment_id)
+        if endpoint is None:
+            return
+        limits = endpoint.get("workers") or {}
+        if int(limits.get("min") or 0) or int(limits.get("max") or 0):
+            # The GraphQL docs require zero workers before a delete; do it whatever REST says.
+            self._set_workers(endpoint, 0, 0, "stop the endpoint")
+        self.runpod.send("delete the endpoint", "DELETE", f"/v2/serverless/{endpoint['id']}")
+
+    def _set_workers(self, endpoint: Mapping[str, Any], low: int, high: int, what: str) -> None:
+        limits = endpoint.get("workers") or {}
+        body = {"workers": {"min": low, "max": high, "idleTimeout": limits.get("idleTimeout")}}
+        if body["workers"]["idleTimeout"] is None:
+            body["workers"]["idleTimeout"] = self.config.runpod.idle_timeout
+        self.runpod.send(what, "PATCH", f"/v2/serverless/{endpoint['id']}", body)
+
+    # -- what the lifecycle asks of this provider -----------------------------------------------
+
+    def stored_api_key(self, deployment_id: str) -> str | None:
+        endpoint = self._find(deployment_id)
+        value = ((endpoint or {}).get("env") or {}).get("AUTHORIZATION_APIKEY")
+        return str(value) if value else None
+
+    def gateway_headers(self) -> dict[str, str]:
+        """RunPod's gateway takes the account key in Authorization; ours goes in X-API-Key."""
+        return {"Authorization": f"Bearer {self.runpod.key}"}
+
+    def probe_would_wake(self, deployment: Deployment) -> bool:
+        """Asking a scaled-to-zero endpoint for /ping starts a worker (and its bill)."""
+        summary = self.last_summary
+        idle = summary.get("running", 0) + summary.get("idle", 0) == 0
+        return deployment.status is Status.RUNNING and idle
+
+    def readiness_problem(self, deployment: Deployment, ping: int | None) -> Exception | None:
+        summary = self.last_summary
+        crashing = summary.get("unhealthy", 0) > 0 and ping != 200
+        ready = summary.get("running", 0) + summary.get("idle", 0) > 0
+        self._crash_polls = self._crash_polls + 1 if crashing and not ready else 0
+        if self._crash_polls < CRASH_POLLS:
+            return None
+        return UnhealthyError(
+            f"{deployment.name}: workers crash as they start ({describe(summary)})",
+            cause="the server in the image exits: a bad setting in its environment, an image "
+            "that is not linux/amd64, or a model that cannot be loaded",
+            hint="read the worker logs (RunPod console → Serverless → the endpoint → Workers, "
+            "or GET /v2/serverless/<id>/workers/<worker>/logs), fix, then 'ondemand up' again",
+        )
+
+    def explain_timeout(self, deployment: Deployment) -> Exception | None:
+        summary = self.last_summary
+        if summary.get("throttled", 0) and not summary.get("running", 0) + summary.get("idle", 0):
+            return CapacityError(
+                f"{deployment.name}: no worker could get a GPU ({describe(summary)})",
+                cause="throttled workers are wanted but RunPod has no capacity for the GPU "
+                "pools and data centers allowed",
+                hint="allow more pools (runpod.gpu_pools), drop the data-center pin of the "
+                "network volume, or try again later",
+            )
+        return None
+
+    # -- building the endpoint ----------------------------------------------------------------
+
+    def endpoint_spec(self, spec: Spec) -> dict[str, Any]:
+        """The body of POST /v2/serverless for ``spec`` (workers as the config says)."""
+        runpod = self.config.runpod
+        image = check_image(spec.image)
+        pools, excluded = serverless_gpus(spec.gpu, runpod.gpu_pools, runpod.exclude_gpu_types)
+        port = str(spec.port)
+        # Both set explicitly and the port exposed: otherwise the gateway never sees the
+        # worker ready (the reference's §3.4).
+        env = {**spec.env, **spec.secret_env, "PORT": port, "PORT_HEALTH": port}
+        env.update(label_env(spec.name))
+        volumes: list[str] = []
+        data_centers = list(runpod.data_centers)
+        if runpod.network_volume:
+            volume = self.runpod.network_volume(runpod.network_volume, runpod.network_volume_size)
+            volumes.append(str(volume["id"]))
+            # A volume pins its workers to its data center.
+            data_centers = [str(volume["dataCenter"])] if volume.get("dataCenter") else []
+            env["OLLAMA_MODELS"] = MODELS_DIR
+        gpu: dict[str, Any] = {"pools": pools, "count": spec.gpu_count}
+        if excluded:
+            gpu["excludedTypes"] = excluded
+        body: dict[str, Any] = {
+            "name": spec.name,
+            "type": "LOAD_BALANCER",
+            "image": image,
+            "env": env,
+            "ports": [f"{port}/http"],
+            "disk": runpod.container_disk,
+            "gpu": gpu,
+            "workers": {
+                "min": runpod.workers_min,
+                "max": runpod.workers_max,
+                "idleTimeout": runpod.idle_timeout,
+            },
+            "scaling": {"type": "REQUEST_COUNT", "requestCount": runpod.request_count},
+            "flashboot": "FLASHBOOT" if runpod.flashboot else "OFF",
+            "networkVolumes": volumes,
+            "dataCenterIds": data_centers,
+        }
+        # The digest leaves out what start and stop change.
+        shape = {k: v for k, v in body.items() if k != "workers"}
+        shape["workers"] = {"idleTimeout": runpod.idle_timeout}
+        env[ENV_SPEC] = digest(shape)
+        return body

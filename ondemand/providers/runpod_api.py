@@ -1,0 +1,220 @@
+"""RunPod's REST v2 API (``https://api.runpod.io/v2``): the calls both RunPod providers
+make, their error bodies, and the errors a user can act on.
+
+Errors come as problem+json ``{title, status, detail, errors?}``; older answers and the
+data planes use ``{"message"}`` or ``{"error"}``; all are read. Mutations are never
+retried blindly: a create that failed with a 5xx may have created the resource, so the
+providers look it up by name before trying again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from ondemand.errors import CapacityError, ConfigError, CredentialsError, ProviderError
+from ondemand.providers._http import ApiClient, ApiError, ApiUnreachable
+from ondemand.providers.base import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, label_value
+from ondemand.providers.runpod_spec import parse_network_volume
+
+if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
+
+T = TypeVar("T")
+log = logging.getLogger("ondemand.providers.runpod")
+
+API_URL = "https://api.runpod.io"
+ENDPOINT_BASE_URL = "https://api.runpod.ai/v2"
+POD_PROXY_URL = "https://{pod_id}-{port}.proxy.runpod.net"
+# Labels travel as environment variables: v2 endpoints and pods have no labels of their own.
+ENV_MANAGED_BY = "ONDEMAND_LABEL_MANAGED_BY"
+ENV_NAME = "ONDEMAND_LABEL_NAME"
+ENV_SPEC = "ONDEMAND_LABEL_SPEC"
+
+
+def error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    if not isinstance(body, dict):
+        return response.text.strip()[:300]
+    text = next(
+        (str(body[k]) for k in ("detail", "message", "error", "title") if body.get(k)),
+        response.reason_phrase,
+    )
+    details = body.get("errors")
+    if isinstance(details, list) and details:
+        text += " (" + "; ".join(str(d) for d in details[:5]) + ")"
+    return text
+
+
+def label_env(name: str) -> dict[str, str]:
+    return {ENV_MANAGED_BY: MANAGED_BY, ENV_NAME: label_value(name)}
+
+
+class RunpodApi:
+    """The REST v2 calls, with failures turned into ondemand's errors."""
+
+    def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
+        secret = config.secrets.runpod_api_key
+        key = secret.get_secret_value() if secret else ""
+        if not key:
+            raise CredentialsError(
+                "RUNPOD_API_KEY is not set",
+                cause="the RunPod providers manage endpoints and pods with an API key",
+                hint="create a key with read/write access in the RunPod console (Settings → "
+                "API Keys) and pass it as RUNPOD_API_KEY (a GitHub secret in workflows)",
+            )
+        self.key = key
+        timeout = config.config.timeout.total_seconds()
+        base = env.get("RUNPOD_API_URL", "").strip().rstrip("/").removesuffix("/v2") or API_URL
+        self.endpoint_base = (
+            env.get("RUNPOD_ENDPOINT_BASE_URL", "").strip().rstrip("/") or ENDPOINT_BASE_URL
+        )
+        self.pod_proxy = env.get("RUNPOD_POD_PROXY_URL", "").strip() or POD_PROXY_URL
+        self.api = ApiClient(
+            base,
+            key,
+            error_message=error_message,
+            retry_budget=min(120.0, timeout),
+            deadline=time.monotonic() + timeout,
+        )
+
+    def close(self) -> None:
+        self.api.close()
+
+    def network_volume(self, text: str, size: int) -> dict[str, Any]:
+        """The volume ``NAME@DC``, created with ``size`` GB if missing."""
+        wanted = parse_network_volume(text)
+
+        def existing() -> dict[str, Any] | None:
+            body = self.get("list network volumes", "/v2/network-volumes")
+            items = body.get("networkVolumes", []) if isinstance(body, dict) else []
+            for item in items:
+                if item.get("name") == wanted.name and item.get("dataCenter") == wanted.data_center:
+                    return dict(item)
+            return None
+
+        found = existing()
+        if found is not None:
+            return found
+        try:
+            created: dict[str, Any] = self.create(
+                "create the network volume",
+                "/v2/network-volumes",
+                {
+                    "name": wanted.name,
+                    "size": size,
+                    "dataCenter": wanted.data_center,
+                },
+                existing,
+            )
+        except ConfigError as exc:
+            exc.hint = (
+                "not every data center offers network volumes: pick one the message lists "
+                "(runpod.network_volume: NAME@DATACENTER)"
+            )
+            raise
+        log.info("created network volume %s in %s", wanted.name, wanted.data_center)
+        return created
+
+    # -- calls --------------------------------------------------------------------------
+
+    def get(self, what: str, path: str) -> Any:
+        return self.call(what, lambda: self.api.request("GET", path).json())
+
+    def get_or_none(self, what: str, path: str) -> Any:
+        try:
+            return self.api.request("GET", path).json()
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise self.error(what, exc) from exc
+        except ApiUnreachable as exc:
+            raise self.unreachable(what, exc) from exc
+
+    def send(self, what: str, method: str, path: str, body: object = None) -> Any:
+        """A mutation: retried on 429 and 5xx only where repeating it is harmless (PATCH to
+        the same values, DELETE, an action), never for a create (see ``create``)."""
+
+        def run() -> Any:
+            response = self.api.request(method, path, json=body)
+            return response.json() if response.content else None
+
+        return self.call(what, run)
+
+    def create(self, what: str, path: str, body: object, existing: Callable[[], Any]) -> Any:
+        """POST a new resource; after a 5xx or a lost answer, look for it before retrying."""
+        retrying = self.api.retrying()
+
+        def attempt() -> Any:
+            found = existing()
+            if found is not None:
+                return found
+            return self.api.request("POST", path, json=body, retry=False).json()
+
+        return self.call(what, lambda: retrying(attempt))
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except ApiError as exc:
+            raise self.error(what, exc) from exc
+        except ApiUnreachable as exc:
+            raise self.unreachable(what, exc) from exc
+
+    def unreachable(self, what: str, exc: Exception) -> CapacityError:
+        return CapacityError(
+            f"the RunPod API at {self.api.base_url} could not be reached ({what}): {exc}",
+            hint="check the network (and RUNPOD_API_URL if set); retried until the command's "
+            "time budget ran out",
+        )
+
+    def error(self, what: str, exc: ApiError) -> Exception:
+        text = f"RunPod refused to {what}: {exc.message} (HTTP {exc.status})"
+        if exc.status == 401:
+            return CredentialsError(
+                text,
+                cause="RUNPOD_API_KEY is wrong, expired or deleted",
+                hint="check RUNPOD_API_KEY; the RunPod console lists your keys (Settings → "
+                "API Keys)",
+            )
+        if exc.status == 403:
+            return CredentialsError(
+                text,
+                cause="the key is valid but lacks access (a read-only or restricted key)",
+                hint="use a key with read/write access to Serverless, Pods and Network Volumes",
+            )
+        if exc.status == 422:
+            return ProviderError(
+                text,
+                cause="RunPod rejected a field ondemand sent: the API changed, or this is a "
+                "bug in ondemand",
+                hint="report it with the message above; 'ondemand --debug' shows the request",
+            )
+        if exc.status == 429 or exc.status >= 500:
+            return CapacityError(text, hint="RunPod is busy or failing; try again in a while")
+        if exc.status == 400:
+            return ConfigError(text, hint="fix the setting the message names (docs/runpod.md)")
+        return ProviderError(text)
+
+
+def managed(item: Mapping[str, Any], name: str | None = None) -> bool:
+    """Whether an endpoint or pod is ours (and named ``name``, when given)."""
+    env = item.get("env") or {}
+    if not isinstance(env, dict) or env.get(ENV_MANAGED_BY) != MANAGED_BY:
+        return False
+    return name is None or item.get("name") == name
+
+
+def labels(item: Mapping[str, Any]) -> dict[str, str]:
+    env = item.get("env") or {}
+    found = {LABEL_MANAGED_BY: str(env.get(ENV_MANAGED_BY) or "")}
+    if env.get(ENV_NAME):
+        found[LABEL_NAME] = str(env[ENV_NAME])
+    return {k: v for k, v in found.items() if v}

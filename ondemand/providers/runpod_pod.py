@@ -1,0 +1,202 @@
+"""A RunPod GPU pod (REST v2), started and stopped: the simpler, always-addressable option.
+
+The URL is the pod's HTTP proxy ``https://<podId>-8080.proxy.runpod.net`` (public: our
+proxy does the auth; it cuts requests at 100 s, so clients should stream). A stopped pod
+keeps its volume disk, which still bills; a resumed pod may find its GPU rented by someone
+else ("zero GPUs"): the error says to wait, or to delete and deploy again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ondemand.errors import CapacityError, ConfigError
+from ondemand.providers.base import Deployment, Spec, Status, map_status, parse_time
+from ondemand.providers.ovh_spec import check_image, digest
+from ondemand.providers.runpod_api import ENV_SPEC, RunpodApi, label_env, labels, managed
+from ondemand.providers.runpod_spec import pod_gpu_type
+
+if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
+
+log = logging.getLogger("ondemand.providers.runpod")
+
+STATES = {
+    "PROVISIONING": Status.PENDING,
+    "STARTING": Status.STARTING,
+    "RUNNING": Status.RUNNING,
+    "EXITED": Status.STOPPED,
+    "ERROR": Status.FAILED,
+    "TERMINATED": Status.ABSENT,
+}
+MOUNT = "/workspace"
+MODELS_DIR = f"{MOUNT}/ollama-models"
+_ZERO_GPU_WORDS = ("gpu", "not enough", "no longer available", "unavailable")
+
+
+class RunpodPodProvider:
+    """GPU pods; deployment ids are the deployment names."""
+
+    name: ClassVar[str] = "runpod-pod"
+
+    def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
+        self.config = config.config
+        self.runpod = RunpodApi(env=env, config=config)
+
+    def close(self) -> None:
+        self.runpod.close()
+
+    def _find(self, name: str) -> dict[str, Any] | None:
+        body = self.runpod.get("list pods", "/v2/pods")
+        items = body.get("pods", []) if isinstance(body, dict) else []
+        found = [
+            p
+            for p in items
+            if isinstance(p, dict) and managed(p, name) and p.get("status") != "TERMINATED"
+        ]
+        if len(found) > 1:
+            log.warning("%d RunPod pods are named %s; using the newest", len(found), name)
+            found.sort(key=lambda p: str(p.get("createdAt") or ""), reverse=True)
+        return found[0] if found else None
+
+    def _url(self, pod: Mapping[str, Any]) -> str:
+        return self.runpod.pod_proxy.format(pod_id=pod["id"], port=self.config.port)
+
+    def _deployment(
+        self, name: str, pod: Mapping[str, Any] | None, detail: str | None = None
+    ) -> Deployment:
+        if pod is None:
+            return Deployment(id=name, name=name, status=Status.ABSENT)
+        state = str(pod.get("status") or "").upper()
+        status = map_status(STATES, state)
+        if status is Status.STOPPED and not detail:
+            detail = self.stopped_note()
+        return Deployment(
+            id=name,
+            name=name,
+            status=status,
+            vendor_state=state,
+            url=self._url(pod),
+            labels=labels(pod),
+            created_at=parse_time(pod.get("createdAt")),
+            running_since=parse_time(pod.get("startedAt")) if status is Status.RUNNING else None,
+            detail=detail,
+        )
+
+    def stopped_note(self) -> str:
+        size = self.config.runpod.pod_volume
+        return (
+            f"a stopped pod still bills its {size} GB volume disk (about "
+            f"${size * 0.20:.2f}/month); 'ondemand down --delete' removes it"
+            if size
+            else "stopped: nothing bills"
+        )
+
+    # -- the Provider contract -----------------------------------------------------------------
+
+    def find(self, name: str) -> Deployment | None:
+        pod = self._find(name)
+        return None if pod is None else self._deployment(name, pod)
+
+    def list_managed(self) -> list[Deployment]:
+        body = self.runpod.get("list pods", "/v2/pods")
+        items = body.get("pods", []) if isinstance(body, dict) else []
+        return [
+            self._deployment(str(p.get("name")), p)
+            for p in items
+            if isinstance(p, dict) and managed(p) and p.get("status") != "TERMINATED"
+        ]
+
+    def status(self, deployment_id: str) -> Deployment:
+        return self._deployment(deployment_id, self._find(deployment_id))
+
+    def deploy(self, spec: Spec) -> Deployment:
+        body = self.pod_spec(spec)
+        current = self._find(spec.name)
+        if current is None:
+            created = self.runpod.create(
+                "create the pod", "/v2/pods", body, lambda: self._find(spec.name)
+            )
+            return self._deployment(spec.name, created, "created")
+        if (current.get("env") or {}).get(ENV_SPEC) == body["env"][ENV_SPEC]:
+            return self._deployment(spec.name, current, "unchanged")
+        update = {k: v for k, v in body.items() if k in ("image", "env", "ports", "disk")}
+        updated = self.runpod.send("update the pod", "PATCH", f"/v2/pods/{current['id']}", update)
+        return self._deployment(spec.name, updated or current, "updated")
+
+    def start(self, deployment_id: str) -> Deployment:
+        pod = self._find(deployment_id)
+        if pod is None:
+            return self._deployment(deployment_id, None)
+        state = str(pod.get("status") or "").upper()
+        if state in ("RUNNING", "STARTING", "PROVISIONING"):
+            return self._deployment(deployment_id, pod, f"already {state}")
+        try:
+            self.runpod.send("start the pod", "POST", f"/v2/pods/{pod['id']}/action",
+                             {"action": "start"})  # fmt: skip
+        except (ConfigError, CapacityError) as exc:
+            if any(word in exc.message.lower() for word in _ZERO_GPU_WORDS):
+                raise CapacityError(
+                    f"{deployment_id}: the pod's machine has no free GPU ({exc.message})",
+                    cause="a stopped pod stays on its machine, and its GPU was rented meanwhile",
+                    hint="wait and try again, or 'ondemand delete' then 'ondemand up' to deploy "
+                    "a new pod elsewhere (a network volume keeps the model cache across that)",
+                ) from exc
+            raise
+        return self.status(deployment_id)
+
+    def stop(self, deployment_id: str) -> Deployment:
+        pod = self._find(deployment_id)
+        if pod is None or str(pod.get("status") or "").upper() in ("EXITED", "ERROR"):
+            return self._deployment(deployment_id, pod)
+        self.runpod.send("stop the pod", "POST", f"/v2/pods/{pod['id']}/action",
+                         {"action": "stop"})  # fmt: skip
+        return self.status(deployment_id)
+
+    def delete(self, deployment_id: str) -> None:
+        pod = self._find(deployment_id)
+        if pod is not None:
+            self.runpod.send("terminate the pod", "DELETE", f"/v2/pods/{pod['id']}")
+
+    def stored_api_key(self, deployment_id: str) -> str | None:
+        pod = self._find(deployment_id)
+        value = ((pod or {}).get("env") or {}).get("AUTHORIZATION_APIKEY")
+        return str(value) if value else None
+
+    def explain_failure(self, deployment: Deployment) -> Exception:
+        return CapacityError(
+            f"{deployment.name}: the pod ended in ERROR on RunPod",
+            hint="look at the pod's logs in the RunPod console, then 'ondemand delete' and "
+            "'ondemand up' to deploy a new one",
+        )
+
+    # -- building the pod ---------------------------------------------------------------------
+
+    def pod_spec(self, spec: Spec) -> dict[str, Any]:
+        """The body of POST /v2/pods for ``spec``."""
+        runpod = self.config.runpod
+        port = str(spec.port)
+        env = {**spec.env, **spec.secret_env, "PORT": port, "OLLAMA_MODELS": MODELS_DIR}
+        env.update(label_env(spec.name))
+        body: dict[str, Any] = {
+            "name": spec.name,
+            "image": check_image(spec.image),
+            "gpu": {"id": pod_gpu_type(spec.gpu), "count": spec.gpu_count},
+            "cloud": runpod.cloud_type,
+            "disk": runpod.container_disk,
+            "ports": [f"{port}/http"],
+            "env": env,
+        }
+        if runpod.network_volume:
+            volume = self.runpod.network_volume(runpod.network_volume, runpod.network_volume_size)
+            body["mounts"] = {"network": [{"volumeId": str(volume["id"]), "path": MOUNT}]}
+            body["dataCenterIds"] = [str(volume["dataCenter"])]
+        else:
+            if runpod.pod_volume:
+                body["mounts"] = {"persistent": {"size": runpod.pod_volume, "path": MOUNT}}
+            if runpod.data_centers:
+                body["dataCenterIds"] = list(runpod.data_centers)
+        env[ENV_SPEC] = digest({k: v for k, v in body.items()})
+        return body
