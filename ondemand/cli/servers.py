@@ -75,6 +75,21 @@ def _env_port(env: Mapping[str, str], name: str, default: int) -> int:
     show_default=True,
     help="How long QUEUED and INITIALIZING (and at least STOPPING, DELETING) last.",
 )
+@click.option(
+    "--no-worker-wait",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="RunPod: how long a load-balancer request waits for a ready worker before "
+    "'no workers available'.",
+)
+@click.option(
+    "--pod-proxy-timeout",
+    type=click.FloatRange(min=0),
+    default=100.0,
+    show_default=True,
+    help="RunPod: how long the pod proxy waits for a response to start before a 524.",
+)
 @click.option("--models", help="Models the emulated Ollama has (comma-separated).")
 @click.option("--tokens-per-second", type=float, help="Generation speed per stream (0: max).")
 @click.option("--ttft", type=float, help="Seconds before the first token.")
@@ -86,6 +101,8 @@ def sandbox(
     port: int,
     state_dir: Path | None,
     transition_seconds: float,
+    no_worker_wait: float,
+    pod_proxy_timeout: float,
     models: str | None,
     tokens_per_second: float | None,
     ttft: float | None,
@@ -93,13 +110,17 @@ def sandbox(
 ) -> None:
     """Run the emulated clouds on loopback, for rehearsals without a GPU bill.
 
-    Serves OVHcloud AI Deploy's API under /ovh (apps are real 'ondemand serve' processes
-    with an emulated Ollama), the Ollama API emulator under /ollama, and control routes
-    under /_sandbox (faults, apps). Prints ONDEMAND_SANDBOX_URL, OVH_AI_API_URL,
-    OVH_AI_TOKEN and OLLAMA_HOST, one KEY=value per line. Tokens: ONDEMAND_SANDBOX_TOKEN
-    (operator) and ONDEMAND_SANDBOX_READ_TOKEN, else sandbox-operator / sandbox-read.
-    Faults at start-up: ONDEMAND_SANDBOX_FAULTS (JSON, see docs/sandbox.md). Apps survive
-    a restart on the same state directory. SIGTERM or Ctrl-C stops every app and exits 0.
+    Serves OVHcloud AI Deploy's API under /ovh and RunPod's REST v2 with its load
+    balancer, health and pod proxy under /runpod (apps, workers and pods are real
+    'ondemand serve' processes with an emulated Ollama), the Ollama API emulator under
+    /ollama, and control routes under /_sandbox (faults, apps). Prints
+    ONDEMAND_SANDBOX_URL, OVH_AI_API_URL, OVH_AI_TOKEN, OLLAMA_HOST, RUNPOD_API_KEY,
+    RUNPOD_API_URL, RUNPOD_ENDPOINT_BASE_URL and RUNPOD_POD_PROXY_URL, one KEY=value per
+    line. Tokens: ONDEMAND_SANDBOX_TOKEN (operator, also the RunPod API key) and
+    ONDEMAND_SANDBOX_READ_TOKEN (read-only), else sandbox-operator / sandbox-read. Faults
+    at start-up: ONDEMAND_SANDBOX_FAULTS (JSON, see docs/sandbox.md). Apps, endpoints and
+    pods survive a restart on the same state directory. SIGTERM or Ctrl-C stops every
+    process and exits 0.
     """
     import json
     import logging
@@ -138,6 +159,7 @@ def sandbox(
             directory, operator_token=operator, read_token=read,
             transition_seconds=transition_seconds, ollama=config, app_env=app_env,
             faults=env.get("ONDEMAND_SANDBOX_FAULTS", "").strip() or None,
+            no_worker_wait=no_worker_wait, pod_proxy_timeout=pod_proxy_timeout,
         )  # fmt: skip
     except ValueError as exc:
         raise ConfigError(f"cannot start the sandbox: {exc}") from None
@@ -152,8 +174,9 @@ def sandbox(
         click.echo("\n".join(f"{k}={v}" for k, v in printed.items()))
     sys.stdout.flush()
     app.info(
-        f"sandbox ready on {url} (Ctrl-C to stop): OVH AI Deploy under /ovh, Ollama under "
-        f"/ollama; operator token {operator!r}, read token {read!r}; state in {directory}"
+        f"sandbox ready on {url} (Ctrl-C to stop): OVH AI Deploy under /ovh, RunPod under "
+        f"/runpod, Ollama under /ollama; operator token {operator!r}, read token {read!r}; "
+        f"state in {directory}"
     )
     if host not in ("127.0.0.1", "::1", "localhost"):
         app.info("warning: the sandbox's tokens are well known; keep it on loopback")

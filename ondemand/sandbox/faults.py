@@ -1,9 +1,9 @@
 """Injected failures of the emulated clouds: users rehearse the paths that real clouds take
 only on a bad day (rate limits, 5xx, slow starts, no capacity, a create that half-worked).
 
-One ``FaultSet`` per emulated API (``ovh`` now), configured with JSON: at start-up through
-``ONDEMAND_SANDBOX_FAULTS`` and at run time through ``POST /_sandbox/faults`` (both take the
-same document, keyed by API)::
+One ``FaultSet`` per emulated API (``ovh``, ``runpod``), configured with JSON: at start-up
+through ``ONDEMAND_SANDBOX_FAULTS`` and at run time through ``POST /_sandbox/faults`` (both
+take the same document, keyed by API)::
 
     {"ovh": {
         "http": [{"route": "POST /v1/app", "status": 429, "times": 2, "retry_after": 3},
@@ -11,21 +11,35 @@ same document, keyed by API)::
                  {"route": "PUT /v1/app/*/start", "status": 500, "message": "boom"}],
         "slow": {"multiplier": 5, "seconds": {"QUEUED": 2, "SCALING": 10}},
         "no_capacity": 1,
-        "created_then_500": 1}}
+        "created_then_500": 1},
+     "runpod": {
+        "http": [{"route": "POST /v2/serverless", "status": 429}],
+        "slow": {"seconds": {"PROVISIONING": 5}},
+        "throttled": 1, "crash": 1, "zero_gpus": 1, "created_then_500": 1}}
+
+Kinds every API has:
 
 - ``http``: the next ``times`` (default 1) requests whose route matches answer ``status``
-  (default 503; any 400-599) with the API's error body ``{"message": ...}`` (``message``
-  defaults to the usual text for the status). ``route`` is ``"METHOD PATH"`` or just
-  ``PATH`` (any method); the path is the API's own (``/v1/app``, not ``/ovh/v1/app``) and
-  ``*`` matches any characters, ``/`` included. 429 answers carry ``Retry-After``
-  (``retry_after`` seconds, default 1); other statuses carry it only when it is given.
+  (default 503; any 400-599) with the API's error body (``message`` defaults to the usual
+  text for the status). ``route`` is ``"METHOD PATH"`` or just ``PATH`` (any method); the
+  path is the API's own (``/v1/app``, not ``/ovh/v1/app``) and ``*`` matches any
+  characters, ``/`` included. 429 answers carry ``Retry-After`` (``retry_after`` seconds,
+  default 1); other statuses carry it only when it is given.
 - ``slow``: transitions take ``multiplier`` times longer, or the given ``seconds`` per state
-  (``QUEUED``, ``INITIALIZING``, ``STOPPING``, ``DELETING``; ``SCALING`` is a minimum on top
-  of the wait for the readiness probe). Stays until cleared.
-- ``no_capacity``: the next N starts (a create starts the app too) end ``FAILED`` with
-  ``info.code`` ``APP_FAILED`` and a no-GPU/quota message, without running anything.
-- ``created_then_500``: the next N creates store the app (it starts as usual) but answer 500,
-  as when a request times out behind a gateway after the platform accepted it.
+  (OVH: ``QUEUED``, ``INITIALIZING``, ``STOPPING``, ``DELETING``, and ``SCALING``, a minimum
+  on top of the wait for the readiness probe; RunPod: a pod's ``PROVISIONING`` and
+  ``STARTING``, a worker's ``INITIALIZING``, before its server starts). Stays until
+  cleared.
+- ``created_then_500``: the next N creates store the resource (it starts as usual) but
+  answer 500, as when a request times out behind a gateway after the platform accepted it.
+
+OVH's own: ``no_capacity``, the next N starts (a create starts the app too) end ``FAILED``
+with ``info.code`` ``APP_FAILED`` and a no-GPU/quota message, without running anything.
+
+RunPod's own (see ``ondemand.sandbox.runpod``): ``throttled``, the next N serverless workers
+never get a GPU (THROTTLED, nothing runs); ``crash``, the next N workers' servers exit at
+once, again and again (UNHEALTHY, a crash loop); ``zero_gpus``, the next N pod starts from
+EXITED are refused because the pod's machine has no free GPU.
 
 ``POST`` adds to what is configured (rules are appended, counts added, ``slow`` replaced);
 ``GET`` shows what is left; ``DELETE`` clears everything.
@@ -42,6 +56,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TIMED_STATES = ("QUEUED", "INITIALIZING", "SCALING", "STOPPING", "DELETING")
+"""The OVH emulator's timed states."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kinds:
+    """What one API's fault set accepts: its counted faults and its timed states."""
+
+    counters: tuple[str, ...]
+    states: tuple[str, ...]
+
+
+KINDS = {
+    "ovh": Kinds(("no_capacity", "created_then_500"), TIMED_STATES),
+    "runpod": Kinds(
+        ("created_then_500", "throttled", "crash", "zero_gpus"),
+        ("PROVISIONING", "STARTING", "INITIALIZING"),
+    ),
+}
 _MESSAGES = {
     429: "Too many requests, please retry later",
     500: "Internal server error",
@@ -50,7 +82,6 @@ _MESSAGES = {
     504: "Gateway timeout",
 }
 _HTTP_KEYS = {"route", "status", "times", "message", "retry_after"}
-_SET_KEYS = {"http", "slow", "no_capacity", "created_then_500"}
 
 
 def default_message(status: int) -> str:
@@ -149,7 +180,7 @@ class Slow:
     seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, data: object) -> Slow:
+    def from_json(cls, data: object, states: tuple[str, ...] = TIMED_STATES) -> Slow:
         if not isinstance(data, dict):
             raise ValueError("slow must be an object: {'multiplier': n, 'seconds': {STATE: s}}")
         unknown = set(data) - {"multiplier", "seconds"}
@@ -160,8 +191,8 @@ class Slow:
             raise ValueError("slow.seconds must be an object such as {'QUEUED': 2}")
         parsed: dict[str, float] = {}
         for state, value in seconds.items():
-            if state not in TIMED_STATES:
-                raise ValueError(f"slow.seconds: {state!r} is not one of {', '.join(TIMED_STATES)}")
+            if state not in states:
+                raise ValueError(f"slow.seconds: {state!r} is not one of {', '.join(states)}")
             parsed[state] = _seconds(value, f"slow.seconds.{state}")
         return cls(_seconds(data.get("multiplier", 1.0), "slow.multiplier"), parsed)
 
@@ -173,41 +204,49 @@ class FaultSet:
     """The faults of one emulated API. Thread-safe: tests change it from their own thread
     while the server's event loop consumes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, api: str = "ovh") -> None:
+        self.api = api
+        self.kinds = KINDS[api]
         self._lock = threading.Lock()
         self.http: list[HttpFault] = []
         self.slow = Slow()
-        self.no_capacity = 0
-        self.created_then_500 = 0
+        self.counts = dict.fromkeys(self.kinds.counters, 0)
+
+    @property
+    def no_capacity(self) -> int:
+        return self.counts.get("no_capacity", 0)
+
+    @property
+    def created_then_500(self) -> int:
+        return self.counts.get("created_then_500", 0)
 
     def add(self, data: Mapping[str, Any]) -> None:
         """Add a JSON fault document (see the module docstring); ValueError if invalid."""
-        unknown = set(data) - _SET_KEYS
+        known = {"http", "slow", *self.kinds.counters}
+        unknown = set(data) - known
         if unknown:
             raise ValueError(
                 f"unknown fault kind(s): {', '.join(sorted(unknown))} "
-                f"(known: {', '.join(sorted(_SET_KEYS))})"
+                f"(known: {', '.join(sorted(known))})"
             )
         rules = data.get("http", [])
         if not isinstance(rules, list):
             raise ValueError("http must be a list of {'route', 'status', 'times'} objects")
         parsed = [HttpFault.from_json(rule) for rule in rules]
-        slow = Slow.from_json(data["slow"]) if "slow" in data else None
-        no_capacity = _whole(data.get("no_capacity", 0), "no_capacity", 0)
-        created = _whole(data.get("created_then_500", 0), "created_then_500", 0)
+        slow = Slow.from_json(data["slow"], self.kinds.states) if "slow" in data else None
+        counts = {name: _whole(data.get(name, 0), name, 0) for name in self.kinds.counters}
         with self._lock:
             self.http.extend(parsed)
             if slow is not None:
                 self.slow = slow
-            self.no_capacity += no_capacity
-            self.created_then_500 += created
+            for name, count in counts.items():
+                self.counts[name] += count
 
     def clear(self) -> None:
         with self._lock:
             self.http.clear()
             self.slow = Slow()
-            self.no_capacity = 0
-            self.created_then_500 = 0
+            self.counts = dict.fromkeys(self.kinds.counters, 0)
 
     def take_http(self, method: str, path: str) -> HttpFault | None:
         """Use up one answer of the first rule that matches."""
@@ -220,19 +259,19 @@ class FaultSet:
                     return rule
         return None
 
-    def take_no_capacity(self) -> bool:
+    def take(self, name: str) -> bool:
+        """Use up one of the counted fault ``name``; False when none is armed."""
         with self._lock:
-            if self.no_capacity > 0:
-                self.no_capacity -= 1
+            if self.counts.get(name, 0) > 0:
+                self.counts[name] -= 1
                 return True
             return False
 
+    def take_no_capacity(self) -> bool:
+        return self.take("no_capacity")
+
     def take_created_then_500(self) -> bool:
-        with self._lock:
-            if self.created_then_500 > 0:
-                self.created_then_500 -= 1
-                return True
-            return False
+        return self.take("created_then_500")
 
     def duration(self, state: str, base: float) -> float:
         with self._lock:
@@ -244,8 +283,7 @@ class FaultSet:
             return {
                 "http": [rule.to_json() for rule in self.http],
                 "slow": self.slow.to_json(),
-                "no_capacity": self.no_capacity,
-                "created_then_500": self.created_then_500,
+                **self.counts,
             }
 
 
@@ -253,7 +291,7 @@ class SandboxFaults:
     """The fault sets of every emulated API, keyed by the API's name (its mount)."""
 
     def __init__(self, apis: tuple[str, ...]) -> None:
-        self.sets = {name: FaultSet() for name in apis}
+        self.sets = {name: FaultSet(name) for name in apis}
 
     def __getitem__(self, api: str) -> FaultSet:
         return self.sets[api]
@@ -273,7 +311,7 @@ class SandboxFaults:
                 raise ValueError(f"unknown API {api!r} in faults (known: {known})")
             if not isinstance(data, dict):
                 raise ValueError(f"faults for {api!r} must be an object")
-            FaultSet().add(data)
+            FaultSet(api).add(data)
         for api, data in document.items():
             self.sets[api].add(data)
 

@@ -3,6 +3,7 @@
 Mount table (``Sandbox.mounts``)::
 
     /ovh        OVHcloud AI Deploy's AI API (a client's base URL is <sandbox>/ovh)
+    /runpod     RunPod's REST v2 (<sandbox>/runpod/v2/...) and its data planes
     /ollama     the Ollama API emulator, to rehearse against a bare Ollama
     /_sandbox   control routes (not part of any cloud): health, faults, apps
 
@@ -33,6 +34,8 @@ from ondemand.sandbox.apps import AppRunner
 from ondemand.sandbox.faults import SandboxFaults
 from ondemand.sandbox.ollama import EmulatorConfig, create_app
 from ondemand.sandbox.ovh import OvhApi, create_emulator
+from ondemand.sandbox.runpod import RunPodApi
+from ondemand.sandbox.runpod import create_emulator as create_runpod
 
 if TYPE_CHECKING:
     from ondemand.asgi import ASGIApp, Receive, Scope, Send
@@ -58,6 +61,8 @@ class Sandbox:
         app_env: Mapping[str, str] | None = None,
         stop_grace: float = 30.0,
         probe_period: float = 1.0,
+        no_worker_wait: float = 120.0,
+        pod_proxy_timeout: float = 100.0,
     ) -> None:
         if operator_token == read_token:
             raise ValueError("the operator and read tokens must differ")
@@ -66,7 +71,7 @@ class Sandbox:
         self._lock = _lock_state(state_dir)
         self.operator_token = operator_token
         self.read_token = read_token
-        self.faults = SandboxFaults(("ovh",))
+        self.faults = SandboxFaults(("ovh", "runpod"))
         if faults is not None:
             try:
                 self.faults.add(faults)
@@ -83,11 +88,26 @@ class Sandbox:
             transition_seconds=transition_seconds,
             probe_period=probe_period,
         )
+        self.runpod: RunPodApi = create_runpod(
+            state_dir / "runpod",
+            self.runner,
+            self.faults["runpod"],
+            operator_token=operator_token,
+            read_token=read_token,
+            transition_seconds=transition_seconds,
+            probe_period=probe_period,
+            no_worker_wait=no_worker_wait,
+            proxy_timeout=pod_proxy_timeout,
+        )
         config = ollama if ollama is not None else EmulatorConfig()
         if config.models_dir is None:
             config.models_dir = state_dir / "ollama" / "models"
         self.ollama = create_app(config)
-        self.mounts: list[tuple[str, ASGIApp]] = [("/ovh", self.ovh), ("/ollama", self.ollama)]
+        self.mounts: list[tuple[str, ASGIApp]] = [
+            ("/ovh", self.ovh),
+            ("/runpod", self.runpod),
+            ("/ollama", self.ollama),
+        ]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -101,10 +121,14 @@ class Sandbox:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
         self.ovh.engine.begin()
+        self.runpod.engine.begin()
+
+    async def _stop_clouds(self) -> None:
+        await asyncio.gather(self.ovh.engine.aclose(), self.runpod.aclose())
 
     async def aclose(self) -> None:
         if self._closing is None:
-            self._closing = asyncio.ensure_future(self.ovh.engine.aclose())
+            self._closing = asyncio.ensure_future(self._stop_clouds())
         await self._closing
         self._finalizer.detach()
         self._lock.close()
@@ -120,6 +144,8 @@ class Sandbox:
         ):
             with contextlib.suppress(RuntimeError, TimeoutError):
                 asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(timeout)
+        if self.runner.processes or not self.runpod.engine.closed:
+            self.runpod.engine.kill()
         if self.runner.processes or not self.ovh.engine.closed:
             self.ovh.engine.kill()
         self._finalizer.detach()
@@ -182,9 +208,14 @@ class Sandbox:
         except ClientDisconnected:
             return
         if name == "health":
-            await send_json(
-                send, 200, {"status": "ok", **self._index(), "apps": len(self.ovh.engine.apps)}
-            )
+            runpod = self.runpod.engine
+            counts = {
+                "apps": len(self.ovh.engine.apps),
+                "endpoints": len(runpod.endpoints),
+                "workers": sum(len(group) for group in runpod.fleet.workers.values()),
+                "pods": len(runpod.pods),
+            }
+            await send_json(send, 200, {"status": "ok", **self._index(), **counts})
         elif name == "apps":
             await send_json(send, 200, {"apps": self.apps()})
         elif method == "POST":
@@ -200,7 +231,8 @@ class Sandbox:
             await send_json(send, 200, self.faults.to_json())
 
     def apps(self) -> list[dict[str, Any]]:
-        """Every app with what only the sandbox knows: its process, log and billed time."""
+        """Every app (OVH apps, RunPod workers and pods) with what only the sandbox knows:
+        its process, log, model store and (OVH) billed time."""
         engine = self.ovh.engine
         out: list[dict[str, Any]] = []
         for record in engine.apps.values():
@@ -216,6 +248,49 @@ class Sandbox:
                     "log": str(engine.app_dir(record.id) / "serve.log"),
                     "models": str(engine.models_dir(record)),
                     "billed_seconds": round(record.billed_seconds(), 3),
+                }
+            )
+        out.extend(self._runpod_apps())
+        return out
+
+    def _runpod_apps(self) -> list[dict[str, Any]]:
+        engine = self.runpod.engine
+        out: list[dict[str, Any]] = []
+        for endpoint_id, group in engine.fleet.workers.items():
+            endpoint = engine.endpoints.get(endpoint_id)
+            for worker in group.values():
+                process = self.runner.get(worker.key)
+                out.append(
+                    {
+                        "api": "runpod",
+                        "kind": "worker",
+                        "id": worker.id,
+                        "endpoint": endpoint_id,
+                        "name": endpoint.name if endpoint else None,
+                        "state": worker.api_status,
+                        "url": f"http://127.0.0.1:{worker.port}" if worker.port else None,
+                        "pid": process.pid if process else None,
+                        "log": str(engine.directory / "workers" / worker.id / "serve.log"),
+                        "models": str(engine.fleet.models_dir(endpoint, worker))
+                        if endpoint
+                        else None,
+                        "detail": worker.detail,
+                    }
+                )
+        for pod in engine.pods.values():
+            process = self.runner.get(pod.key)
+            out.append(
+                {
+                    "api": "runpod",
+                    "kind": "pod",
+                    "id": pod.id,
+                    "name": pod.name,
+                    "state": pod.status,
+                    "url": f"http://127.0.0.1:{pod.port}",
+                    "pid": process.pid if process else None,
+                    "log": str(engine.pod_life.pod_dir(pod.id) / "serve.log"),
+                    "models": str(engine.pod_life.models_dir(pod)),
+                    "detail": pod.detail,
                 }
             )
         return out
@@ -264,6 +339,10 @@ class SandboxServer:
         return self.url + "/ovh"
 
     @property
+    def runpod_url(self) -> str:
+        return self.url + "/runpod"
+
+    @property
     def ollama_url(self) -> str:
         return self.url + "/ollama"
 
@@ -277,12 +356,18 @@ class SandboxServer:
 
 
 def client_env(url: str, operator_token: str) -> dict[str, str]:
-    """What ``ondemand sandbox`` prints: the variables that point a client at it."""
+    """What ``ondemand sandbox`` prints: the variables that point a client at it. The
+    RunPod ones stand in for ``https://api.runpod.io``, ``https://api.runpod.ai/v2`` and
+    ``https://{pod_id}-{port}.proxy.runpod.net`` (a template, filled in by the client)."""
     return {
         "ONDEMAND_SANDBOX_URL": url,
         "OVH_AI_API_URL": f"{url}/ovh",
         "OVH_AI_TOKEN": operator_token,
         "OLLAMA_HOST": f"{url}/ollama",
+        "RUNPOD_API_KEY": operator_token,
+        "RUNPOD_API_URL": f"{url}/runpod",
+        "RUNPOD_ENDPOINT_BASE_URL": f"{url}/runpod/ai/v2",
+        "RUNPOD_POD_PROXY_URL": f"{url}/runpod/proxy/{{pod_id}}-{{port}}",
     }
 
 

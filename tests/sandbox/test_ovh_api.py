@@ -294,7 +294,7 @@ def test_capabilities_and_mounts(ovh: tuple[SandboxServer, Ovh]) -> None:
     assert {m["name"] for m in tags["models"]} >= {"llama3.2:latest"}
     health = plain.get("/_sandbox/health").json()
     assert health["status"] == "ok"
-    assert health["apis"] == {"ovh": "/ovh", "ollama": "/ollama"}
+    assert health["apis"] == {"ovh": "/ovh", "runpod": "/runpod", "ollama": "/ollama"}
     assert plain.get("/runpod/v1/pods").status_code == 404
     assert plain.get("/_sandbox/nothing").status_code == 404
     plain.close()

@@ -131,7 +131,7 @@ def test_startup_faults_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not valid JSON"):
         create_sandbox(tmp_path, faults="{ovh")
     with pytest.raises(ValueError, match="unknown API"):
-        create_sandbox(tmp_path, faults='{"runpod": {}}')
+        create_sandbox(tmp_path, faults='{"aws": {}}')
 
 
 def test_route_patterns() -> None:

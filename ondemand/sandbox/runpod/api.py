@@ -1,0 +1,302 @@
+"""REST v2's HTTP surface (``/v2/...``): routes, API keys, problem bodies, rate headers.
+
+Keys: the sandbox's operator token is a full-access RunPod API key; its read token is a
+read-only key (GET works, anything else 403). A missing or unknown key is 401. Every
+authenticated answer carries the ``RateLimit`` and ``RateLimit-Policy`` headers of the
+spec; the quota is generous and not enforced (an ``http`` fault rehearses a 429).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from ondemand.asgi import BodyTooLarge, ClientDisconnected, read_body, send_json
+from ondemand.sandbox.runpod import catalog, schema
+from ondemand.sandbox.runpod.gateway import bearer
+from ondemand.sandbox.runpod.model import POD_ACTIONS, TERMINATED
+from ondemand.sandbox.runpod.problems import ApiError, send_problem
+
+if TYPE_CHECKING:
+    from ondemand.asgi import Receive, Scope, Send
+    from ondemand.sandbox.runpod.engine import RunPodEngine
+
+OPERATOR, READ = "operator", "read"
+_BODY_LIMIT = 1 << 20
+_WINDOWS = (("minute", 60, 1000), ("hour", 3600, 30000), ("day", 86400, 500000))
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]
+    query: dict[str, list[str]]
+    body: bytes
+    base: str
+    """The sandbox's URL for ``/runpod``: what stands in for the platform's hosts."""
+
+    def json(self) -> Any:
+        if not self.body.strip():
+            raise ApiError(400, "a JSON request body is required")
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+    def listed(self, name: str) -> list[str]:
+        return [v for raw in self.query.get(name, []) for v in raw.split(",") if v]
+
+
+Answer = tuple[int, Any]
+Handler = Callable[["RunPodEngine", Request], Awaitable[Answer]]
+
+
+def _created(engine: RunPodEngine, payload: Any) -> Answer:
+    if engine.faults.take("created_then_500"):
+        return 500, None
+    return 201, payload
+
+
+# -- serverless ----------------------------------------------------------------------------
+
+
+async def list_endpoints(engine: RunPodEngine, request: Request) -> Answer:
+    return 200, {"endpoints": [e.to_api(request.base) for e in engine.endpoints.values()]}
+
+
+async def create_endpoint(engine: RunPodEngine, request: Request) -> Answer:
+    return _created(engine, engine.create_endpoint(request.json()).to_api(request.base))
+
+
+async def get_endpoint(engine: RunPodEngine, request: Request) -> Answer:
+    return 200, engine.find_endpoint(request.params["id"]).to_api(request.base)
+
+
+async def update_endpoint(engine: RunPodEngine, request: Request) -> Answer:
+    endpoint = engine.find_endpoint(request.params["id"])
+    return 200, engine.update_endpoint(endpoint.id, request.json()).to_api(request.base)
+
+
+async def delete_endpoint(engine: RunPodEngine, request: Request) -> Answer:
+    engine.delete_endpoint(request.params["id"])
+    return 204, None
+
+
+async def endpoint_workers(engine: RunPodEngine, request: Request) -> Answer:
+    endpoint = engine.find_endpoint(request.params["id"])
+    workers = [w.to_api(endpoint.version) for w in engine.fleet.of(endpoint.id)]
+    summary = {
+        key.lower(): sum(1 for w in workers if w["status"] == key)
+        for key in ("RUNNING", "IDLE", "INITIALIZING", "THROTTLED", "UNHEALTHY")
+    }
+    summary["total"] = len(workers)
+    return 200, {"workers": workers, "summary": summary, "endpointVersion": endpoint.version}
+
+
+# -- pods ----------------------------------------------------------------------------------
+
+
+async def list_pods(engine: RunPodEngine, _request: Request) -> Answer:
+    return 200, {"pods": [p.to_api() for p in engine.pods.values() if p.status != TERMINATED]}
+
+
+async def create_pod(engine: RunPodEngine, request: Request) -> Answer:
+    return _created(engine, engine.create_pod(request.json()).to_api())
+
+
+async def get_pod(engine: RunPodEngine, request: Request) -> Answer:
+    return 200, engine.find_pod(request.params["id"]).to_api()
+
+
+async def update_pod(engine: RunPodEngine, request: Request) -> Answer:
+    engine.find_pod(request.params["id"])
+    return 200, engine.update_pod(request.params["id"], request.json()).to_api()
+
+
+async def delete_pod(engine: RunPodEngine, request: Request) -> Answer:
+    engine.delete_pod(request.params["id"])
+    return 204, None
+
+
+async def pod_action(engine: RunPodEngine, request: Request) -> Answer:
+    engine.find_pod(request.params["id"])
+    data = schema.obj(request.json(), "$", ("action",), ("action",))
+    action = schema.enum(data["action"], "$.action", POD_ACTIONS)
+    pod = engine.pod_action(request.params["id"], action)
+    return (204, None) if action == "terminate" else (200, pod.to_api())
+
+
+# -- network volumes -----------------------------------------------------------------------
+
+
+async def list_volumes(engine: RunPodEngine, _request: Request) -> Answer:
+    return 200, {"networkVolumes": [v.to_api() for v in engine.volumes.values()]}
+
+
+async def create_volume(engine: RunPodEngine, request: Request) -> Answer:
+    return 201, engine.create_volume(request.json()).to_api()
+
+
+async def get_volume(engine: RunPodEngine, request: Request) -> Answer:
+    return 200, engine.find_volume(request.params["id"]).to_api()
+
+
+async def update_volume(engine: RunPodEngine, request: Request) -> Answer:
+    engine.find_volume(request.params["id"])
+    return 200, engine.update_volume(request.params["id"], request.json()).to_api()
+
+
+async def delete_volume(engine: RunPodEngine, request: Request) -> Answer:
+    engine.delete_volume(request.params["id"])
+    return 204, None
+
+
+# -- catalog -------------------------------------------------------------------------------
+
+
+async def list_gpus(_engine: RunPodEngine, request: Request) -> Answer:
+    availability = "AVAILABILITY" in request.listed("include")
+    return 200, {"gpus": [gpu.to_api(availability) for gpu in catalog.GPUS.values()]}
+
+
+async def get_gpu(_engine: RunPodEngine, request: Request) -> Answer:
+    gpu = catalog.GPUS.get(request.params["id"])
+    if gpu is None:
+        raise ApiError(404, f"GPU type {request.params['id']} not found")
+    return 200, gpu.to_api("AVAILABILITY" in request.listed("include"))
+
+
+async def list_data_centers(_engine: RunPodEngine, request: Request) -> Answer:
+    regions = set(request.listed("regions"))
+    volume_types = set(request.listed("networkVolumeTypes"))
+    network = request.listed("globalNetwork")
+    found = [
+        dc.to_api()
+        for dc in catalog.DATA_CENTERS
+        if (not regions or dc.region in regions)
+        and volume_types <= set(dc.volume_types)
+        and (not network or dc.global_network == (network[-1].lower() == "true"))
+    ]
+    return 200, {"dataCenters": found}
+
+
+async def get_data_center(_engine: RunPodEngine, request: Request) -> Answer:
+    dc = catalog.DATA_CENTER_IDS.get(request.params["id"])
+    if dc is None:
+        raise ApiError(404, f"data center {request.params['id']} not found")
+    return 200, dc.to_api()
+
+
+_ID = r"(?P<id>[^/]+)"
+ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+    (re.compile(r"/v2/serverless"), {"GET": list_endpoints, "POST": create_endpoint}),
+    (
+        re.compile(rf"/v2/serverless/{_ID}"),
+        {"GET": get_endpoint, "PATCH": update_endpoint, "DELETE": delete_endpoint},
+    ),
+    (re.compile(rf"/v2/serverless/{_ID}/workers"), {"GET": endpoint_workers}),
+    (re.compile(r"/v2/pods"), {"GET": list_pods, "POST": create_pod}),
+    (re.compile(rf"/v2/pods/{_ID}"), {"GET": get_pod, "PATCH": update_pod, "DELETE": delete_pod}),
+    (re.compile(rf"/v2/pods/{_ID}/action"), {"POST": pod_action}),
+    (re.compile(r"/v2/network-volumes"), {"GET": list_volumes, "POST": create_volume}),
+    (
+        re.compile(rf"/v2/network-volumes/{_ID}"),
+        {"GET": get_volume, "PATCH": update_volume, "DELETE": delete_volume},
+    ),
+    (re.compile(r"/v2/catalog/gpus"), {"GET": list_gpus}),
+    (re.compile(rf"/v2/catalog/gpus/{_ID}"), {"GET": get_gpu}),
+    (re.compile(r"/v2/catalog/datacenters"), {"GET": list_data_centers}),
+    (re.compile(rf"/v2/catalog/datacenters/{_ID}"), {"GET": get_data_center}),
+]
+
+
+def match(path: str) -> tuple[dict[str, Handler] | None, dict[str, str]]:
+    for pattern, methods in ROUTES:
+        found = pattern.fullmatch(path)
+        if found is not None:
+            return methods, found.groupdict()
+    return None, {}
+
+
+class RateHeaders:
+    """The spec's ``RateLimit`` / ``RateLimit-Policy`` headers, counted per fixed window."""
+
+    def __init__(self) -> None:
+        self._used: dict[str, tuple[int, int]] = {}
+
+    def take(self) -> list[tuple[bytes, bytes]]:
+        now = int(time.time())
+        state, policy = [], []
+        for name, length, quota in _WINDOWS:
+            window = now // length
+            start, used = self._used.get(name, (window, 0))
+            used = used + 1 if start == window else 1
+            self._used[name] = (window, used)
+            left = length - now % length
+            state.append(f'"{name}";r={max(0, quota - used)};t={left}')
+            policy.append(f'"{name}";q={quota};w={length}')
+        return [(b"ratelimit", ", ".join(state).encode()),
+                (b"ratelimit-policy", ", ".join(policy).encode())]  # fmt: skip
+
+
+class RestApi:
+    """``/v2/...`` of the emulated REST API."""
+
+    def __init__(self, engine: RunPodEngine, *, operator_token: str, read_token: str) -> None:
+        self.engine = engine
+        self.tokens = {operator_token: OPERATOR, read_token: READ}
+        self.rates = RateHeaders()
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, path: str, base: str
+    ) -> None:
+        method: str = scope["method"]
+        key = bearer(scope)
+        role = self.tokens.get(key) if key is not None else None
+        if role is None:
+            detail = "missing bearer token" if key is None else "invalid bearer token"
+            await send_problem(send, 401, detail)
+            return
+        rates = self.rates.take()
+        methods, params = match(path)
+        if methods is None:
+            await send_problem(send, 404, f"no such route: {method} {path}", headers=rates)
+            return
+        handler = methods.get(method)
+        if handler is None:
+            allow = (b"allow", ", ".join(sorted(methods)).encode())
+            await send_problem(
+                send, 405, "The requested method is not allowed for this path.",
+                headers=[allow, *rates],
+            )  # fmt: skip
+            return
+        if role == READ and method != "GET":
+            await send_problem(send, 403, "access denied: this API key is read-only", headers=rates)
+            return
+        try:
+            body = await read_body(receive, limit=_BODY_LIMIT)
+        except BodyTooLarge:
+            await send_problem(send, 413, "request body too large", headers=rates)
+            return
+        except ClientDisconnected:
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        request = Request(method, path, params, query, body, base)
+        try:
+            status, payload = await handler(self.engine, request)
+        except ApiError as exc:
+            await send_problem(send, exc.status, exc.detail, exc.errors, headers=rates)
+            return
+        if status == 500:
+            await send_problem(send, 500, "internal server error", headers=rates)
+        elif status == 204:
+            await send({"type": "http.response.start", "status": 204, "headers": rates})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send_json(send, status, payload, rates)
