@@ -131,6 +131,9 @@ def gateway_headers(provider: Provider) -> dict[str, str]:
     return dict(headers()) if callable(headers) else {}
 
 
+SERVER_PINGS = frozenset({200, 204, 503})
+
+
 def read_readiness(
     url: str, api_key: str | None, headers: Mapping[str, str] | None = None
 ) -> Readiness:
@@ -146,7 +149,9 @@ def read_readiness(
     except (ValueError, AttributeError):
         word = None
     status: dict[str, Any] = {}
-    if api_key:
+    # Only our server answers /ping with these; anything else came from a gateway in front
+    # (RunPod's holds each request until a worker is ready), so asking again only waits.
+    if api_key and ping in SERVER_PINGS:
         try:
             response = httpx.get(
                 url + "/ondemand/status",
@@ -186,7 +191,7 @@ class Waiting:
     def lines(self) -> list[str]:
         state = self.deployment.vendor_state or self.deployment.status.value
         head = f"{self.provider}: {state}"
-        if self.deployment.detail and self.deployment.status is not Status.RUNNING:
+        if self.deployment.detail:
             head += f" ({self.deployment.detail})"
         if self.deployment.status is not Status.RUNNING:
             return [head]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ondemand.errors import CapacityError, UnhealthyError
@@ -32,7 +34,7 @@ log = logging.getLogger("ondemand.providers.runpod")
 
 VOLUME_MOUNT = "/runpod-volume"
 MODELS_DIR = f"{VOLUME_MOUNT}/ollama-models"
-# Polls in a row showing crashed workers and none ready before 'up' calls it a crash loop.
+# Polls that saw a crashed worker, none ready since, before 'up' calls it a crash loop.
 CRASH_POLLS = 3
 
 
@@ -58,6 +60,7 @@ class RunpodProvider:
         self.config = config.config
         self.runpod = RunpodApi(env=env, config=config)
         self.last_summary: dict[str, int] = {}
+        self.oldest_worker: datetime | None = None
         self._crash_polls = 0
 
     def close(self) -> None:
@@ -79,6 +82,15 @@ class RunpodProvider:
             "read the workers", f"/v2/serverless/{endpoint_id}/workers"
         )
         self.last_summary = _summary(workers)
+        uptimes = [
+            float(w.get("uptimeSeconds") or 0)
+            for w in (workers or {}).get("workers") or []
+            if isinstance(w, dict)
+        ]
+        # Billing follows workers: the oldest running one is when this run began to cost.
+        self.oldest_worker = (
+            datetime.now(UTC) - timedelta(seconds=max(uptimes)) if any(uptimes) else None
+        )
         return self.last_summary
 
     def _deployment(
@@ -104,6 +116,7 @@ class RunpodProvider:
             url=str(urls.get("base") or "") or None,
             labels=labels(endpoint),
             created_at=parse_time(endpoint.get("createdAt")),
+            running_since=self.oldest_worker,
             detail=detail or describe(summary),
         )
 
@@ -166,7 +179,9 @@ class RunpodProvider:
         ):
             return self._deployment(deployment_id, endpoint, "already allows workers")
         self._set_workers(endpoint, wanted["min"], wanted["max"], "start the endpoint")
-        return self.status(deployment_id)
+        started = self.status(deployment_id)
+        allowed = f"workers allowed (min {wanted['min']}, max {wanted['max']})"
+        return replace(started, detail=allowed)
 
     def stop(self, deployment_id: str) -> Deployment:
         endpoint = self._find(deployment_id)
@@ -213,9 +228,13 @@ class RunpodProvider:
 
     def readiness_problem(self, deployment: Deployment, ping: int | None) -> Exception | None:
         summary = self.last_summary
-        crashing = summary.get("unhealthy", 0) > 0 and ping != 200
-        ready = summary.get("running", 0) + summary.get("idle", 0) > 0
-        self._crash_polls = self._crash_polls + 1 if crashing and not ready else 0
+        ready = ping == 200 or summary.get("running", 0) + summary.get("idle", 0) > 0
+        # A crash-looping worker is unhealthy only between its restarts, so polls in
+        # between see it initializing: count sightings until a worker is ready.
+        if ready:
+            self._crash_polls = 0
+        elif summary.get("unhealthy", 0) > 0:
+            self._crash_polls += 1
         if self._crash_polls < CRASH_POLLS:
             return None
         return UnhealthyError(
