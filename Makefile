@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# make demo PROVIDER=runpod (or runpod-pod, ovh) rehearses another provider.
+PROVIDER ?= sandbox
 
 .PHONY: install test lint typecheck unit demo bench clean
 
@@ -35,7 +37,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 demo: $(STAMP)
-	$(BIN)/python -m ondemand.demo
+	$(BIN)/python -m ondemand.demo --provider $(PROVIDER)
 
 bench: $(STAMP)
 	$(BIN)/python bench/proxy.py

@@ -32,3 +32,21 @@ def test_demo_runs_the_ovh_lifecycle_on_the_sandbox_and_leaves_nothing_running()
     assert result.stderr.index("url: http://") < result.stderr.index("/ping 200")
     # Keys are shown shortened, never whole.
     assert all(len(word) < 16 for word in out.split() if word.startswith("odk_"))
+
+
+def test_demo_rehearses_a_runpod_endpoint_through_its_gateway() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ondemand.demo", "--provider", "runpod"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # Behind the gateway our key travels as X-API-Key, the RunPod key as Authorization.
+    assert "X-API-Key odk_" in out
+    assert "done_reason=stop" in out
+    assert "user key POST /api/pull      -> 403" in out
+    assert "the provider reports it stopped" in out
+    assert '/ping -> 400 {"error":"no workers available"}' in out
+    assert "status: absent" in out
