@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from ondemand.sandbox.background import background_sandbox
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "ondemand"]
 
@@ -39,23 +40,8 @@ def sandbox(state: Path) -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ONDEMAND_", "OVH_"))}
     # Passed on to every app's emulated Ollama: a model takes a while to load, as on a GPU.
     env["OLLAMA_EMULATOR_LOAD_TIME"] = "0.5"
-    proc = subprocess.Popen(
-        [*CLI, "sandbox", "--state-dir", str(state), "--transition-seconds", "0.2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    printed: dict[str, str] = {}
-    while "OLLAMA_HOST" not in printed:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("ondemand sandbox exited")
-        key, _, value = line.strip().partition("=")
-        printed[key] = value
-    try:
+    with background_sandbox(state, env, "--transition-seconds", "0.2") as printed:
         yield printed
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
 
 
 def cli_env(printed: dict[str, str], state: Path) -> dict[str, str]:

@@ -20,7 +20,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from ondemand.sandbox.background import background_sandbox
+
 CLI = [sys.executable, "-m", "ondemand"]
 CHATS = 16
 
@@ -42,26 +43,11 @@ def sandbox(state: Path) -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ONDEMAND_", "OVH_"))}
     # Passed on to every worker's emulated Ollama: loading takes a while, as on a GPU.
     env["OLLAMA_EMULATOR_LOAD_TIME"] = "0.5"
-    proc = subprocess.Popen(
-        # A short wait for a worker: cold requests see "no workers available" (as on
-        # RunPod after two minutes), so the callers' retries are what is measured.
-        [*CLI, "sandbox", "--state-dir", str(state), "--transition-seconds", "0.2",
-         "--no-worker-wait", "0.5"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    printed: dict[str, str] = {}
-    while "RUNPOD_POD_PROXY_URL" not in printed:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("ondemand sandbox exited")
-        key, _, value = line.strip().partition("=")
-        printed[key] = value
-    try:
+    # A short wait for a worker: cold requests see "no workers available" (as on RunPod
+    # after two minutes), so the callers' retries are what is measured.
+    options = ("--transition-seconds", "0.2", "--no-worker-wait", "0.5")
+    with background_sandbox(state, env, *options) as printed:
         yield printed
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
 
 
 def cli_env(printed: dict[str, str], provider: str) -> dict[str, str]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -17,6 +18,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+H = TypeVar("H")
 
 JSON_TYPE = b"application/json; charset=utf-8"
 TEXT_TYPE = b"text/plain; charset=utf-8"
@@ -91,3 +93,35 @@ def header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+async def serve_lifespan(
+    receive: Receive,
+    send: Send,
+    startup: Callable[[], object] | None = None,
+    shutdown: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Answer the ASGI lifespan protocol, calling ``startup`` and awaiting ``shutdown``."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if startup is not None:
+                startup()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if shutdown is not None:
+                await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def match_route(
+    routes: Iterable[tuple[re.Pattern[str], dict[str, H]]], path: str
+) -> tuple[dict[str, H] | None, dict[str, str]]:
+    """The handlers by method of the first route whose pattern matches all of ``path``, and
+    the pattern's named groups; ``(None, {})`` when none does."""
+    for pattern, methods in routes:
+        found = pattern.fullmatch(path)
+        if found is not None:
+            return methods, found.groupdict()
+    return None, {}

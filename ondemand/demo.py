@@ -10,17 +10,17 @@ provider. Exits non-zero if anything behaves differently from what it shows.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from ondemand.sandbox.background import SandboxExited, background_sandbox
 
 MODELS = "llama3.2,qwen3:0.6b"
 CHAT_MODEL = "llama3.2"
@@ -109,37 +109,6 @@ def _refusals(url: str, user_key: str, admin_key: str, gateway: dict[str, str]) 
             "admin key POST /api/pull")  # fmt: skip
 
 
-@contextlib.contextmanager
-def _sandbox(env: dict[str, str], state: Path) -> Iterator[dict[str, str]]:
-    """``ondemand sandbox`` in the background; yields the variables it prints."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ondemand", "sandbox", "--state-dir", str(state)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        printed: dict[str, str] = {}
-        while "RUNPOD_POD_PROXY_URL" not in printed:
-            line = proc.stdout.readline()
-            if not line:
-                raise DemoFailed(f"'ondemand sandbox' exited with {proc.wait()}")
-            name, _, value = line.strip().partition("=")
-            printed[name] = value
-        yield printed
-    finally:
-        proc.terminate()
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-    if code != 0:
-        raise DemoFailed(f"the sandbox exited with {code} when stopped")
-
-
 PROVIDERS = {
     "sandbox": "OVHcloud AI Deploy (the sandbox provider: no token, no image)",
     "ovh": "OVHcloud AI Deploy (the ovh provider, pointed at the emulated AI API)",
@@ -182,7 +151,7 @@ def run(provider: str) -> None:
             "OLLAMA_EMULATOR_PULL_SECONDS": "1.5",
             "OLLAMA_EMULATOR_LOAD_TIME": "0.4",
         }
-        with _sandbox({**clean, **emulated}, Path(tmp) / "sandbox") as cloud:
+        with background_sandbox(Path(tmp) / "sandbox", {**clean, **emulated}) as cloud:
             env = {
                 **clean,
                 **_provider_env(provider, cloud),
@@ -258,7 +227,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         run(args.provider)
-    except DemoFailed as exc:
+    except (DemoFailed, SandboxExited) as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

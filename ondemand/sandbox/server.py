@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ondemand.asgi import ClientDisconnected, read_body, send_json
+from ondemand.asgi import ClientDisconnected, read_body, send_json, serve_lifespan
 from ondemand.sandbox.apps import AppRunner
 from ondemand.sandbox.faults import SandboxFaults
 from ondemand.sandbox.ollama import EmulatorConfig, create_app
@@ -155,7 +155,7 @@ class Sandbox:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(receive, send, self._begin, self.aclose)
             return
         if scope["type"] != "http":
             return
@@ -182,17 +182,6 @@ class Sandbox:
             "apis": {prefix.strip("/"): prefix for prefix, _ in self.mounts},
             "control": CONTROL,
         }
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self._begin()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def _control(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         method: str = scope["method"]

@@ -10,7 +10,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ondemand.asgi import ClientDisconnected, read_body, send_bytes, send_text
+from ondemand.asgi import ClientDisconnected, read_body, send_bytes, send_text, serve_lifespan
 from ondemand.sandbox.ollama import embed, models_api, native, openai_api
 from ondemand.sandbox.ollama.config import EmulatorConfig
 from ondemand.sandbox.ollama.gojson import RequestError
@@ -103,7 +103,7 @@ class Emulator:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -192,16 +192,6 @@ async def _redirect(send: Send, method: str, location: str) -> None:
     body = f'<a href="{location}">Moved Permanently</a>.\n\n'.encode() if status == 301 else b""
     headers = [(b"location", location.encode())]
     await send_bytes(send, status, body, b"text/html; charset=utf-8", headers)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def create_app(config: EmulatorConfig | None = None) -> Emulator:

@@ -13,9 +13,11 @@ from ondemand.asgi import (
     BodyTooLarge,
     ClientDisconnected,
     header,
+    match_route,
     read_body,
     send_json,
     send_text,
+    serve_lifespan,
 )
 from ondemand.sandbox.ovh import validate
 from ondemand.sandbox.ovh.engine import OvhEngine
@@ -245,14 +247,6 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 ]
 
 
-def match(path: str) -> tuple[dict[str, Handler] | None, dict[str, str]]:
-    for pattern, methods in ROUTES:
-        found = pattern.fullmatch(path)
-        if found is not None:
-            return methods, found.groupdict()
-    return None, {}
-
-
 class OvhApi:
     """The ASGI app of the emulated AI API. Tokens: ``operator`` manages apps; ``read``
     only reads (GET); anything else is a 401."""
@@ -266,7 +260,9 @@ class OvhApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            # Mounted alone (not in the sandbox), it resumes its apps at start-up and
+            # stops their processes at shutdown.
+            await serve_lifespan(receive, send, self.engine.begin, self.engine.aclose)
             return
         if scope["type"] != "http":
             return
@@ -287,7 +283,7 @@ class OvhApi:
                 {"message": "missing or invalid token: send 'Authorization: Bearer <AI token>'"},
             )
             return
-        methods, params = match(path)
+        methods, params = match_route(ROUTES, path)
         if methods is None:
             await send_json(send, 404, {"message": f"no such route: {method} {path}"})
             return
@@ -329,19 +325,6 @@ class OvhApi:
             await send_text(send, status, payload)
         else:
             await send_json(send, status, payload)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        """Mounted alone (not in the sandbox), the emulator resumes its apps at start-up and
-        stops their processes at shutdown."""
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self.engine.begin()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.engine.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     def _role(self, scope: Scope) -> str | None:
         raw = header(scope, b"authorization")

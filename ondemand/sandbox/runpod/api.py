@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from ondemand.asgi import BodyTooLarge, ClientDisconnected, read_body, send_json
+from ondemand.asgi import BodyTooLarge, ClientDisconnected, match_route, read_body, send_json
 from ondemand.sandbox.runpod import catalog, schema
 from ondemand.sandbox.runpod.gateway import bearer
 from ondemand.sandbox.runpod.model import POD_ACTIONS, TERMINATED
@@ -216,14 +216,6 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 ]
 
 
-def match(path: str) -> tuple[dict[str, Handler] | None, dict[str, str]]:
-    for pattern, methods in ROUTES:
-        found = pattern.fullmatch(path)
-        if found is not None:
-            return methods, found.groupdict()
-    return None, {}
-
-
 class RateHeaders:
     """The spec's ``RateLimit`` / ``RateLimit-Policy`` headers, counted per fixed window."""
 
@@ -264,7 +256,7 @@ class RestApi:
             await send_problem(send, 401, detail)
             return
         rates = self.rates.take()
-        methods, params = match(path)
+        methods, params = match_route(ROUTES, path)
         if methods is None:
             await send_problem(send, 404, f"no such route: {method} {path}", headers=rates)
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ondemand.asgi import header, send_json
+from ondemand.asgi import header, send_json, serve_lifespan
 from ondemand.sandbox.runpod.api import RestApi
 from ondemand.sandbox.runpod.gateway import Gateway
 from ondemand.sandbox.runpod.problems import send_problem
@@ -46,7 +46,9 @@ class RunPodApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            # Mounted alone (not in the sandbox), it resumes its pods at start-up and
+            # stops every server at shutdown.
+            await serve_lifespan(receive, send, self.engine.begin, self.aclose)
             return
         if scope["type"] != "http":
             return
@@ -79,16 +81,3 @@ class RunPodApi:
             await self.gateway.serverless_api(scope, send, endpoint_id, route)
         else:
             await send_problem(send, 404, f"no such route: {scope['method']} {path}")
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        """Mounted alone (not in the sandbox), the emulator resumes its pods at start-up and
-        stops every server at shutdown."""
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self.engine.begin()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
