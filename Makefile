@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Shell scripts of the repository: keep this list in step when adding one.
-SHELL_SCRIPTS := .ci/run
+SHELL_SCRIPTS := .ci/run action/install.sh action/run.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

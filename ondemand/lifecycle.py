@@ -32,8 +32,11 @@ from ondemand.providers.base import (
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
+    from ondemand.providers.costs import Estimate
 
 Progress = Callable[[str], None]
+# Told the deployment as soon as its URL is known, before any wait (Actions outputs).
+Announce = Callable[[Deployment], None]
 
 
 def _quiet(_: str) -> None:
@@ -239,6 +242,11 @@ class DownResult:
     deployment: Deployment
     was_running: bool
     message: str
+    cost: Estimate | None = None  # this run's compute, when it was running
+
+
+def _no_announce(_: Deployment) -> None:
+    pass
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -269,7 +277,12 @@ def deploy(
 
 
 def start(
-    resolved: ResolvedConfig, provider: Provider, *, wait: bool = True, progress: Progress = _quiet
+    resolved: ResolvedConfig,
+    provider: Provider,
+    *,
+    wait: bool = True,
+    progress: Progress = _quiet,
+    announce: Announce = _no_announce,
 ) -> UpResult:
     name = resolved.config.name
     current = provider.status(name)
@@ -278,16 +291,26 @@ def start(
             f"there is no deployment named {name!r} on {provider.name}",
             hint="run 'ondemand deploy' first, or 'ondemand up' to deploy and start",
         )
-    return _start_and_wait(resolved, provider, current, wait=wait, progress=progress)
+    return _start_and_wait(
+        resolved, provider, current, wait=wait, progress=progress, announce=announce
+    )
 
 
-def up(resolved: ResolvedConfig, provider: Provider, *, progress: Progress = _quiet) -> UpResult:
+def up(
+    resolved: ResolvedConfig,
+    provider: Provider,
+    *,
+    progress: Progress = _quiet,
+    announce: Announce = _no_announce,
+) -> UpResult:
     """Deploy if missing (or update), start, and wait until every model is warm."""
     name = resolved.config.name
     current = provider.status(name)
     if current.status not in (Status.RUNNING, Status.STARTING, Status.PENDING):
         current = deploy(resolved, provider, keep_running=True)
-    return _start_and_wait(resolved, provider, current, wait=True, progress=progress)
+    return _start_and_wait(
+        resolved, provider, current, wait=True, progress=progress, announce=announce
+    )
 
 
 def _start_and_wait(
@@ -297,6 +320,7 @@ def _start_and_wait(
     *,
     wait: bool,
     progress: Progress,
+    announce: Announce = _no_announce,
 ) -> UpResult:
     name = resolved.config.name
     reused = current.status is Status.RUNNING
@@ -322,6 +346,8 @@ def _start_and_wait(
     for note in notes:
         progress(note)
     api_key = _api_key(resolved, provider, name)
+    if deployment.url:
+        announce(deployment)
     if not wait:
         return UpResult(deployment, deployment.url or "", api_key, reused, 0.0, 0.0, notes=notes)
     timeout = resolved.config.timeout.total_seconds()
@@ -338,6 +364,8 @@ def _start_and_wait(
         if state.url and not shown_url:
             shown_url.append(state.url)
             progress(f"url: {state.url} (waiting until it is ready)")
+            if not deployment.url:
+                announce(state)
         # Before the provider reports it running, whatever answers at the URL (a gateway's
         # 503, nothing) says nothing about the server.
         running = state.status is Status.RUNNING and state.url
@@ -455,6 +483,7 @@ def down(resolved: ResolvedConfig, provider: Provider, *, delete_after: bool = F
     was_running = before.status.billable
     if before.status is Status.ABSENT:
         return DownResult(before, False, f"nothing to stop: there is no deployment named {name!r}")
+    cost = _run_cost(resolved, provider, before) if was_running else None
     after = provider.stop(name) if was_running else before
     if after.status.billable:
         after = wait_until(
@@ -472,7 +501,16 @@ def down(resolved: ResolvedConfig, provider: Provider, *, delete_after: bool = F
     elif callable(note := getattr(provider, "stopped_note", None)):
         # Stopped is not always free (a pod's volume disk): say so where it is decided.
         message += f"; {note()}"
-    return DownResult(after, was_running, message)
+    return DownResult(after, was_running, message, cost)
+
+
+def _run_cost(resolved: ResolvedConfig, provider: Provider, deployment: Deployment) -> Estimate:
+    from ondemand.providers.costs import estimate
+
+    config = resolved.config
+    return estimate(
+        provider.name, deployment.running_since, config.gpu, config.gpu_count, config.prices
+    )
 
 
 def delete(resolved: ResolvedConfig, provider: Provider) -> DownResult:
@@ -493,12 +531,7 @@ def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:
         "created_at": deployment.created_at.isoformat() if deployment.created_at else None,
     }
     if deployment.status.billable and deployment.status is not Status.ABSENT:
-        from ondemand.providers.costs import estimate
-
-        config = resolved.config
-        cost = estimate(
-            provider.name, deployment.running_since, config.gpu, config.gpu_count, config.prices
-        )
+        cost = _run_cost(resolved, provider, deployment)
         report["running_since"] = (
             deployment.running_since.isoformat() if deployment.running_since else None
         )

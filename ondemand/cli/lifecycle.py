@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ondemand.cli.publish import announced, published_down, published_status, published_up
 from ondemand.cli.root import App, cli, json_option, pass_app
 
 if TYPE_CHECKING:
@@ -114,7 +115,9 @@ def start(app: App, no_wait: bool, timeout: str | None) -> None:
     from ondemand import lifecycle
 
     resolved, provider = _lifecycle(app, timeout=timeout)
-    result = lifecycle.start(resolved, provider, wait=not no_wait, progress=app.info)
+    result = lifecycle.start(
+        resolved, provider, wait=not no_wait, progress=app.info, announce=announced(app)
+    )
     if no_wait:
         app.emit(
             {"deployment_id": result.deployment.id, "status": result.deployment.status.value},
@@ -122,6 +125,7 @@ def start(app: App, no_wait: bool, timeout: str | None) -> None:
         )
         return
     _print_up(app, result, provider.name)
+    published_up(app, result, provider.name, resolved.config.name)
 
 
 @cli.command()
@@ -136,6 +140,7 @@ def stop(app: App, timeout: str | None) -> None:
     result = lifecycle.down(resolved, provider)
     app.emit({"status": result.deployment.status.value, "stopped": result.was_running},
              result.message)  # fmt: skip
+    published_down(app, result, provider.name, resolved.config.name)
 
 
 @cli.command()
@@ -154,8 +159,9 @@ def up(app: App, timeout: str | None, lease_ttl: str | None) -> None:
 
     resolved, provider = _lifecycle(app, timeout=timeout, lease_ttl=lease_ttl)
     app.info(f"starting {resolved.config.name} on {provider.name}...")
-    result = lifecycle.up(resolved, provider, progress=app.info)
+    result = lifecycle.up(resolved, provider, progress=app.info, announce=announced(app))
     _print_up(app, result, provider.name)
+    published_up(app, result, provider.name, resolved.config.name)
 
 
 @cli.command()
@@ -177,6 +183,7 @@ def down(app: App, lease_id: str | None, force: bool, delete_after: bool) -> Non
     result = lifecycle.down(resolved, provider, delete_after=delete_after)
     app.emit({"status": result.deployment.status.value, "stopped": result.was_running},
              result.message)  # fmt: skip
+    published_down(app, result, provider.name, resolved.config.name)
 
 
 @cli.command()
@@ -189,6 +196,7 @@ def status(app: App) -> None:
     resolved, provider = _lifecycle(app)
     report = lifecycle.status(resolved, provider)
     app.emit(report, _status_text(report))
+    published_status(app, report)
 
 
 def _status_text(report: Mapping[str, object]) -> str:
@@ -232,3 +240,4 @@ def delete(app: App, yes: bool) -> None:
     resolved, provider = _lifecycle(app)
     result = lifecycle.delete(resolved, provider)
     app.emit({"status": "absent", "was_running": result.was_running}, result.message)
+    published_down(app, result, provider.name, resolved.config.name)

@@ -158,7 +158,9 @@ class OvhProvider:
                 "OVH_AI_TOKEN is not set",
                 cause="the ovh provider manages apps through the AI API with an AI token",
                 hint="create an operator token ('ovhai token create ondemand --role operator' or "
-                "the Control Panel) and pass it as OVH_AI_TOKEN (a GitHub secret in workflows)",
+                "the Control Panel) and pass it as OVH_AI_TOKEN; in a workflow, store it as a "
+                "repository secret and give it to the action's ovh-token input "
+                "(ovh-token: ${{ secrets.OVH_AI_TOKEN }})",
             )
         return token
 

@@ -68,7 +68,9 @@ class RunpodApi:
                 "RUNPOD_API_KEY is not set",
                 cause="the RunPod providers manage endpoints and pods with an API key",
                 hint="create a key with read/write access in the RunPod console (Settings → "
-                "API Keys) and pass it as RUNPOD_API_KEY (a GitHub secret in workflows)",
+                "API Keys) and pass it as RUNPOD_API_KEY; in a workflow, store it as a repository "
+                "secret and give it to the action's runpod-api-key input "
+                "(runpod-api-key: ${{ secrets.RUNPOD_API_KEY }})",
             )
         self.key = key
         timeout = config.config.timeout.total_seconds()

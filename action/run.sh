@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The action's run step: `ondemand <command>` with the inputs it was given. Inputs arrive as
+# INPUT_* and reach the CLI under its own names only when they are not empty, so what a job
+# sets in its env (RUNPOD_API_KEY, ONDEMAND_MODELS, ...) still counts when an input is left
+# out. The CLI writes the outputs, the exported env and the job summary itself.
+set -euo pipefail
+
+ondemand="${RUNNER_TEMP:?RUNNER_TEMP is not set}/ollama-ondemand/bin/ondemand"
+commands=" up down start stop status deploy delete watchdog reap build "
+
+# Masked before anything can print them; each line of a multi-line value on its own.
+for secret in INPUT_API_KEY INPUT_ADMIN_KEY INPUT_OVH_TOKEN INPUT_RUNPOD_API_KEY INPUT_GITHUB_TOKEN; do
+  while IFS= read -r line; do
+    if [[ -n "$line" ]]; then
+      echo "::add-mask::$line"
+    fi
+  done <<<"${!secret:-}"
+done
+
+command="${INPUT_COMMAND:-}"
+if [[ -z "$command" ]]; then
+  echo "::error title=ollama-ondemand::the command input is required: one of${commands% }"
+  exit 2
+fi
+if [[ "$commands" != *" $command "* ]]; then
+  echo "::error title=ollama-ondemand::unknown command '$command': use one of${commands% }"
+  exit 2
+fi
+
+# input variable -> the CLI's variable
+pairs=(
+  INPUT_PROVIDER:ONDEMAND_PROVIDER
+  INPUT_NAME:ONDEMAND_NAME
+  INPUT_CONFIG:ONDEMAND_CONFIG
+  INPUT_MODELS:ONDEMAND_MODELS
+  INPUT_IMAGE:ONDEMAND_IMAGE
+  INPUT_GPU:ONDEMAND_GPU
+  INPUT_REGION:ONDEMAND_REGION
+  INPUT_TIMEOUT:ONDEMAND_TIMEOUT
+  INPUT_IDLE_TIMEOUT:ONDEMAND_IDLE_TIMEOUT
+  INPUT_LEASE_TTL:ONDEMAND_LEASE_TTL
+  INPUT_API_KEY:ONDEMAND_API_KEY
+  INPUT_ADMIN_KEY:ONDEMAND_ADMIN_KEY
+  INPUT_OVH_TOKEN:OVH_AI_TOKEN
+  INPUT_RUNPOD_API_KEY:RUNPOD_API_KEY
+  INPUT_GITHUB_TOKEN:ONDEMAND_GITHUB_TOKEN
+  INPUT_EXPORT_ENV:ONDEMAND_EXPORT_ENV
+)
+for pair in "${pairs[@]}"; do
+  input="${pair%%:*}"
+  target="${pair#*:}"
+  if [[ -n "${!input:-}" ]]; then
+    export "$target=${!input}"
+  fi
+  unset "$input"
+done
+unset INPUT_COMMAND
+
+exec "$ondemand" "$command"

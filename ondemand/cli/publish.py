@@ -1,0 +1,156 @@
+"""What the lifecycle commands hand to GitHub Actions: step outputs, the environment of later
+steps, and the job summary. Outside Actions all of it is a no-op.
+
+Output names are the action's (interface.md): ``url``, ``openai-url``, ``api-key``,
+``status``, ``deployment-id``, ``lease-id``, ``cost``. ``up`` writes ``deployment-id`` and
+``url`` as soon as they are known, before it waits, so a cancelled job's cleanup can still
+find what it started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ondemand.cli.root import App
+    from ondemand.lifecycle import DownResult, UpResult
+    from ondemand.providers.base import Deployment
+
+# The action's export-env input; on unless set to one of these.
+_OFF = frozenset({"false", "0", "no", "off"})
+EXPORTED = ("OLLAMA_HOST", "OPENAI_BASE_URL", "OLLAMA_API_KEY", "OPENAI_API_KEY")
+
+
+def _outputs(app: App, values: Mapping[str, str | None]) -> None:
+    for name, value in values.items():
+        app.actions.set_output(name, value or "")
+
+
+def announced(app: App) -> Callable[[Deployment], None]:
+    """The hook ``up``/``start`` call once the URL is known, before waiting."""
+
+    def announce(deployment: Deployment) -> None:
+        url = deployment.url or ""
+        _outputs(
+            app,
+            {
+                "deployment-id": deployment.id,
+                "url": url,
+                "openai-url": url + "/v1" if url else "",
+                "status": deployment.status.value,
+            },
+        )
+
+    return announce
+
+
+def export_env_enabled(env: Mapping[str, str]) -> bool:
+    return env.get("ONDEMAND_EXPORT_ENV", "true").strip().lower() not in _OFF
+
+
+def published_up(app: App, result: UpResult, provider: str, name: str) -> None:
+    """Outputs, exported environment and summary of a successful ``up`` or ``start``."""
+    if not app.actions.active:
+        return
+    if result.api_key:
+        app.actions.mask(result.api_key)
+    _outputs(
+        app,
+        {
+            "deployment-id": result.deployment.id,
+            "url": result.url,
+            "openai-url": result.openai_url,
+            "api-key": result.api_key,
+            "status": "ready",
+            "lease-id": "",
+        },
+    )
+    if export_env_enabled(app.env):
+        values = [result.url, result.openai_url, result.api_key, result.api_key]
+        for variable, value in zip(EXPORTED, values, strict=True):
+            if value:
+                app.actions.set_env(variable, value)
+    app.actions.summary(up_summary(result, provider, name))
+
+
+def up_summary(result: UpResult, provider: str, name: str) -> str:
+    from ondemand.lifecycle import describe_models
+
+    if result.reused:
+        timing = "already running (reused)"
+    else:
+        total = result.seconds_to_start + result.seconds_to_warm
+        timing = (
+            f"{total:.1f} s (provider start {result.seconds_to_start:.1f} s, "
+            f"model warm-up {result.seconds_to_warm:.1f} s)"
+        )
+    models = describe_models({"models": result.models}) or ["(none reported)"]
+    rows = [
+        ("URL", f"`{result.url}`"),
+        ("provider", provider),
+        ("models", "<br>".join(_cell(line) for line in models)),
+        ("time to ready", timing),
+    ]
+    return _table(f"ollama-ondemand: `{name}` is ready", rows)
+
+
+def published_down(app: App, result: DownResult, provider: str, name: str) -> None:
+    """Outputs and summary of ``down``, ``stop`` and ``delete``."""
+    if not app.actions.active:
+        return
+    cost = result.cost
+    amount = "" if cost is None or cost.amount is None else f"{cost.amount:.4f}"
+    _outputs(
+        app,
+        {
+            "deployment-id": result.deployment.id,
+            "status": result.deployment.status.value,
+            "cost": amount,
+        },
+    )
+    rows = [("provider", provider), ("status", result.deployment.status.value)]
+    if cost is not None:
+        rows += [("uptime", _duration(cost.seconds)), ("estimated cost", cost.describe())]
+    rows.append(("result", _cell(result.message)))
+    app.actions.summary(_table(f"ollama-ondemand: `{name}` down", rows))
+
+
+def published_status(app: App, report: Mapping[str, object]) -> None:
+    if not app.actions.active:
+        return
+    url = str(report.get("url") or "")
+    _outputs(
+        app,
+        {
+            "status": str(report["status"]),
+            "url": url,
+            "openai-url": url + "/v1" if url else "",
+        },
+    )
+    rows = [("provider", str(report["provider"])), ("status", str(report["status"]))]
+    if url:
+        rows.append(("URL", f"`{url}`"))
+    if report.get("ready") is not None:
+        rows.append(("ready", "yes" if report["ready"] else "no"))
+    cost = report.get("cost")
+    if isinstance(cost, dict):
+        rows.append(("estimated cost so far", _cell(str(cost["estimate"]))))
+    app.actions.summary(_table(f"ollama-ondemand: `{report['name']}` status", rows))
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {rest:02d}s" if hours else f"{minutes}m {rest:02d}s"
+
+
+def _cell(text: str) -> str:
+    """Markdown table cells cannot hold a pipe or a line break."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> str:
+    lines = [f"### {title}", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,188 @@
+"""action.yml run step by step as GitHub's runner runs it (tests/actionrunner.py), against
+the sandbox cloud: what a workflow gets from it (outputs, exported env, masks, summary) and
+what it says when the workflow is wrong."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import ollama
+import pytest
+
+from tests.actionrunner import ROOT, ActionRun, Runner, load_action
+from tests.cloud import FAST_APPS, StartSandbox
+
+API_KEY = "odk_action_test_user_key_0123456789"
+
+
+def _setup_python(with_: Mapping[str, str]) -> dict[str, str]:
+    # The job's own Python must stay the default: the action's venv is its own.
+    assert with_["update-environment"] == "false"
+    return {"python-path": sys.executable}
+
+
+def _installed(temp: Path) -> None:
+    """What install.sh leaves behind, made from this checkout without a package index
+    (tests never reach one): a venv whose `ondemand` is this interpreter's."""
+    venv = temp / "ollama-ondemand" / "venv"
+    (venv / "bin").mkdir(parents=True)
+    launcher = venv / "bin" / "ondemand"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ondemand "$@"\n')
+    launcher.chmod(0o755)
+    (venv / ".installed-from").write_text(f"{ROOT}@local")
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Runner:
+    temp = tmp_path / "runner-temp"
+    _installed(temp)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        # Where the job's checkout would be; no ondemand.yml in it.
+        "PWD": str(tmp_path),
+    }
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    return Runner(temp=temp, env=env, uses={"actions/setup-python": _setup_python})
+
+
+@pytest.fixture
+def sandbox_job(job: Runner, start_sandbox: StartSandbox) -> Runner:
+    running, _ = start_sandbox()
+    job.env["ONDEMAND_SANDBOX_URL"] = running.env["ONDEMAND_SANDBOX_URL"]
+    return job
+
+
+UP = {"command": "up", "provider": "sandbox", "models": "llama3.2", "timeout": "60s"}
+
+
+def _ok(run: ActionRun) -> ActionRun:
+    assert run.code == 0, run.log
+    return run
+
+
+def test_up_then_down_give_a_workflow_everything_it_needs(sandbox_job: Runner) -> None:
+    up = _ok(sandbox_job.run({**UP, "api-key": API_KEY}))
+    outputs = up.outputs
+    assert outputs["status"] == "ready"
+    assert outputs["url"].startswith("http://127.0.0.1:")
+    assert outputs["openai-url"] == outputs["url"] + "/v1"
+    assert outputs["api-key"] == API_KEY
+    assert outputs["deployment-id"]
+    # Later steps see the settings, and the official client works from them alone.
+    env = up.exported_env
+    assert env["OLLAMA_HOST"] == outputs["url"]
+    assert env["OPENAI_BASE_URL"] == outputs["openai-url"]
+    assert env["OLLAMA_API_KEY"] == env["OPENAI_API_KEY"] == API_KEY
+    headers = {"Authorization": f"Bearer {env['OLLAMA_API_KEY']}"}
+    with ollama.Client(host=env["OLLAMA_HOST"], headers=headers) as client:
+        reply = client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
+    assert reply.message.content
+    # Only `ondemand` is put on PATH, from the action's own venv.
+    [bin_dir] = up.path
+    assert sorted(p.name for p in Path(bin_dir).iterdir()) == ["ondemand"]
+    assert "| URL | `" + outputs["url"] + "` |" in up.summary
+    assert "time to ready" in up.summary
+
+    down = _ok(sandbox_job.run({"command": "down", "provider": "sandbox"}))
+    assert down.outputs["status"] == "stopped"
+    assert re.fullmatch(r"\d+\.\d{4}", down.outputs["cost"]), down.outputs
+    assert "| uptime |" in down.summary
+    assert "| estimated cost |" in down.summary
+    # The second use of the action in the job reuses the venv the first one installed.
+    assert "already installed" in down.steps[1].stdout
+
+
+def test_every_secret_is_masked_before_it_can_appear(sandbox_job: Runner) -> None:
+    up = _ok(sandbox_job.run({**UP, "api-key": API_KEY, "admin-key": "odk_admin_secret_99"}))
+    assert API_KEY in up.masks
+    assert "odk_admin_secret_99" in up.masks
+    assert sandbox_job.token in up.masks
+    first_mask = up.log.index(f"::add-mask::{API_KEY}")
+    unmasked = up.log.replace(f"::add-mask::{API_KEY}", "")
+    assert API_KEY not in unmasked[:first_mask]
+    _ok(sandbox_job.run({"command": "down", "provider": "sandbox"}))
+
+
+def test_export_env_false_leaves_the_job_env_alone(sandbox_job: Runner) -> None:
+    up = _ok(sandbox_job.run({**UP, "export-env": "false"}))
+    assert up.outputs["url"]
+    assert "OLLAMA_HOST" not in up.exported_env
+    _ok(sandbox_job.run({"command": "down", "provider": "sandbox"}))
+
+
+def test_down_with_no_up_in_the_job_finds_nothing_and_succeeds(sandbox_job: Runner) -> None:
+    down = _ok(sandbox_job.run({"command": "down", "provider": "sandbox"}))
+    assert "nothing to stop" in down.log
+
+
+def test_a_cancelled_up_has_already_written_what_cleanup_needs(
+    job: Runner, start_sandbox: StartSandbox
+) -> None:
+    # A model that takes 30 s to pull, and a timeout standing in for a cancel: up is
+    # stopped while it waits.
+    running, _ = start_sandbox(app_env={**FAST_APPS, "OLLAMA_EMULATOR_PULL_SECONDS": "30"})
+    sandbox_job = job
+    sandbox_job.env["ONDEMAND_SANDBOX_URL"] = running.env["ONDEMAND_SANDBOX_URL"]
+    up = sandbox_job.run({**UP, "models": "llama3.2,qwen3:0.6b", "timeout": "2s"})
+    assert up.code == 6, up.log
+    assert up.outputs["deployment-id"]
+    assert up.outputs["url"]
+    assert any("timed out" in line or "not ready" in line for line in up.errors()), up.log
+    down = _ok(sandbox_job.run({"command": "down", "provider": "sandbox"}))
+    assert down.outputs["status"] == "stopped"
+    assert "stopped" in down.log
+
+
+def test_a_missing_or_unknown_command_fails_with_an_annotation(job: Runner) -> None:
+    missing = job.run({})
+    assert missing.code == 2
+    assert missing.errors() == [
+        "::error title=ollama-ondemand::the command input is required: one of up down start "
+        "stop status deploy delete watchdog reap build"
+    ]
+    unknown = job.run({"command": "serve"})
+    assert unknown.code == 2
+    assert "unknown command 'serve'" in unknown.errors()[0]
+
+
+def test_a_missing_provider_secret_names_the_input_to_set(job: Runner) -> None:
+    run = job.run({"command": "status", "provider": "ovh"})
+    assert run.code == 4, run.log
+    [error] = run.errors()
+    assert "OVH_AI_TOKEN is not set" in error
+    assert "ovh-token" in error
+
+
+def test_a_provider_secret_from_the_job_env_still_counts(job: Runner) -> None:
+    # No runpod-api-key input: the job's RUNPOD_API_KEY is used, not blanked by the action.
+    job.env["RUNPOD_API_KEY"] = "rpa_from_the_job_env"
+    job.env["RUNPOD_API_URL"] = "http://127.0.0.1:9"  # nothing listens: a provider error
+    run = job.run({"command": "status", "provider": "runpod", "timeout": "2s"})
+    assert run.code != 4, run.log
+    assert "RUNPOD_API_KEY is not set" not in run.log
+
+
+def test_action_yml_declares_the_interface_and_keeps_expressions_out_of_scripts() -> None:
+    action = load_action()
+    assert set(action["inputs"]) == {
+        "command", "provider", "name", "config", "models", "image", "gpu", "region",
+        "timeout", "idle-timeout", "lease-ttl", "api-key", "admin-key", "ovh-token",
+        "runpod-api-key", "github-token", "export-env", "python-version",
+    }  # fmt: skip
+    assert action["inputs"]["command"]["required"] is True
+    assert action["inputs"]["export-env"]["default"] == "true"
+    assert set(action["outputs"]) == {
+        "url", "openai-url", "api-key", "status", "deployment-id", "lease-id", "cost",
+    }  # fmt: skip
+    for step in action["runs"]["steps"]:
+        assert "${{" not in step.get("run", "")
+        if "uses" in step:
+            # Third-party actions pinned to a full commit SHA.
+            assert re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
