@@ -46,10 +46,11 @@ pairs=(
   INPUT_GITHUB_TOKEN:ONDEMAND_GITHUB_TOKEN
   INPUT_EXPORT_ENV:ONDEMAND_EXPORT_ENV
 )
+# An empty github-token is handed over empty: it turns GitHub Deployments off quietly.
 for pair in "${pairs[@]}"; do
   input="${pair%%:*}"
   target="${pair#*:}"
-  if [[ -n "${!input:-}" ]]; then
+  if [[ -n "${!input:-}" || "$input" == INPUT_GITHUB_TOKEN ]]; then
     export "$target=${!input}"
   fi
   unset "$input"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import ollama
@@ -15,6 +15,7 @@ import pytest
 
 from tests.actionrunner import ROOT, ActionRun, Runner, load_action
 from tests.cloud import FAST_APPS, StartSandbox
+from tests.github_fake import REPOSITORY, TOKEN, FakeGitHub
 
 API_KEY = "odk_action_test_user_key_0123456789"
 
@@ -186,3 +187,60 @@ def test_action_yml_declares_the_interface_and_keeps_expressions_out_of_scripts(
         if "uses" in step:
             # Third-party actions pinned to a full commit SHA.
             assert re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
+
+
+# -- GitHub Deployments, against a fake GitHub REST API on loopback ----------------------
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub() as fake:
+        yield fake
+
+
+def _in_repository(job: Runner, github: FakeGitHub) -> Runner:
+    job.token = TOKEN
+    job.env |= {
+        "GITHUB_REPOSITORY": REPOSITORY,
+        "GITHUB_SHA": "0123456789abcdef0123456789abcdef01234567",
+        "GITHUB_API_URL": github.url,
+        "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_RUN_ID": "42",
+    }
+    return job
+
+
+def test_up_and_down_track_a_github_deployment(sandbox_job: Runner, github: FakeGitHub) -> None:
+    job = _in_repository(sandbox_job, github)
+    up = _ok(job.run(UP))
+    [deployment] = github.deployments
+    assert deployment["environment"] == "ollama-ollama-ondemand"
+    assert github.states(deployment["id"]) == ["success", "in_progress"]
+    [success] = [s for s in github.statuses[deployment["id"]] if s["state"] == "success"]
+    assert success["environment_url"] == up.outputs["url"]
+    assert "::warning" not in up.log
+
+    down = _ok(job.run({"command": "down", "provider": "sandbox"}))
+    assert github.states(deployment["id"])[0] == "inactive"
+    assert "::warning" not in down.log
+
+
+def test_a_token_without_deployments_write_warns_once_and_up_succeeds(
+    sandbox_job: Runner, github: FakeGitHub
+) -> None:
+    github.deny_deployments = True
+    up = _ok(_in_repository(sandbox_job, github).run(UP))
+    warnings = [line for line in up.log.splitlines() if line.startswith("::warning")]
+    assert len(warnings) == 1, warnings
+    assert "deployments: write" in warnings[0]
+    assert TOKEN not in warnings[0]
+    _ok(sandbox_job.run({"command": "down", "provider": "sandbox"}))
+
+
+def test_an_empty_github_token_turns_deployments_off_quietly(
+    sandbox_job: Runner, github: FakeGitHub
+) -> None:
+    up = _ok(_in_repository(sandbox_job, github).run({**UP, "github-token": ""}))
+    assert github.calls == []
+    assert "::warning" not in up.log
+    _ok(sandbox_job.run({"command": "down", "provider": "sandbox", "github-token": ""}))

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ondemand.cli.publish import announced, published_down, published_status, published_up
+from ondemand.cli.publish import (
+    announced,
+    github_deployments,
+    published_down,
+    published_status,
+    published_up,
+)
 from ondemand.cli.root import App, cli, json_option, pass_app
 
 if TYPE_CHECKING:
@@ -141,6 +147,8 @@ def stop(app: App, timeout: str | None) -> None:
     app.emit({"status": result.deployment.status.value, "stopped": result.was_running},
              result.message)  # fmt: skip
     published_down(app, result, provider.name, resolved.config.name)
+    if (github := github_deployments(app, resolved, provider.name)) is not None:
+        github.stopped(result.message)
 
 
 @cli.command()
@@ -158,10 +166,21 @@ def up(app: App, timeout: str | None, lease_ttl: str | None) -> None:
     from ondemand import lifecycle
 
     resolved, provider = _lifecycle(app, timeout=timeout, lease_ttl=lease_ttl)
-    app.info(f"starting {resolved.config.name} on {provider.name}...")
-    result = lifecycle.up(resolved, provider, progress=app.info, announce=announced(app))
+    name = resolved.config.name
+    app.info(f"starting {name} on {provider.name}...")
+    github = github_deployments(app, resolved, provider.name)
+    if github:
+        github.started(f"starting {name} on {provider.name}")
+    try:
+        result = lifecycle.up(resolved, provider, progress=app.info, announce=announced(app))
+    except Exception as exc:
+        if github:
+            github.failed(f"{name} did not become ready: {exc}")
+        raise
+    if github:
+        github.ready(result.url, f"{name} is ready on {provider.name}")
     _print_up(app, result, provider.name)
-    published_up(app, result, provider.name, resolved.config.name)
+    published_up(app, result, provider.name, name)
 
 
 @cli.command()
@@ -184,6 +203,8 @@ def down(app: App, lease_id: str | None, force: bool, delete_after: bool) -> Non
     app.emit({"status": result.deployment.status.value, "stopped": result.was_running},
              result.message)  # fmt: skip
     published_down(app, result, provider.name, resolved.config.name)
+    if (github := github_deployments(app, resolved, provider.name)) is not None:
+        github.stopped(result.message)
 
 
 @cli.command()
@@ -241,3 +262,5 @@ def delete(app: App, yes: bool) -> None:
     result = lifecycle.delete(resolved, provider)
     app.emit({"status": "absent", "was_running": result.was_running}, result.message)
     published_down(app, result, provider.name, resolved.config.name)
+    if (github := github_deployments(app, resolved, provider.name)) is not None:
+        github.stopped(result.message)

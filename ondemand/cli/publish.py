@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ondemand.cli.root import App
+    from ondemand.config import ResolvedConfig
+    from ondemand.deployments import GithubDeployments
     from ondemand.lifecycle import DownResult, UpResult
     from ondemand.providers.base import Deployment
 
@@ -154,3 +156,23 @@ def _table(title: str, rows: list[tuple[str, str]]) -> str:
     lines = [f"### {title}", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in rows]
     return "\n".join(lines) + "\n"
+
+
+def github_deployments(
+    app: App, resolved: ResolvedConfig, provider: str
+) -> GithubDeployments | None:
+    """The GitHub Deployment of ``ollama-<name>`` for this command, when in Actions.
+
+    An explicitly empty ``ONDEMAND_GITHUB_TOKEN`` (the action's ``github-token: ''``) turns
+    Deployments off without a warning; no token at all warns once.
+    """
+    from ondemand.deployments import GithubDeployments
+
+    if app.env.get("ONDEMAND_GITHUB_TOKEN", None) == "":
+        token: str | None = ""
+    else:
+        secret = resolved.secrets.github_token
+        token = secret.get_secret_value() if secret is not None else None
+    return GithubDeployments.from_env(
+        app.env, token, resolved.config.name, app.actions.warning, provider=provider
+    )
