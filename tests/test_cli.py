@@ -17,7 +17,7 @@ INTERFACE_COMMANDS = {
     "init", "build", "deploy", "start", "stop", "up", "down", "status", "delete",
     "watchdog", "reap", "serve", "proxy", "keys", "sandbox",
 }  # fmt: skip
-LATER = ["init", "watchdog", "reap"]
+LATER = ["watchdog", "reap"]
 
 
 @pytest.fixture(autouse=True)
@@ -133,9 +133,9 @@ def test_errors_become_annotations_in_actions(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
-    code, out, _ = run(["init"], capsys)
+    code, out, _ = run(["watchdog"], capsys)
     assert code == 2
-    assert "::error title=not available::'ondemand init' is not available yet" in out
+    assert "::error title=not available::'ondemand watchdog' is not available yet" in out
 
 
 def test_unexpected_errors_are_short_unless_debug(

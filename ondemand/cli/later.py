@@ -10,16 +10,6 @@ from ondemand.cli.root import cli, later
 
 
 @cli.command()
-@click.option("--dry-run", is_flag=True, help="Show what would change, write nothing.")
-def init(**_options: object) -> None:
-    """Write ondemand.yml and the GitHub workflows (nightly stop, manual control) into a repo.
-
-    Re-running updates the files in place and keeps your comments and edits.
-    """
-    later("init")
-
-
-@cli.command()
 @click.option("--idle", help="Stop after this long without requests, e.g. 30m.")
 @click.option("--max-lifetime", help="Stop deployments older than this, e.g. 8h.")
 @click.option("--once", is_flag=True, help="Check once and exit (for cron).")
