@@ -334,6 +334,9 @@ def test_a_crash_loop_exits_9_pointing_at_the_worker_logs(
     cloud: Cloud, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cloud.faults(crash=10)
+    # The gateway holds each /ping until its wait for a worker ends (`--no-worker-wait`):
+    # shorter here, so the three sightings a crash loop takes come sooner.
+    cloud.running.sandbox.runpod.engine.no_worker_wait = 1.0
     code, _, err = run(["up", "--timeout", "20s"], capsys)
     assert code == 9, err
     assert "crash" in err
