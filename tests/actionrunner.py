@@ -25,6 +25,7 @@ _EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 _HEREDOC = re.compile(r"^([^=<\n]+)<<(.+)$")
 
 UsesStub = Callable[[Mapping[str, str]], dict[str, str]]
+GITHUB_CONTEXT = {"run_id": "42", "ref": "refs/heads/main"}
 
 
 def scalar(value: object) -> str:
@@ -99,6 +100,8 @@ class Runner:
     env: dict[str, str]
     uses: dict[str, UsesStub]
     token: str = "ghs_fake_job_token_0123456789"
+    # The github context beyond the token, for workflow expressions (run_id, ref, ...).
+    github: dict[str, str] = field(default_factory=lambda: dict(GITHUB_CONTEXT))
     exported: dict[str, str] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
 
@@ -204,6 +207,61 @@ class Runner:
                 return str(ROOT)
             if expression == "runner.temp":
                 return str(self.temp)
+            if parts[0] == "github" and len(parts) == 2 and parts[1] in self.github:
+                return self.github[parts[1]]
             raise AssertionError(f"this runner does not evaluate ${{{{ {expression} }}}}")
 
         return _EXPR.sub(one, text)
+
+
+@dataclass
+class JobRun:
+    steps: list[tuple[str, str]]  # (name, "success" | "failure" | "skipped")
+    log: str
+
+    @property
+    def succeeded(self) -> bool:
+        return all(result != "failure" for _, result in self.steps)
+
+
+def run_workflow_job(
+    runner: Runner, workflow: Path, job: str, replace: Mapping[str, str] | None = None
+) -> JobRun:
+    """Run one job of a workflow: ``run:`` steps in bash, ``uses: ./`` as this action (with
+    its ``with:`` as inputs), other ``uses:`` through the runner's stubs. ``replace`` gives a
+    step (by name) another script, for what a test cannot do here (install from an index).
+    ``if:`` may be ``always()``, ``failure()`` or ``success()``, as in this repository."""
+    data: dict[str, Any] = YAML(typ="safe").load(workflow.read_text())
+    steps_outputs: dict[str, dict[str, str]] = {}
+    context: dict[str, Any] = {"inputs": {}, "steps": steps_outputs}
+    results: list[tuple[str, str]] = []
+    log: list[str] = []
+    failed = False
+    for step in data["jobs"][job]["steps"]:
+        name = runner._evaluate(str(step.get("name", step.get("uses", ""))), context)
+        condition = str(step.get("if", "success()")).strip()
+        wanted = {"always()": True, "failure()": failed, "success()": not failed}[condition]
+        if not wanted:
+            results.append((name, "skipped"))
+            continue
+        outputs: dict[str, str] = {}
+        if step.get("uses") == "./":
+            with_ = {k: runner._evaluate(scalar(v), context) for k, v in step["with"].items()}
+            action = runner.run(with_)
+            log.append(action.log)
+            outputs, ok = action.outputs, action.code == 0
+        elif "uses" in step:
+            stub = runner.uses[str(step["uses"]).split("@")[0]]
+            outputs, ok = stub({k: scalar(v) for k, v in step.get("with", {}).items()}), True
+        else:
+            raw_env: dict[str, object] = step.get("env", {})
+            env = {k: runner._evaluate(scalar(v), context) for k, v in raw_env.items()}
+            script = (replace or {}).get(name, str(step["run"]))
+            result, outputs = runner._run_script(name, script, env)
+            log.append(result.stdout + result.stderr)
+            ok = result.code == 0
+        if "id" in step:
+            steps_outputs[str(step["id"])] = outputs
+        results.append((name, "success" if ok else "failure"))
+        failed = failed or not ok
+    return JobRun(results, "".join(log))

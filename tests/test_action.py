@@ -13,7 +13,7 @@ from pathlib import Path
 import ollama
 import pytest
 
-from tests.actionrunner import ROOT, ActionRun, Runner, load_action
+from tests.actionrunner import ROOT, ActionRun, Runner, load_action, run_workflow_job
 from tests.cloud import FAST_APPS, StartSandbox
 from tests.github_fake import REPOSITORY, TOKEN, FakeGitHub
 
@@ -244,3 +244,33 @@ def test_an_empty_github_token_turns_deployments_off_quietly(
     assert github.calls == []
     assert "::warning" not in up.log
     _ok(sandbox_job.run({"command": "down", "provider": "sandbox", "github-token": ""}))
+
+
+# -- this repository's selftest workflow --------------------------------------------------
+
+
+def test_the_selftest_workflow_passes(sandbox_job: Runner) -> None:
+    # setup-python puts `python` on PATH for the job's scripts.
+    sandbox_job.env["PATH"] = f"{Path(sys.executable).parent}:{sandbox_job.env['PATH']}"
+    sandbox_job.uses["actions/checkout"] = lambda _: {}
+    # Both the workflow's own setup-python and the action's run through this stub.
+    sandbox_job.uses["actions/setup-python"] = lambda _: {"python-path": sys.executable}
+    # The sandbox already runs (the fixture); installing it from an index is not done here.
+    started = 'echo "ONDEMAND_SANDBOX_URL=$ONDEMAND_SANDBOX_URL" >>"$GITHUB_ENV"'
+    job = run_workflow_job(
+        sandbox_job,
+        ROOT / ".github" / "workflows" / "selftest.yml",
+        "action",
+        replace={"Start the sandbox cloud": started},
+    )
+    assert job.succeeded, job.log
+    assert job.steps == [
+        ("actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683", "success"),
+        ("actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065", "success"),
+        ("Start the sandbox cloud", "success"),
+        ("ondemand up", "success"),
+        ("Chat through the exported env, check the outputs", "success"),
+        ("ondemand down", "success"),
+        ("Check that it stopped", "success"),
+        ("Sandbox log", "skipped"),
+    ]
