@@ -32,10 +32,10 @@ class Activity:
             "inflight": inflight,
             "requests": self.total,
             "uptime_seconds": round(now - self.started_at, 3),
-            "last_request_at": None if last is None else _iso(last),
+            "last_request_at": None if last is None else iso_utc(last),
             "idle_seconds": None if last is None or inflight else round(now - last, 3),
         }
 
 
-def _iso(ts: float) -> str:
+def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

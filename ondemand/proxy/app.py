@@ -19,6 +19,8 @@ from ondemand.proxy.activity import Activity
 from ondemand.proxy.auth import AuthFailure, Identity, KeyStore, keystore_from_env
 from ondemand.proxy.context import RequestContext
 from ondemand.proxy.exchange import Exchange
+from ondemand.proxy.lease_routes import lease_route
+from ondemand.proxy.leases import LeaseBook
 from ondemand.proxy.limits import Limits
 from ondemand.proxy.metrics import CONTENT_TYPE, Metrics
 from ondemand.proxy.responses import family_of, send_error
@@ -88,6 +90,7 @@ class ProxyApp:
             settings.upstream, connect_timeout=settings.connect_timeout
         )
         self.activity = Activity()
+        self.leases = LeaseBook()
         self.limits = Limits(settings.max_inflight)
         self.ledger = Ledger()
         self.metrics = Metrics(
@@ -204,7 +207,7 @@ class ProxyApp:
             await send_error(send, family, 400, f"malformed request path: {exc}")
             return
         if route is None:
-            await self._local_route(scope, send, identity, raw_path, family)
+            await self._local_route(scope, receive, send, identity, raw_path, family)
             return
         if route.access is Access.ADMIN and not identity.admin:
             await send_error(
@@ -231,11 +234,22 @@ class ProxyApp:
     # -- local routes -------------------------------------------------------------------
 
     async def _local_route(
-        self, scope: Scope, send: Send, identity: Identity, raw_path: bytes, family: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        identity: Identity,
+        raw_path: bytes,
+        family: str,
     ) -> None:
         method = scope["method"]
         if raw_path == b"/ondemand/status" and method in ("GET", "HEAD"):
             await send_json(send, 200, await self._status(identity))
+        elif raw_path == b"/ondemand/leases" or raw_path.startswith(b"/ondemand/leases/"):
+            if not identity.admin:
+                await send_error(send, family, 403, "/ondemand/leases needs an admin key")
+                return
+            await lease_route(self.leases, method, raw_path.decode(), receive, send)
         elif raw_path == b"/metrics" and method in ("GET", "HEAD"):
             if not identity.admin:
                 await send_error(send, family, 403, "/metrics needs an admin key")
@@ -253,6 +267,7 @@ class ProxyApp:
             "key": identity.name,
             "admin": identity.admin,
             **self.activity.snapshot(self.limits.inflight),
+            "leases": {"live": len(self.leases.live())},
             "usage": self.ledger.view(None if identity.admin else identity.name),
         }
         if identity.admin:
@@ -264,6 +279,7 @@ class ProxyApp:
                     for e in self.keys.entries
                 },
             }  # fmt: skip
+            status["leases"] = {"live": len(self.leases.live()), "held": self.leases.view()}
             if self.webhook is not None:
                 status["webhook"] = self.webhook.stats()
         if self.status_extra is not None:
