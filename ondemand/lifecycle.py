@@ -486,21 +486,36 @@ def down(resolved: ResolvedConfig, provider: Provider, *, delete_after: bool = F
     cost = _run_cost(resolved, provider, before) if was_running else None
     after = provider.stop(name) if was_running else before
     if after.status.billable:
-        after = wait_until(
-            lambda: provider.status(name),
-            lambda d: not d.status.billable,
-            timeout=resolved.config.timeout.total_seconds(),
-            what=f"{name} to stop",
-        )
+        timeout = resolved.config.timeout.total_seconds()
+        try:
+            after = wait_until(
+                lambda: provider.status(name),
+                lambda d: not d.status.billable,
+                timeout=timeout,
+                what=f"{name} to stop",
+            )
+        except ReadyTimeoutError as exc:
+            # Not a wait for readiness: compute that does not stop is a provider problem,
+            # and it may still be billing.
+            last = provider.status(name)
+            raise ProviderError(
+                f"{name} did not stop: {provider.name} still reports it "
+                f"{last.vendor_state or last.status.value} after {timeout:g}s",
+                cause="the provider accepted the stop but has not finished it; until it does "
+                "the compute may still bill",
+                hint="run 'ondemand down' again (it is safe to repeat), or check the "
+                "deployment in the provider's console",
+            ) from exc
     if delete_after:
         provider.delete(name)
         after = dataclasses.replace(after, status=Status.ABSENT)
     message = f"stopped {name}" if was_running else f"{name} was already stopped"
     if delete_after:
         message += "; deployment deleted (the model cache is kept)"
-    elif callable(note := getattr(provider, "stopped_note", None)):
-        # Stopped is not always free (a pod's volume disk): say so where it is decided.
-        message += f"; {note()}"
+    elif callable(note := getattr(provider, "stopped_note", None)) and (text := note()):
+        # Stopped is not always free (a pod's disk, the model cache): say so where it is
+        # decided.
+        message += f"; {text}"
     return DownResult(after, was_running, message, cost)
 
 

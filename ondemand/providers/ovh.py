@@ -313,6 +313,18 @@ class OvhProvider:
         self._call("start the app", self.client.start_app, app["id"])
         return self.status(deployment_id)
 
+    def stopped_note(self) -> str:
+        """What still bills once the app is stopped (the bucket holding the models); empty
+        when nothing does."""
+        volume = self.config.volume
+        if not volume:
+            return ""
+        bucket = volume.split("@", 1)[0]
+        return (
+            f"the Object Storage bucket {bucket} keeps the model cache and bills per GB "
+            "stored until you empty it"
+        )
+
     def stop(self, deployment_id: str) -> Deployment:
         app = self._find_app(deployment_id)
         if app is None or _state(app) not in ACTIVE:

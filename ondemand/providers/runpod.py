@@ -34,6 +34,8 @@ log = logging.getLogger("ondemand.providers.runpod")
 
 VOLUME_MOUNT = "/runpod-volume"
 MODELS_DIR = f"{VOLUME_MOUNT}/ollama-models"
+# RunPod's list price for network volume storage under 1 TB, USD per GB per month.
+NETWORK_VOLUME_MONTHLY_PER_GB = 0.07
 # Polls that saw a crashed worker, none ready since, before 'up' calls it a crash loop.
 CRASH_POLLS = 3
 
@@ -182,6 +184,19 @@ class RunpodProvider:
         started = self.status(deployment_id)
         allowed = f"workers allowed (min {wanted['min']}, max {wanted['max']})"
         return replace(started, detail=allowed)
+
+    def stopped_note(self) -> str:
+        """What still bills once no worker runs (the network volume holding the models);
+        empty when nothing does."""
+        volume = self.config.runpod.network_volume
+        if not volume:
+            return ""
+        size = self.config.runpod.network_volume_size
+        return (
+            f"the network volume {volume} ({size} GB) keeps the model cache and bills about "
+            f"${size * NETWORK_VOLUME_MONTHLY_PER_GB:.2f}/month until you delete it in RunPod's "
+            "console"
+        )
 
     def stop(self, deployment_id: str) -> Deployment:
         endpoint = self._find(deployment_id)

@@ -91,7 +91,7 @@ class RunpodPodProvider:
             f"a stopped pod still bills its {size} GB volume disk (about "
             f"${size * 0.20:.2f}/month); 'ondemand down --delete' removes it"
             if size
-            else "stopped: nothing bills"
+            else ""
         )
 
     # -- the Provider contract -----------------------------------------------------------------

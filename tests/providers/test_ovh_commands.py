@@ -238,3 +238,26 @@ def test_the_sandbox_provider_needs_no_credentials(
     assert _app(api)["spec"]["image"] == "ollama-ondemand:sandbox"
     assert httpx.get(printed["OLLAMA_HOST"] + "/ping", timeout=5).status_code == 200
     assert run(["--provider", "sandbox", "down"], capsys)[0] == 0
+
+
+def test_a_stop_that_does_not_finish_exits_3_saying_it_may_still_bill(
+    sandbox: tuple[SandboxServer, Ovh],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running, api = sandbox
+    _up(capsys)
+    slow = {"ovh": {"slow": {"seconds": {"STOPPING": 4}}}}
+    httpx.post(f"{running.url}/_sandbox/faults", json=slow)
+    code, _, err = run(["stop", "--timeout", "1s"], capsys)
+    assert code == 3, err
+    assert "did not stop: ovh still reports it STOPPING after 1s" in err
+    assert "may still bill" in err
+    assert "'ondemand down' again" in err
+    # Repeating it, once the platform has finished, succeeds.
+    httpx.delete(f"{running.url}/_sandbox/faults")
+    monkeypatch.setenv("ONDEMAND_TIMEOUT", "60s")
+    api.wait(_app(api)["id"], "STOPPED", timeout=20)
+    code, out, err = run(["down"], capsys)
+    assert code == 0, err
+    assert "already stopped" in out
