@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +31,10 @@ from pathlib import Path
 
 import httpx
 
+# Run as a script: the repository root makes the sibling benchmark importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.lifecycle import lag_once
 from ondemand.sandbox.background import background_sandbox
 
 CLI = [sys.executable, "-m", "ondemand"]
@@ -76,31 +79,6 @@ def endpoint(env: dict[str, str]) -> dict[str, object]:
     return found
 
 
-def lag_once(env: dict[str, str], ready: Callable[[], bool]) -> float:
-    """Seconds from the first moment ``ready()`` holds to `ondemand up` returning."""
-    first: list[float] = []
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set() and not first:
-            try:
-                if ready():
-                    first.append(time.perf_counter())
-            except (httpx.HTTPError, KeyError, StopIteration, ValueError):
-                pass
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    cli(env, "up")
-    returned = time.perf_counter()
-    done.set()
-    watcher.join()
-    if not first:
-        raise RuntimeError("the watcher never saw the deployment ready")
-    return returned - first[0]
-
-
 def runpod_ready(env: dict[str, str]) -> Callable[[], bool]:
     def ready() -> bool:
         found = endpoint(env)
@@ -110,19 +88,6 @@ def runpod_ready(env: dict[str, str]) -> Callable[[], bool]:
             timeout=2,
         ).json()
         return int(health["workers"]["ready"]) >= 1
-
-    return ready
-
-
-def ovh_ready(env: dict[str, str]) -> Callable[[], bool]:
-    def ready() -> bool:
-        apps = httpx.get(
-            env["ONDEMAND_SANDBOX_URL"] + "/ovh/v1/app",
-            headers={"Authorization": "Bearer sandbox-operator"},
-            timeout=2,
-        ).json()["items"]
-        url = next(a["status"]["url"] for a in apps if a["spec"]["name"] == env["ONDEMAND_NAME"])
-        return httpx.get(url + "/ping", timeout=1).status_code == 200
 
     return ready
 
@@ -174,7 +139,7 @@ def main() -> None:
         for _ in range(rounds):
             lags["runpod"].append(lag_once(runpod, runpod_ready(runpod)))
             cli(runpod, "down")
-            lags["ovh"].append(lag_once(ovh, ovh_ready(ovh)))
+            lags["ovh"].append(lag_once(ovh))
             cli(ovh, "down")
         key = json.loads(cli(runpod, "--json", "up"))["api_key"]
         scaled = [scale_up(runpod, key) for _ in range(rounds)]

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -278,3 +278,14 @@ def _command_line(pid: int) -> list[str]:
         check=False,
     )  # fmt: skip
     return shown.stdout.split()
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[object] | None]) -> None:
+    """Cancel the emulator's background tasks and wait until each has ended, whatever it
+    raised on the way out: shutting down must not stop at the first task that fails."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

@@ -7,7 +7,6 @@ sandbox finds its apps; those that were up are queued again and walk back to RUN
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import uuid
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ondemand.processes import free_port
-from ondemand.sandbox.apps import AppRunner, log_tail, reap_orphan
+from ondemand.sandbox.apps import AppRunner, cancel_and_wait, log_tail, reap_orphan
 from ondemand.sandbox.faults import FaultSet
 from ondemand.sandbox.ovh import validate
 from ondemand.sandbox.ovh.edits import apply_update, models_dir
@@ -115,12 +114,7 @@ class OvhEngine(Machine):
         if self.closed:
             return
         self.closed = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._tasks.values()))
         self._tasks.clear()
         await self.runner.stop_all()
         for record in self.apps.values():

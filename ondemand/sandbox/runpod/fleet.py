@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 
 from ondemand.processes import free_port
-from ondemand.sandbox.apps import AppProcess, AppRunner, log_tail
+from ondemand.sandbox.apps import AppProcess, AppRunner, cancel_and_wait, log_tail
 from ondemand.sandbox.faults import FaultSet
 from ondemand.sandbox.runpod import catalog
 from ondemand.sandbox.runpod.model import (
@@ -139,12 +139,7 @@ class Fleet:
 
     async def aclose(self) -> None:
         self.closed = True
-        tasks = [t for t in (self._ticker, *self._tasks.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([self._ticker, *self._tasks.values()])
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
         keys = [w.key for group in self.workers.values() for w in group.values()]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ondemand.processes import port_free
-from ondemand.sandbox.apps import AppProcess, AppRunner, log_tail
+from ondemand.sandbox.apps import AppProcess, AppRunner, cancel_and_wait, log_tail
 from ondemand.sandbox.faults import FaultSet
 from ondemand.sandbox.runpod.model import (
     ERROR,
@@ -100,12 +100,7 @@ class PodLife:
 
     async def aclose(self) -> None:
         self.closed = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._tasks.values()))
         await asyncio.gather(
             *(self.runner.stop(pod.key) for pod in self.pods.values()), return_exceptions=True
         )
