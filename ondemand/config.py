@@ -158,6 +158,9 @@ class Config(Model):
     idle_timeout: Duration = timedelta(minutes=30)
     lease_ttl: Duration = timedelta(hours=3)
     max_lifetime: Duration = timedelta(hours=8)
+    # 'up' hands out a key of its own, valid only while its lease lives, instead of the
+    # deployment's key (docs/safety.md).
+    run_key: bool = True
     keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
     max_keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
     require_gpu: bool = False

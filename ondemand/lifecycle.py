@@ -19,6 +19,7 @@ from ondemand.errors import (
     ReadyTimeoutError,
     UnhealthyError,
 )
+from ondemand.leasing import Restart
 from ondemand.providers.base import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
@@ -32,7 +33,10 @@ from ondemand.providers.base import (
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
+    from ondemand.leasing import Lease, LeaseTaker
     from ondemand.providers.costs import Estimate
+
+MAX_RESTARTS = 5  # times 'up' starts again a server stopped under it before giving up
 
 Progress = Callable[[str], None]
 # Told the deployment as soon as its URL is known, before any wait (Actions outputs).
@@ -90,13 +94,20 @@ def _secret(resolved: ResolvedConfig, name: str) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
+def _stored(provider: Provider, name: str, env_name: str) -> str | None:
+    stored = getattr(provider, "stored_secret", None)
+    value = stored(name, env_name) if callable(stored) else None
+    return value if isinstance(value, str) and value else None
+
+
 def _api_key(resolved: ResolvedConfig, provider: Provider, name: str) -> str | None:
     """The user key: ONDEMAND_API_KEY, else the one the deployment was made with."""
-    key = _secret(resolved, "api_key")
-    if key:
-        return key
-    stored = getattr(provider, "stored_api_key", None)
-    return stored(name) if callable(stored) else None
+    return _secret(resolved, "api_key") or _stored(provider, name, "AUTHORIZATION_APIKEY")
+
+
+def admin_key(resolved: ResolvedConfig, provider: Provider, name: str) -> str | None:
+    """The admin key (leases, draining): ONDEMAND_ADMIN_KEY, else the deployment's own."""
+    return _secret(resolved, "admin_key") or _stored(provider, name, "ONDEMAND_ADMIN_KEY")
 
 
 # -- readiness -----------------------------------------------------------------------
@@ -231,6 +242,8 @@ class UpResult:
     seconds_to_warm: float
     models: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lease: Lease | None = None
+    lease_problem: str | None = None  # why no lease was taken
 
     @property
     def openai_url(self) -> str:
@@ -242,7 +255,11 @@ class DownResult:
     deployment: Deployment
     was_running: bool
     message: str
-    cost: Estimate | None = None  # this run's compute, when it was running
+    cost: Estimate | None = None  # the deployment's compute since it started, when stopped
+    kept: bool = False  # still running: other leases, requests in flight, or no answer
+    share: Estimate | None = None  # this run's share: how long its lease was held
+    released: list[dict[str, Any]] = field(default_factory=list)
+    holders: list[str] = field(default_factory=list)  # the leases that kept it running
 
 
 def _no_announce(_: Deployment) -> None:
@@ -265,7 +282,10 @@ def deploy(
 
     name = resolved.config.name
     api_key = _api_key(resolved, provider, name) or mint(name).key
-    deployed = provider.deploy(build_spec(resolved, api_key, _secret(resolved, "admin_key")))
+    # Every deployment gets an admin key, so 'up' and 'down' can always take and release
+    # leases; it stays with the deployment, like the user key.
+    admin = admin_key(resolved, provider, name) or mint(admin=True).key
+    deployed = provider.deploy(build_spec(resolved, api_key, admin))
     if (
         not keep_running
         and deployed.detail in ("created", "recreated")
@@ -302,15 +322,54 @@ def up(
     *,
     progress: Progress = _quiet,
     announce: Announce = _no_announce,
+    lease: bool = True,
+    holder: str | None = None,
 ) -> UpResult:
-    """Deploy if missing (or update), start, and wait until every model is warm."""
-    name = resolved.config.name
-    current = provider.status(name)
-    if current.status not in (Status.RUNNING, Status.STARTING, Status.PENDING):
-        current = deploy(resolved, provider, keep_running=True)
-    return _start_and_wait(
-        resolved, provider, current, wait=True, progress=progress, announce=announce
-    )
+    """Deploy if missing (or update), start, take a lease, and wait until every model is
+    warm. A server stopped under it (another job's cleanup) is started again."""
+    from ondemand.leasing import LeaseTaker
+    from ondemand.serverapi import holder_name
+
+    config = resolved.config
+    name = config.name
+    deadline = time.monotonic() + config.timeout.total_seconds()
+    taker: LeaseTaker | None = None
+    if lease:
+        taker = LeaseTaker(
+            holder or holder_name({}),
+            config.lease_ttl.total_seconds(),
+            gateway_headers(provider),
+            run_key=config.run_key,
+            models=list(config.models) or None,
+        )
+    restarts = 0
+    while True:
+        current = provider.status(name)
+        if current.status not in (Status.RUNNING, Status.STARTING, Status.PENDING):
+            current = deploy(resolved, provider, keep_running=True)
+        if taker is not None and taker.admin_key is None:
+            taker.use_admin_key(admin_key(resolved, provider, name))
+        try:
+            result = _start_and_wait(
+                resolved, provider, current, wait=True, progress=progress, announce=announce,
+                deadline=deadline, taker=taker,
+            )  # fmt: skip
+        except Restart as why:
+            restarts += 1
+            if restarts > MAX_RESTARTS or time.monotonic() >= deadline:
+                raise ProviderError(
+                    f"{name} was stopped {restarts} times while starting: {why}",
+                    cause="other jobs' cleanups or a watchdog keep stopping it",
+                    hint="check which workflows run 'ondemand down --force' or 'stop'",
+                ) from why
+            progress(f"{name}: {why}; starting it again once it has stopped")
+            time.sleep(0.5)
+            continue
+        if taker is not None:
+            result.lease, result.lease_problem = taker.lease, taker.problem
+            if taker.lease is not None and taker.lease.key:
+                result.api_key = taker.lease.key
+        return result
 
 
 def _start_and_wait(
@@ -321,24 +380,31 @@ def _start_and_wait(
     wait: bool,
     progress: Progress,
     announce: Announce = _no_announce,
+    deadline: float | None = None,
+    taker: LeaseTaker | None = None,
 ) -> UpResult:
     name = resolved.config.name
     reused = current.status is Status.RUNNING
     began = time.monotonic()
+    if deadline is None:
+        deadline = began + resolved.config.timeout.total_seconds()
     if current.status is Status.STOPPING:
         # A start is refused until the stop has finished (a 'down' a moment ago).
         progress(f"{name} is still stopping; starting it once it has stopped")
-        wait_until(
+        current = wait_until(
             lambda: provider.status(name),
             lambda d: d.status is not Status.STOPPING,
-            timeout=resolved.config.timeout.total_seconds(),
+            timeout=max(0.0, deadline - time.monotonic()),
             what=f"{name} to finish stopping",
             interval=0.2,
             max_interval=1.0,
         )
     if reused:
         progress(f"{name} is already running on {provider.name}")
-    deployment = current if reused else provider.start(name)
+    # Already on its way up (a cloud that starts what it creates, another job's start):
+    # starting again could only restart a failure this wait should report.
+    on_its_way = current.status in (Status.PENDING, Status.STARTING, Status.RUNNING)
+    deployment = current if on_its_way else _start_once(provider, name)
     # The provider's remarks about a running deployment (e.g. the emulator in use); its
     # state messages on the way there are part of the progress lines below.
     running = deployment.status is Status.RUNNING
@@ -350,15 +416,20 @@ def _start_and_wait(
         announce(deployment)
     if not wait:
         return UpResult(deployment, deployment.url or "", api_key, reused, 0.0, 0.0, notes=notes)
-    timeout = resolved.config.timeout.total_seconds()
+    timeout = max(0.0, deadline - time.monotonic())
     reporter = _Reporter(progress)
     front_door = gateway_headers(provider)
     check = getattr(provider, "readiness_problem", None)
     started_at: list[float] = []
     shown_url: list[str] = []
+    seen_alive: list[bool] = []
 
     def probe() -> Waiting:
         state = provider.status(name)
+        if state.status in (Status.PENDING, Status.STARTING, Status.RUNNING):
+            seen_alive.append(True)
+        if taker is not None and _stopped_under_us(provider, state, taker, bool(seen_alive)):
+            raise Restart(f"it went {state.vendor_state or state.status.value} while starting")
         if state.status in (Status.STOPPED, Status.FAILED, Status.ABSENT):
             raise _server_died(provider, state)
         if state.url and not shown_url:
@@ -381,12 +452,19 @@ def _start_and_wait(
             started_at.append(time.monotonic())
         if ready.failed:
             raise _unhealthy(name, ready)
+        if taker is not None and state.url and ready.ping in SERVER_PINGS:
+            # As soon as the server answers, even while it warms: from then on no other
+            # job's cleanup can stop it under this one.
+            taker.attempt(state.url)
         return Waiting(provider.name, state, ready)
+
+    def done(result: Waiting) -> bool:
+        return result.readiness.ping == 200 and (taker is None or taker.settled)
 
     try:
         waited = wait_until(
             probe,
-            lambda result: result.readiness.ping == 200,
+            done,
             timeout=timeout,
             what=f"{name} to be ready",
             # Fast at first (a local or cached start is ready within a second or two), and
@@ -396,6 +474,11 @@ def _start_and_wait(
             on_poll=reporter,
         )
     except ReadyTimeoutError as exc:
+        # The budget is the whole 'up' (restarts included), as the user set it.
+        exc.message = (
+            f"timed out after {resolved.config.timeout.total_seconds():g}s waiting for "
+            f"{name} to be ready"
+        )
         explain = getattr(provider, "explain_timeout", None)
         better = explain(provider.status(name)) if callable(explain) else None
         if better is not None:
@@ -417,6 +500,29 @@ def _start_and_wait(
         models=list(ready.server.get("models") or []),
         notes=notes,
     )
+
+
+def _start_once(provider: Provider, name: str) -> Deployment:
+    """Start it; when another job's start won the race (the vendor refuses a second
+    start), go on with the start already under way."""
+    try:
+        return provider.start(name)
+    except ProviderError:
+        now = provider.status(name)
+        if now.status in (Status.PENDING, Status.STARTING, Status.RUNNING):
+            return now
+        raise
+
+
+def _stopped_under_us(
+    provider: Provider, state: Deployment, taker: LeaseTaker, seen_alive: bool
+) -> bool:
+    """A clean stop while 'up' waits: another job's cleanup won (it drained first)."""
+    if state.status is Status.STOPPING:
+        return True
+    # A local server that stops on its own has crashed; elsewhere a crash is FAILED.
+    clean = provider.name != "local" or taker.saw_draining
+    return state.status is Status.STOPPED and seen_alive and clean
 
 
 def _log_hint(provider: Provider, name: str) -> str | None:
@@ -476,15 +582,89 @@ def _unhealthy(name: str, ready: Readiness) -> UnhealthyError:
     )
 
 
-def down(resolved: ResolvedConfig, provider: Provider, *, delete_after: bool = False) -> DownResult:
-    """Stop the deployment and verify it stopped. Absent or stopped is success."""
-    name = resolved.config.name
+def down(
+    resolved: ResolvedConfig,
+    provider: Provider,
+    *,
+    delete_after: bool = False,
+    force: bool = False,
+    lease_id: str | None = None,
+    holder: str | None = None,
+) -> DownResult:
+    """Release this job's lease and stop the deployment when the server agrees nothing else
+    needs it (or ``force``); verify it stopped. Absent or stopped is success."""
+    from ondemand.leasing import StopCheck, check_stop
+    from ondemand.serverapi import holder_name
+
+    config = resolved.config
+    name = config.name
     before = provider.status(name)
     was_running = before.status.billable
     if before.status is Status.ABSENT:
         return DownResult(before, False, f"nothing to stop: there is no deployment named {name!r}")
+    check = StopCheck(True, "forced" if force else "")
+    if was_running and not force and not delete_after:
+        wakes = getattr(provider, "probe_would_wake", None)
+        check = check_stop(
+            before,
+            admin_key=admin_key(resolved, provider, name),
+            headers=gateway_headers(provider),
+            lease_id=lease_id,
+            holder=holder or holder_name({}),
+            drain_seconds=config.timeout.total_seconds() + 60,
+            max_lifetime_seconds=config.max_lifetime.total_seconds(),
+            server_absent=bool(callable(wakes) and wakes(before)),
+        )
+    share = _share(resolved, provider, check.released)
+    if not check.stop:
+        return DownResult(
+            before, True, f"{name}: {check.message}", kept=True, share=share,
+            released=check.released, holders=check.holders,
+        )  # fmt: skip
     cost = _run_cost(resolved, provider, before) if was_running else None
-    after = provider.stop(name) if was_running else before
+    try:
+        after = _stop_and_verify(resolved, provider) if was_running else before
+    except Exception:
+        if check.drained_via is not None:
+            # The stop did not happen: let new jobs take leases again.
+            check.drained_via.cancel_drain()
+        raise
+    finally:
+        if check.drained_via is not None:
+            check.drained_via.close()
+    if delete_after:
+        provider.delete(name)
+        after = dataclasses.replace(after, status=Status.ABSENT)
+    message = f"stopped {name}" if was_running else f"{name} was already stopped"
+    if was_running and check.message:
+        message += f" ({check.message})"
+    if delete_after:
+        message += "; deployment deleted (the model cache is kept)"
+    elif callable(note := getattr(provider, "stopped_note", None)) and (text := note()):
+        # Stopped is not always free (a pod's disk, the model cache): say so where it is
+        # decided.
+        message += f"; {text}"
+    return DownResult(after, was_running, message, cost, share=share, released=check.released)
+
+
+def _share(
+    resolved: ResolvedConfig, provider: Provider, released: list[dict[str, Any]]
+) -> Estimate | None:
+    """This run's share of the bill: how long its lease was held, by the server's clock."""
+    from ondemand.providers.costs import CURRENCY, Estimate, price
+
+    if not released:
+        return None
+    config = resolved.config
+    held = sum(float(lease.get("held_seconds") or 0) for lease in released)
+    hourly = price(provider.name, config.gpu, config.gpu_count, config.prices)
+    return Estimate(held, hourly, CURRENCY.get(provider.name, ""))
+
+
+def _stop_and_verify(resolved: ResolvedConfig, provider: Provider) -> Deployment:
+    """Stop, then poll until the provider reports no billable compute."""
+    name = resolved.config.name
+    after = provider.stop(name)
     if after.status.billable:
         timeout = resolved.config.timeout.total_seconds()
         try:
@@ -506,17 +686,7 @@ def down(resolved: ResolvedConfig, provider: Provider, *, delete_after: bool = F
                 hint="run 'ondemand down' again (it is safe to repeat), or check the "
                 "deployment in the provider's console",
             ) from exc
-    if delete_after:
-        provider.delete(name)
-        after = dataclasses.replace(after, status=Status.ABSENT)
-    message = f"stopped {name}" if was_running else f"{name} was already stopped"
-    if delete_after:
-        message += "; deployment deleted (the model cache is kept)"
-    elif callable(note := getattr(provider, "stopped_note", None)) and (text := note()):
-        # Stopped is not always free (a pod's disk, the model cache): say so where it is
-        # decided.
-        message += f"; {text}"
-    return DownResult(after, was_running, message, cost)
+    return after
 
 
 def _run_cost(resolved: ResolvedConfig, provider: Provider, deployment: Deployment) -> Estimate:

@@ -74,13 +74,19 @@ def test_up_then_down_give_a_workflow_everything_it_needs(sandbox_job: Runner) -
     assert outputs["status"] == "ready"
     assert outputs["url"].startswith("http://127.0.0.1:")
     assert outputs["openai-url"] == outputs["url"] + "/v1"
-    assert outputs["api-key"] == API_KEY
+    # Tests get a key of their own run, masked, that ends with the lease; never the admin key.
+    run_key = outputs["api-key"]
+    assert run_key.startswith("odk_run_")
+    assert run_key in up.masks
     assert outputs["deployment-id"]
+    assert outputs["lease-id"].startswith("lse_")
     # Later steps see the settings, and the official client works from them alone.
     env = up.exported_env
     assert env["OLLAMA_HOST"] == outputs["url"]
     assert env["OPENAI_BASE_URL"] == outputs["openai-url"]
-    assert env["OLLAMA_API_KEY"] == env["OPENAI_API_KEY"] == API_KEY
+    assert env["OLLAMA_API_KEY"] == env["OPENAI_API_KEY"] == run_key
+    assert env["ONDEMAND_LEASE_ID"] == outputs["lease-id"]
+    assert "ONDEMAND_ADMIN_KEY" not in env
     headers = {"Authorization": f"Bearer {env['OLLAMA_API_KEY']}"}
     with ollama.Client(host=env["OLLAMA_HOST"], headers=headers) as client:
         reply = client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
@@ -90,10 +96,14 @@ def test_up_then_down_give_a_workflow_everything_it_needs(sandbox_job: Runner) -
     assert sorted(p.name for p in Path(bin_dir).iterdir()) == ["ondemand"]
     assert "| URL | `" + outputs["url"] + "` |" in up.summary
     assert "time to ready" in up.summary
+    assert f"| lease | {outputs['lease-id']} held by " in up.summary
 
+    sandbox_job.env.update(env)  # what $GITHUB_ENV gives the job's later steps
     down = _ok(sandbox_job.run({"command": "down", "provider": "sandbox"}))
     assert down.outputs["status"] == "stopped"
     assert re.fullmatch(r"\d+\.\d{4}", down.outputs["cost"]), down.outputs
+    assert f"| leases | released {outputs['lease-id']} (" in down.summary
+    assert "| this run's share |" in down.summary
     assert "| uptime |" in down.summary
     assert "| estimated cost |" in down.summary
     # The second use of the action in the job reuses the venv the first one installed.

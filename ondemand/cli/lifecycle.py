@@ -57,6 +57,8 @@ def _print_up(app: App, result: UpResult, provider: str) -> None:
         "seconds_to_warm": round(result.seconds_to_warm, 3),
         "models": result.models,
         "notes": result.notes,
+        "lease_id": result.lease.id if result.lease else None,
+        "lease_expires_at": result.lease.expires_at if result.lease else None,
     }
     if app.as_json:
         app.emit(data, "")
@@ -66,6 +68,7 @@ def _print_up(app: App, result: UpResult, provider: str) -> None:
         f"{_seconds(result.seconds_to_warm)} later"
     )  # fmt: skip
     app.info(f"ready: {result.url} ({provider}; {how})")
+    lines_lease = [f"ONDEMAND_LEASE_ID={result.lease.id}"] if result.lease else []
     if provider == "runpod":
         app.info(
             "  RunPod's gateway takes RUNPOD_API_KEY as 'Authorization: Bearer'; send the key "
@@ -73,10 +76,17 @@ def _print_up(app: App, result: UpResult, provider: str) -> None:
         )
     for line in models:
         app.info(f"  {line}")
+    if result.lease is not None:
+        hours = result.lease.expires_in_seconds / 3600
+        app.info(f"  lease {result.lease.id} ({result.lease.holder}), {hours:.1f} h; "
+                 "'ondemand down' releases it")  # fmt: skip
+    elif result.lease_problem:
+        app.info(f"  warning: no lease taken ({result.lease_problem}); another job's "
+                 "'down' may stop this server under you")  # fmt: skip
     lines = [f"OLLAMA_HOST={result.url}", f"OPENAI_BASE_URL={result.openai_url}"]
     if result.api_key:
         lines += [f"OLLAMA_API_KEY={result.api_key}", f"OPENAI_API_KEY={result.api_key}"]
-    app.emit(data, "\n".join(lines))
+    app.emit(data, "\n".join(lines + lines_lease))
 
 
 @cli.command()
@@ -143,7 +153,8 @@ def stop(app: App, timeout: str | None) -> None:
     from ondemand import lifecycle
 
     resolved, provider = _lifecycle(app, timeout=timeout)
-    result = lifecycle.down(resolved, provider)
+    # The seed script's raw stop: no lease is asked (that is 'down').
+    result = lifecycle.down(resolved, provider, force=True)
     app.emit({"status": result.deployment.status.value, "stopped": result.was_running},
              result.message)  # fmt: skip
     published_down(app, result, provider.name, resolved.config.name)
@@ -164,6 +175,7 @@ def up(app: App, timeout: str | None, lease_ttl: str | None) -> None:
     A second 'up' while the server runs reuses it.
     """
     from ondemand import lifecycle
+    from ondemand.serverapi import holder_name
 
     resolved, provider = _lifecycle(app, timeout=timeout, lease_ttl=lease_ttl)
     name = resolved.config.name
@@ -172,7 +184,10 @@ def up(app: App, timeout: str | None, lease_ttl: str | None) -> None:
     if github:
         github.started(f"starting {name} on {provider.name}")
     try:
-        result = lifecycle.up(resolved, provider, progress=app.info, announce=announced(app))
+        result = lifecycle.up(
+            resolved, provider, progress=app.info, announce=announced(app),
+            holder=holder_name(app.env),
+        )  # fmt: skip
     except Exception as exc:
         if github:
             github.failed(f"{name} did not become ready: {exc}")
@@ -196,13 +211,33 @@ def down(app: App, lease_id: str | None, force: bool, delete_after: bool) -> Non
     the deployment is already stopped or gone.
     """
     from ondemand import lifecycle
+    from ondemand.serverapi import holder_name
 
-    del lease_id, force  # leases arrive with the lease-aware server
     resolved, provider = _lifecycle(app)
-    result = lifecycle.down(resolved, provider, delete_after=delete_after)
-    app.emit({"status": result.deployment.status.value, "stopped": result.was_running},
-             result.message)  # fmt: skip
+    result = lifecycle.down(
+        resolved,
+        provider,
+        delete_after=delete_after,
+        force=force,
+        lease_id=lease_id or app.env.get("ONDEMAND_LEASE_ID") or None,
+        holder=holder_name(app.env),
+    )
+    data: dict[str, object] = {
+        "status": result.deployment.status.value,
+        "stopped": result.was_running and not result.kept,
+        "kept": result.kept,
+        "released": [lease.get("id") for lease in result.released],
+        "holders": result.holders,
+    }
+    human = result.message
+    if (share := result.share) is not None:
+        data["share"] = {"seconds": round(share.seconds, 1), "amount": share.amount,
+                         "currency": share.currency}  # fmt: skip
+        human += f"\n  this run's share: {share.describe()}"
+    app.emit(data, human)
     published_down(app, result, provider.name, resolved.config.name)
+    if result.kept:
+        return  # still serving other jobs: their GitHub Deployment stays active
     if (github := github_deployments(app, resolved, provider.name)) is not None:
         github.stopped(result.message)
 

@@ -65,7 +65,7 @@ def published_up(app: App, result: UpResult, provider: str, name: str) -> None:
             "openai-url": result.openai_url,
             "api-key": result.api_key,
             "status": "ready",
-            "lease-id": "",
+            "lease-id": result.lease.id if result.lease else "",
         },
     )
     if export_env_enabled(app.env):
@@ -73,6 +73,9 @@ def published_up(app: App, result: UpResult, provider: str, name: str) -> None:
         for variable, value in zip(EXPORTED, values, strict=True):
             if value:
                 app.actions.set_env(variable, value)
+    if result.lease is not None:
+        # This job's 'down' releases exactly this lease, even without the step output.
+        app.actions.set_env("ONDEMAND_LEASE_ID", result.lease.id)
     app.actions.summary(up_summary(result, provider, name))
 
 
@@ -93,16 +96,28 @@ def up_summary(result: UpResult, provider: str, name: str) -> str:
         ("provider", provider),
         ("models", "<br>".join(_cell(line) for line in models)),
         ("time to ready", timing),
+        ("lease", _cell(lease_line(result))),
     ]
     return _table(f"ollama-ondemand: `{name}` is ready", rows)
+
+
+def lease_line(result: UpResult) -> str:
+    lease = result.lease
+    if lease is None:
+        return f"none: {result.lease_problem or 'not taken'}; a cleanup may stop it under this job"
+    key = "; a per-run key that ends with it" if lease.key else ""
+    return f"{lease.id} held by {lease.holder} until {lease.expires_at}{key}"
 
 
 def published_down(app: App, result: DownResult, provider: str, name: str) -> None:
     """Outputs and summary of ``down``, ``stop`` and ``delete``."""
     if not app.actions.active:
         return
+    # The action's 'cost' output is this up->down's spend: the lease's share when one was
+    # released, else the whole run of a deployment this command stopped.
     cost = result.cost
-    amount = "" if cost is None or cost.amount is None else f"{cost.amount:.4f}"
+    spent = result.share or cost
+    amount = "" if spent is None or spent.amount is None else f"{spent.amount:.4f}"
     _outputs(
         app,
         {
@@ -112,6 +127,12 @@ def published_down(app: App, result: DownResult, provider: str, name: str) -> No
         },
     )
     rows = [("provider", provider), ("status", result.deployment.status.value)]
+    released = ", ".join(f"{x.get('id')} ({x.get('holder')})" for x in result.released)
+    if released or result.kept:
+        left = ", ".join(result.holders) or "none"
+        rows.append(("leases", _cell(f"released {released or 'none'}; still held: {left}")))
+    if result.share is not None:
+        rows.append(("this run's share", _cell(result.share.describe())))
     if cost is not None:
         rows += [("uptime", _duration(cost.seconds)), ("estimated cost", cost.describe())]
     rows.append(("result", _cell(result.message)))

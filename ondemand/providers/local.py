@@ -244,9 +244,9 @@ class LocalProvider:
 
     # -- beyond the contract --------------------------------------------------------
 
-    def stored_api_key(self, deployment_id: str) -> str | None:
+    def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
         secrets = _read(self._dir(deployment_id) / "secrets.json") or {}
-        key = secrets.get("AUTHORIZATION_APIKEY")
+        key = secrets.get(env_name)
         return str(key) if key else None
 
     def log_path(self, deployment_id: str) -> Path:

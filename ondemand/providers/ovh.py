@@ -339,11 +339,11 @@ class OvhProvider:
         force = _state(app) in ACTIVE or _state(app) == "STOPPING"
         self._call("delete the app", self.client.delete_app, app["id"], force=force)
 
-    def stored_api_key(self, deployment_id: str) -> str | None:
-        """The user key the app was deployed with (it travels in the app's env)."""
+    def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
+        """A key the app was deployed with (it travels in the app's env)."""
         app = self._find_app(deployment_id)
         for entry in ((app or {}).get("spec") or {}).get("envVars") or []:
-            if entry.get("name") == "AUTHORIZATION_APIKEY" and entry.get("value"):
+            if entry.get("name") == env_name and entry.get("value"):
                 return str(entry["value"])
         return None
 

@@ -226,9 +226,10 @@ class RunpodProvider:
 
     # -- what the lifecycle asks of this provider -----------------------------------------------
 
-    def stored_api_key(self, deployment_id: str) -> str | None:
+    def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
+        """A key the endpoint was deployed with (it travels in the endpoint's env)."""
         endpoint = self._find(deployment_id)
-        value = ((endpoint or {}).get("env") or {}).get("AUTHORIZATION_APIKEY")
+        value = ((endpoint or {}).get("env") or {}).get(env_name)
         return str(value) if value else None
 
     def gateway_headers(self) -> dict[str, str]:

@@ -160,9 +160,10 @@ class RunpodPodProvider:
         if pod is not None:
             self.runpod.send("terminate the pod", "DELETE", f"/v2/pods/{pod['id']}")
 
-    def stored_api_key(self, deployment_id: str) -> str | None:
+    def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
+        """A key the pod was deployed with (it travels in the pod's env)."""
         pod = self._find(deployment_id)
-        value = ((pod or {}).get("env") or {}).get("AUTHORIZATION_APIKEY")
+        value = ((pod or {}).get("env") or {}).get(env_name)
         return str(value) if value else None
 
     def explain_failure(self, deployment: Deployment) -> Exception:

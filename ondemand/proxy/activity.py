@@ -8,25 +8,27 @@ and metrics reads are not activity.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 
 class Activity:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.total = 0
-        self.started_at = time.time()
+        self.started_at = clock()
         self.last: float | None = None
 
     def begin(self) -> None:
         self.total += 1
-        self.last = time.time()
+        self.last = self.clock()
 
     def end(self) -> None:
         # A long stream is activity until it ends, so the idle clock starts from its end.
-        self.last = time.time()
+        self.last = self.clock()
 
     def snapshot(self, inflight: int) -> dict[str, object]:
-        now = time.time()
+        now = self.clock()
         last = self.last
         return {
             "inflight": inflight,

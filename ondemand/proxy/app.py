@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from ondemand.proxy.activity import Activity
 from ondemand.proxy.auth import AuthFailure, Identity, KeyStore, keystore_from_env
 from ondemand.proxy.context import RequestContext
 from ondemand.proxy.exchange import Exchange
-from ondemand.proxy.lease_routes import lease_route
+from ondemand.proxy.lease_routes import drain_route, lease_route
 from ondemand.proxy.leases import LeaseBook
 from ondemand.proxy.limits import Limits
 from ondemand.proxy.metrics import CONTENT_TYPE, Metrics
@@ -83,14 +84,16 @@ class ProxyApp:
         upstream: UpstreamClient | None = None,
         health: HealthCheck | None = None,
         status_extra: StatusExtra | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.keys: KeyStore = settings.keys
         self.upstream: UpstreamClient = upstream or Upstream(
             settings.upstream, connect_timeout=settings.connect_timeout
         )
-        self.activity = Activity()
-        self.leases = LeaseBook()
+        # One clock for idle time and lease expiry (tests pass a fake one).
+        self.activity = Activity(clock)
+        self.leases = LeaseBook(clock)
         self.limits = Limits(settings.max_inflight)
         self.ledger = Ledger()
         self.metrics = Metrics(
@@ -191,7 +194,7 @@ class ProxyApp:
             await self._preflight(send, ctx)
             return
         try:
-            identity = self.keys.authenticate(scope["headers"])
+            identity = self.keys.authenticate(scope["headers"], self.leases.key_entries())
         except AuthFailure as failure:
             self.metrics.auth_failures.labels(failure.reason).inc()
             ctx.detail = f"credentials {failure.reason}"
@@ -250,6 +253,11 @@ class ProxyApp:
                 await send_error(send, family, 403, "/ondemand/leases needs an admin key")
                 return
             await lease_route(self.leases, method, raw_path.decode(), receive, send)
+        elif raw_path == b"/ondemand/drain":
+            if not identity.admin:
+                await send_error(send, family, 403, "/ondemand/drain needs an admin key")
+                return
+            await drain_route(self.leases, method, self.activity_now, receive, send)
         elif raw_path == b"/metrics" and method in ("GET", "HEAD"):
             if not identity.admin:
                 await send_error(send, family, 403, "/metrics needs an admin key")
@@ -268,6 +276,7 @@ class ProxyApp:
             "admin": identity.admin,
             **self.activity.snapshot(self.limits.inflight),
             "leases": {"live": len(self.leases.live())},
+            "draining": self.leases.draining() is not None,
             "usage": self.ledger.view(None if identity.admin else identity.name),
         }
         if identity.admin:
@@ -279,12 +288,20 @@ class ProxyApp:
                     for e in self.keys.entries
                 },
             }  # fmt: skip
-            status["leases"] = {"live": len(self.leases.live()), "held": self.leases.view()}
+            status["leases"] = {
+                "live": len(self.leases.live()),
+                "held": self.leases.view(),
+                "draining": self.leases.drain_view(),
+            }
             if self.webhook is not None:
                 status["webhook"] = self.webhook.stats()
         if self.status_extra is not None:
             status.update(self.status_extra(identity))
         return status
+
+    def activity_now(self) -> tuple[int, float]:
+        """In flight now, and when the last request ended (or the proxy started)."""
+        return self.limits.inflight, self.activity.last or self.activity.started_at
 
     # -- health -----------------------------------------------------------------------
 

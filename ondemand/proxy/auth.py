@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +94,11 @@ class KeyStore:
     def names(self) -> list[str]:
         return [e.name for e in self.entries] + [b.name for b in self._basic]
 
-    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Identity:
-        """Return the caller's identity or raise ``AuthFailure``.
+    def authenticate(
+        self, headers: list[tuple[bytes, bytes]], extra: Sequence[KeyEntry] = ()
+    ) -> Identity:
+        """Return the caller's identity or raise ``AuthFailure``. ``extra`` are keys that
+        come and go at run time (the per-run keys of live leases).
 
         ``X-API-Key`` wins over ``Authorization`` because on RunPod's load balancer the
         gateway owns ``Authorization`` (it carries the RunPod key, not ours).
@@ -110,7 +113,7 @@ class KeyStore:
             elif name == b"authorization" and authorization is None:
                 authorization = value
         if api_key is not None:
-            return self._match_key(api_key.strip())
+            return self._match_key(api_key.strip(), extra)
         if authorization is None:
             raise AuthFailure("missing")
         if len(authorization) > MAX_CREDENTIAL_BYTES:
@@ -119,24 +122,24 @@ class KeyStore:
         credentials = credentials.strip()
         scheme = scheme.lower()
         if scheme == b"bearer":
-            return self._match_key(credentials)
+            return self._match_key(credentials, extra)
         if scheme == b"basic":
-            return self._match_basic(credentials)
+            return self._match_basic(credentials, extra)
         raise AuthFailure("malformed")
 
-    def _match_key(self, key: bytes) -> Identity:
+    def _match_key(self, key: bytes, extra: Sequence[KeyEntry]) -> Identity:
         if not key or len(key) > MAX_CREDENTIAL_BYTES or b" " in key:
             raise AuthFailure("malformed")
         presented = digest(key)
         found: KeyEntry | None = None
-        for entry in self.entries:
+        for entry in (*self.entries, *extra):
             if hmac.compare_digest(presented, entry.digest) and found is None:
                 found = entry
         if found is None:
             raise AuthFailure("invalid")
         return Identity(found.name, found.admin, found)
 
-    def _match_basic(self, credentials: bytes) -> Identity:
+    def _match_basic(self, credentials: bytes, extra: Sequence[KeyEntry]) -> Identity:
         try:
             decoded = base64.b64decode(credentials, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -154,7 +157,7 @@ class KeyStore:
         if found is not None:
             return Identity(found.name, admin=False)
         # Tools that only speak Basic send the API key as the password.
-        return self._match_key(password)
+        return self._match_key(password, extra)
 
 
 def _env_keys(env: Mapping[str, str]) -> list[KeyEntry]:

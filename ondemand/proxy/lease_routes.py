@@ -4,6 +4,13 @@
 - ``POST /ondemand/leases {"holder", "ttl_seconds"}`` -> 201 the lease
 - ``POST /ondemand/leases/<id>/renew {"ttl_seconds"}`` -> 200 the lease, 404 when gone
 - ``DELETE /ondemand/leases/<id>`` -> 200 ``{"released", "remaining"}``
+- ``POST /ondemand/drain {"release"?, "holder"?, "idle_seconds"?, "ttl_seconds"?}`` -> 200
+  the decision ``{"draining", "released", "remaining", "holders", "inflight", ...}``
+- ``GET /ondemand/drain`` -> 200 ``{"draining": {...} | null}``; ``DELETE`` calls it off
+
+``POST /ondemand/leases`` may ask for a per-run key with ``"key": true`` or
+``"key": {"models": [...]}``: the answer carries it once, and it works until the lease ends.
+While the server drains, it answers 409 ``{"error", "draining": true}``.
 
 A lease is ``{id, holder, acquired_at, expires_at, expires_in_seconds}``. Releasing a lease
 that is already gone (expired, or released twice) is not an error: a cleanup retried must
@@ -14,9 +21,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 from ondemand.asgi import BodyTooLarge, ClientDisconnected, Receive, Send, read_body, send_json
-from ondemand.proxy.leases import LeaseBook, LeaseError
+from ondemand.proxy.leases import Draining, LeaseBook, LeaseError
+
+# In-flight requests and the time of the last one (or of the start), for the drain decision.
+ActivityNow = Callable[[], tuple[int, float]]
 
 BODY_LIMIT = 16 * 1024
 _ONE = re.compile(r"/ondemand/leases/(?P<id>[A-Za-z0-9_-]{1,64})(?P<renew>/renew)?")
@@ -33,11 +44,19 @@ async def lease_route(
             if body is None:
                 return
             try:
-                lease = book.acquire(body.get("holder"), body.get("ttl_seconds"))
+                lease, key = book.acquire(
+                    body.get("holder"), body.get("ttl_seconds"), body.get("key")
+                )
+            except Draining as exc:
+                await send_json(send, 409, {"error": str(exc), "draining": True})
+                return
             except LeaseError as exc:
                 await send_json(send, 400, {"error": str(exc)})
                 return
-            await send_json(send, 201, lease.view(book.clock()))
+            view = lease.view(book.clock())
+            if key is not None:
+                view["key"] = key
+            await send_json(send, 201, view)
         else:
             await send_json(send, 405, {"error": f"{method} is not allowed: use GET or POST"})
         return
@@ -68,6 +87,47 @@ async def lease_route(
         await send_json(send, 200, {"released": released, "remaining": remaining})
     else:
         await send_json(send, 405, {"error": f"{method} is not allowed: use DELETE"})
+
+
+async def drain_route(
+    book: LeaseBook, method: str, activity: ActivityNow, receive: Receive, send: Send
+) -> None:
+    if method in ("GET", "HEAD"):
+        await send_json(send, 200, {"draining": book.drain_view()})
+    elif method == "DELETE":
+        await send_json(send, 200, {"cancelled": book.cancel_drain(), "draining": None})
+    elif method == "POST":
+        body = await _json_body(receive, send)
+        if body is None:
+            return
+        release, holder, idle = body.get("release"), body.get("holder"), body.get("idle_seconds")
+        if release is not None and not isinstance(release, str):
+            await send_json(send, 400, {"error": "release: give a lease id"})
+            return
+        if holder is not None and not isinstance(holder, str):
+            await send_json(send, 400, {"error": "holder: give the holder's name"})
+            return
+        if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float)):
+            await send_json(send, 400, {"error": "idle_seconds: give a number of seconds"})
+            return
+        inflight, last = activity()
+        reason = "idle, no live lease" if idle is not None else "no live lease, nothing in flight"
+        try:
+            decision = book.drain(
+                release=release,
+                holder=holder,
+                inflight=inflight,
+                last_activity=last,
+                idle_seconds=None if idle is None else float(idle),
+                ttl_seconds=body.get("ttl_seconds", 900),
+                reason=str(body.get("reason") or reason)[:200],
+            )
+        except LeaseError as exc:
+            await send_json(send, 400, {"error": str(exc)})
+            return
+        await send_json(send, 200, decision.view())
+    else:
+        await send_json(send, 405, {"error": f"{method} is not allowed: use GET, POST or DELETE"})
 
 
 async def _json_body(receive: Receive, send: Send) -> dict[str, object] | None:

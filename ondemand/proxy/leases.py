@@ -7,6 +7,13 @@ expired lease is gone on the next look, without a sweeper. Leases live in the pr
 memory: they survive an Ollama restart, and a server restart (the deployment was stopped)
 starts with none. Every operation runs on the event loop without awaiting, so release and
 its ``remaining`` count are one atomic step.
+
+Draining closes the race between one job's cleanup and another job's start: the decision to
+stop (no lease left, nothing in flight) and the refusal of new leases are one step, so a job
+either got its lease before the decision (and the stop is called off) or is told the server
+is going away (and starts it again once it has stopped). A drain lasts until the server is
+stopped or ``ttl`` passes, so a cleanup killed between deciding and stopping blocks nobody
+for long.
 """
 
 from __future__ import annotations
@@ -14,16 +21,23 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ondemand.modelnames import canonical
 from ondemand.proxy.activity import iso_utc
+from ondemand.proxy.auth import KeyEntry, digest
 
 MAX_TTL_SECONDS = 7 * 24 * 3600
 MAX_HOLDER_LENGTH = 200
+MAX_RUN_KEY_MODELS = 64
 
 
 class LeaseError(ValueError):
     """A request the lease book refuses; the message says why."""
+
+
+class Draining(LeaseError):
+    """No new lease: the server is being stopped."""
 
 
 @dataclass
@@ -32,14 +46,63 @@ class Lease:
     holder: str
     acquired_at: float
     expires_at: float
+    # A per-run key lives exactly as long as its lease; only its digest is kept.
+    key: KeyEntry | None = field(default=None, repr=False)
 
     def view(self, now: float) -> dict[str, object]:
-        return {
+        view: dict[str, object] = {
             "id": self.id,
             "holder": self.holder,
             "acquired_at": iso_utc(self.acquired_at),
             "expires_at": iso_utc(self.expires_at),
             "expires_in_seconds": round(max(0.0, self.expires_at - now), 3),
+        }
+        if self.key is not None:
+            view["key_name"] = self.key.name
+            view["key_models"] = None if self.key.models is None else sorted(self.key.models)
+        return view
+
+
+@dataclass
+class Drain:
+    since: float
+    until: float
+    reason: str
+
+    def view(self, now: float) -> dict[str, object]:
+        return {
+            "since": iso_utc(self.since),
+            "expires_in_seconds": round(max(0.0, self.until - now), 3),
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class DrainDecision:
+    """What ``drain`` decided, with the facts it decided on."""
+
+    draining: bool
+    released: list[str]
+    remaining: int
+    inflight: int
+    idle_seconds: float
+    reason: str  # why it drains, or why it does not
+    expires_in_seconds: float = 0.0
+    holders: list[str] = field(default_factory=list)
+    # The released leases as they were, with how long each was held (the server's clock).
+    released_leases: list[dict[str, object]] = field(default_factory=list)
+
+    def view(self) -> dict[str, object]:
+        return {
+            "draining": self.draining,
+            "released": self.released,
+            "released_leases": self.released_leases,
+            "remaining": self.remaining,
+            "holders": self.holders,
+            "inflight": self.inflight,
+            "idle_seconds": round(self.idle_seconds, 3),
+            "reason": self.reason,
+            "expires_in_seconds": round(self.expires_in_seconds, 3),
         }
 
 
@@ -47,6 +110,7 @@ class LeaseBook:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._leases: dict[str, Lease] = {}
+        self._drain: Drain | None = None
 
     def live(self) -> list[Lease]:
         now = self.clock()
@@ -54,16 +118,36 @@ class LeaseBook:
             del self._leases[lease_id]
         return sorted(self._leases.values(), key=lambda lease: lease.acquired_at)
 
-    def acquire(self, holder: object, ttl_seconds: object) -> Lease:
+    def acquire(
+        self, holder: object, ttl_seconds: object, run_key: object = None
+    ) -> tuple[Lease, str | None]:
+        """A new lease, and the per-run key minted with it when ``run_key`` asks for one
+        (``true`` or ``{"models": [...]}``); the key is shown here only."""
         if not isinstance(holder, str) or not holder.strip():
             raise LeaseError("holder: give a non-empty string naming who holds the lease")
         if len(holder) > MAX_HOLDER_LENGTH:
             raise LeaseError(f"holder: at most {MAX_HOLDER_LENGTH} characters")
         ttl = _ttl(ttl_seconds)
+        wants_key, models = _run_key_models(run_key)
+        drain = self.draining()
+        if drain is not None:
+            raise Draining(
+                f"the server is being stopped ({drain.reason}); start it again and take a "
+                "lease then"
+            )
         now = self.clock()
         lease = Lease("lse_" + secrets.token_urlsafe(12), holder.strip(), now, now + ttl)
+        key: str | None = None
+        if wants_key:
+            key = "odk_run_" + secrets.token_urlsafe(24)
+            lease.key = KeyEntry(
+                "lease:" + lease.holder[:64],
+                digest(key),
+                models=models,
+                source=f"lease {lease.id}",
+            )
         self._leases[lease.id] = lease
-        return lease
+        return lease, key
 
     def renew(self, lease_id: str, ttl_seconds: object) -> Lease | None:
         """Extend a live lease to ``ttl_seconds`` from now; None when it is gone."""
@@ -80,9 +164,83 @@ class LeaseBook:
         self._leases.pop(lease_id, None)
         return released, len(live) - released
 
+    def key_entries(self) -> list[KeyEntry]:
+        """The per-run keys of live leases, for authentication."""
+        return [lease.key for lease in self.live() if lease.key is not None]
+
+    # -- draining -----------------------------------------------------------------------
+
+    def draining(self) -> Drain | None:
+        if self._drain is not None and self._drain.until <= self.clock():
+            self._drain = None
+        return self._drain
+
+    def drain(
+        self,
+        *,
+        release: str | None = None,
+        holder: str | None = None,
+        inflight: int,
+        last_activity: float,
+        idle_seconds: float | None = None,
+        ttl_seconds: object = 900,
+        reason: str = "no live lease and nothing in flight",
+    ) -> DrainDecision:
+        """Release ``release`` (or every lease of ``holder``), then drain if nothing is left:
+        no live lease, nothing in flight and, when ``idle_seconds`` is given, no request for
+        that long. One step: nothing can take a lease between the count and the decision."""
+        ttl = _ttl(ttl_seconds)
+        now = self.clock()
+        released = [
+            lease
+            for lease in self.live()
+            if lease.id == release or (holder is not None and lease.holder == holder)
+        ]
+        for lease in released:
+            del self._leases[lease.id]
+        live = self.live()
+        idle = max(0.0, now - last_activity) if not inflight else 0.0
+        decision = DrainDecision(
+            False,
+            [lease.id for lease in released],
+            len(live),
+            inflight,
+            idle,
+            "",
+            holders=[x.holder for x in live],
+            released_leases=[
+                {**lease.view(now), "held_seconds": round(now - lease.acquired_at, 3)}
+                for lease in released
+            ],
+        )
+        if live:
+            decision.reason = f"{len(live)} live lease(s): " + ", ".join(decision.holders)
+        elif inflight:
+            decision.reason = f"{inflight} request(s) in flight"
+        elif idle_seconds is not None and idle < idle_seconds:
+            decision.reason = f"idle {idle:.0f}s, less than {idle_seconds:.0f}s"
+        else:
+            current = self.draining()
+            if current is None or current.until < now + ttl:
+                self._drain = Drain(current.since if current else now, now + ttl, reason)
+            decision.draining = True
+            decision.reason = reason
+            decision.expires_in_seconds = ttl
+        return decision
+
+    def cancel_drain(self) -> bool:
+        """End a drain (the stop was called off); whether one was in force."""
+        was = self.draining() is not None
+        self._drain = None
+        return was
+
     def view(self) -> list[dict[str, object]]:
         now = self.clock()
         return [lease.view(now) for lease in self.live()]
+
+    def drain_view(self) -> dict[str, object] | None:
+        drain = self.draining()
+        return None if drain is None else drain.view(self.clock())
 
 
 def _ttl(value: object) -> float:
@@ -91,3 +249,24 @@ def _ttl(value: object) -> float:
     if not 1 <= value <= MAX_TTL_SECONDS:
         raise LeaseError(f"ttl_seconds: between 1 and {MAX_TTL_SECONDS} (7 days)")
     return float(value)
+
+
+def _run_key_models(value: object) -> tuple[bool, frozenset[str] | None]:
+    """Whether a per-run key is wanted, and its models (None: every model)."""
+    if value is None or value is False:
+        return False, None
+    if value is True:
+        return True, None
+    models = value.get("models") if isinstance(value, dict) else None
+    if models is None and isinstance(value, dict):
+        return True, None
+    if (
+        not isinstance(models, list)
+        or not models
+        or len(models) > MAX_RUN_KEY_MODELS
+        or not all(isinstance(m, str) and m.strip() for m in models)
+    ):
+        raise LeaseError(
+            f'key: give true, or {{"models": [...]}} with 1 to {MAX_RUN_KEY_MODELS} model names'
+        )
+    return True, frozenset(canonical(m.strip()) for m in models)

@@ -131,11 +131,15 @@ def test_the_lifecycle_a_ci_job_runs(
     assert (report["status"], report["ready"], report["url"]) == ("running", True, url)
     assert _managed(tmp_path) == ["contract"]
 
-    # A retried job: up again reuses the same server and key, start on running succeeds.
+    # A retried job: up again reuses the same server with a lease and key of its own;
+    # start on running succeeds.
     code, out, err = run(["up"], capsys)
     assert code == 0, err
     again = dict(line.split("=", 1) for line in out.splitlines())
-    assert (again["OLLAMA_HOST"], again["OLLAMA_API_KEY"]) == (url, key)
+    assert again["OLLAMA_HOST"] == url
+    assert again["OLLAMA_API_KEY"] != key
+    assert again["ONDEMAND_LEASE_ID"] != printed["ONDEMAND_LEASE_ID"]
+    assert _chat(url, _client_headers(provider, again["OLLAMA_API_KEY"]))
     assert run(["start"], capsys)[0] == 0
 
     # down stops it and verifies; a second down (an always() cleanup) succeeds too.
@@ -150,9 +154,13 @@ def test_the_lifecycle_a_ci_job_runs(
     # up after down brings it back; a cloud keeps its URL (local binds a free port anew).
     code, out, err = run(["up"], capsys)
     assert code == 0, err
-    back = dict(line.split("=", 1) for line in out.splitlines())["OLLAMA_HOST"]
+    fresh = dict(line.split("=", 1) for line in out.splitlines())
+    back = fresh["OLLAMA_HOST"]
     assert back == url or provider == "local"
-    assert _chat(back, _client_headers(provider, key))
+    assert _chat(back, _client_headers(provider, fresh["OLLAMA_API_KEY"]))
+    # The first run's key ended with its lease.
+    stale = httpx.get(back + "/api/tags", headers=_client_headers(provider, key), timeout=10)
+    assert stale.status_code == 401
 
     # delete removes it whatever its state; deleting nothing succeeds.
     code, out, err = run(["delete"], capsys)

@@ -70,7 +70,8 @@ def test_up_chat_status_down_delete(state: Path, capsys: pytest.CaptureFixture[s
 
     pid = json.loads((state / "ollama-ondemand" / "server.json").read_text())["pid"]
     code, out, _ = run(["down"], capsys)
-    assert (code, out.strip()) == (0, "stopped ollama-ondemand")
+    assert code == 0
+    assert out.startswith("stopped ollama-ondemand (no live lease and nothing in flight)")
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/ping")
     assert not _running(pid)
@@ -84,19 +85,27 @@ def test_up_chat_status_down_delete(state: Path, capsys: pytest.CaptureFixture[s
     assert out.startswith("ollama-ondemand (local): absent")
 
 
-def test_a_second_up_reuses_the_running_server_and_its_key(
-    state: Path, capsys: pytest.CaptureFixture[str]
+def test_a_second_up_reuses_the_running_server_and_the_deployment_keeps_its_keys(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = run(["--json", "up"], capsys)
     second = run(["--json", "up"], capsys)
     one, two = json.loads(first[1]), json.loads(second[1])
     assert (one["reused"], two["reused"]) == (False, True)
-    assert (one["url"], one["api_key"]) == (two["url"], two["api_key"])
+    assert one["url"] == two["url"]
+    assert one["lease_id"] != two["lease_id"]
     assert len(list(state.glob("*/server.json"))) == 1
-    # Stopped and started again, the deployment keeps its key.
+    # Stopped and started again, the deployment keeps its own key (without per-run keys,
+    # that is the key handed out).
     run(["down"], capsys)
+    monkeypatch.setenv("ONDEMAND_RUN_KEY", "false")
     third = json.loads(run(["--json", "up"], capsys)[1])
-    assert third["api_key"] == one["api_key"]
+    fourth = json.loads(run(["--json", "up"], capsys)[1])
+    assert third["api_key"] == fourth["api_key"]
+    assert not third["api_key"].startswith("odk_run_")
+    stored = json.loads((state / "ollama-ondemand" / "secrets.json").read_text())
+    assert stored["AUTHORIZATION_APIKEY"] == third["api_key"]
+    assert stored["ONDEMAND_ADMIN_KEY"] != third["api_key"]
     assert (state / "ollama-ondemand" / "secrets.json").stat().st_mode & 0o777 == 0o600
 
 

@@ -23,6 +23,7 @@ from tests.cloud import Ovh, StartSandbox
 
 IMAGE = "registry.example.com/team/ollama-ondemand:1.4.0"
 USER_KEY = "odk_ovh_provider_user_key_0123456789"
+ADMIN_KEY = "odk_ovh_provider_admin_key_0123456789"
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Cloud:
             "OVH_AI_TOKEN": self.running.sandbox.operator_token,
             "ONDEMAND_IMAGE": IMAGE,
             "ONDEMAND_API_KEY": USER_KEY,
+            "ONDEMAND_ADMIN_KEY": ADMIN_KEY,
             "ONDEMAND_TIMEOUT": "30s",
             **extra,
         }

@@ -25,7 +25,7 @@ class Clock:
 def test_a_lease_lives_its_ttl_on_the_servers_clock_then_is_gone() -> None:
     clock = Clock()
     book = LeaseBook(clock)
-    lease = book.acquire("org/repo/41/test/1", 60)
+    lease, _ = book.acquire("org/repo/41/test/1", 60)
     assert [held.id for held in book.live()] == [lease.id]
     [view] = book.view()
     assert view["expires_in_seconds"] == 60
@@ -39,8 +39,8 @@ def test_a_lease_lives_its_ttl_on_the_servers_clock_then_is_gone() -> None:
 def test_renew_extends_from_now_and_release_counts_what_remains() -> None:
     clock = Clock()
     book = LeaseBook(clock)
-    first = book.acquire("job-a", 60)
-    second = book.acquire("job-b", 60)
+    first, _ = book.acquire("job-a", 60)
+    second, _ = book.acquire("job-b", 60)
     clock.now += 50
     renewed = book.renew(first.id, 60)
     assert renewed is not None
@@ -54,7 +54,7 @@ def test_renew_extends_from_now_and_release_counts_what_remains() -> None:
 
 def test_release_reports_the_others_still_live() -> None:
     book = LeaseBook(Clock())
-    leases = [book.acquire(f"job-{n}", 600) for n in range(3)]
+    leases = [book.acquire(f"job-{n}", 600)[0] for n in range(3)]
     assert book.release(leases[1].id) == (True, 2)
     assert book.release("lse_unknown") == (False, 2)
 
