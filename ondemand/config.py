@@ -161,6 +161,9 @@ class Config(Model):
     # 'up' hands out a key of its own, valid only while its lease lives, instead of the
     # deployment's key (docs/safety.md).
     run_key: bool = True
+    # The server stops its own deployment when idle (idle_timeout) with no live lease, or
+    # past max_lifetime; the provider's credentials then travel in the deployment's env.
+    self_stop: bool = False
     keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
     max_keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
     require_gpu: bool = False

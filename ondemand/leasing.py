@@ -161,3 +161,55 @@ def check_stop(
         "still use it is unknown; the watchdog or the reaper stops it once it is idle or "
         "past its max lifetime, and 'ondemand down --force' stops it now",
     )
+
+
+def check_drain(
+    deployment: Deployment,
+    admin_key: str | None,
+    headers: Mapping[str, str],
+    *,
+    idle_seconds: float | None,
+    drain_seconds: float,
+    reason: str,
+    dry_run: bool = False,
+) -> tuple[bool, str, ServerApi | None]:
+    """Ask the server to drain for a backstop (watchdog, reaper): (drained, why, the API
+    to call the drain off with). Anything but a clear answer counts as active. A dry run
+    reads the server's status instead and predicts the answer."""
+    if not admin_key or not deployment.url:
+        return False, _UNREADABLE.format("no admin key"), None
+    api = ServerApi(deployment.url, admin_key, headers)
+    if dry_run:
+        answer = api.status()
+        api.close()
+        if answer.ok:
+            return _predict(answer.body, idle_seconds)
+        return False, _UNREADABLE.format(answer.detail), None
+    answer = api.drain(idle_seconds=idle_seconds, ttl_seconds=drain_seconds, reason=reason)
+    if answer.ok and answer.body.get("draining"):
+        return True, str(answer.body.get("reason") or reason), api
+    api.close()
+    if answer.ok:
+        return False, str(answer.body.get("reason")), None
+    return False, _UNREADABLE.format(answer.detail), None
+
+
+_UNREADABLE = "its activity cannot be read ({}): counted as active"
+
+
+def _predict(
+    status: Mapping[str, Any], idle_seconds: float | None
+) -> tuple[bool, str, ServerApi | None]:
+    leases = status.get("leases") if isinstance(status.get("leases"), dict) else {}
+    live = int((leases or {}).get("live") or 0)
+    inflight = int(status.get("inflight") or 0)
+    idle = status.get("idle_seconds")
+    if idle is None and not inflight:
+        idle = status.get("uptime_seconds")
+    if live:
+        return False, f"{live} live lease(s)", None
+    if inflight:
+        return False, f"{inflight} request(s) in flight", None
+    if idle_seconds is not None and float(idle or 0) < idle_seconds:
+        return False, f"idle {float(idle or 0):.0f}s, less than {idle_seconds:.0f}s", None
+    return True, "no live lease, nothing in flight", None

@@ -55,7 +55,50 @@ def make_provider(resolved: ResolvedConfig, env: Mapping[str, str]) -> Provider:
     return provider
 
 
-def build_spec(resolved: ResolvedConfig, api_key: str, admin_key: str | None) -> Spec:
+# What a server needs to reach its provider's API and stop itself (ONDEMAND_IDLE_STOP).
+_API_URLS = {
+    "ovh": ("OVH_AI_API_URL", "OVH_REGION"),
+    "sandbox": ("ONDEMAND_SANDBOX_URL",),
+    "runpod": ("RUNPOD_API_URL",),
+    "runpod-pod": ("RUNPOD_API_URL",),
+}
+_CREDENTIALS = {
+    "ovh": ("ovh_token", "OVH_AI_TOKEN"),
+    "runpod": ("runpod_api_key", "RUNPOD_API_KEY"),
+    "runpod-pod": ("runpod_api_key", "RUNPOD_API_KEY"),
+}
+
+
+def _self_stop_env(resolved: ResolvedConfig, cli_env: Mapping[str, str]) -> dict[str, str]:
+    from ondemand.configtypes import format_duration
+
+    config = resolved.config
+    env = {
+        "ONDEMAND_IDLE_STOP": format_duration(config.idle_timeout),
+        "ONDEMAND_MAX_LIFETIME": format_duration(config.max_lifetime),
+        "ONDEMAND_PROVIDER": config.provider,
+        "ONDEMAND_NAME": config.name,
+    }
+    if config.region:
+        env["OVH_REGION"] = config.region
+    for name in _API_URLS.get(config.provider, ()):
+        if cli_env.get(name):
+            env[name] = cli_env[name]
+    return env
+
+
+def _self_stop_secrets(resolved: ResolvedConfig) -> dict[str, str]:
+    field, env_name = _CREDENTIALS.get(resolved.config.provider, ("", ""))
+    value = _secret(resolved, field) if field else None
+    return {env_name: value} if value else {}
+
+
+def build_spec(
+    resolved: ResolvedConfig,
+    api_key: str,
+    admin_key: str | None,
+    cli_env: Mapping[str, str] | None = None,
+) -> Spec:
     """The deployment the config asks for. Secrets travel only in ``secret_env``."""
     config = resolved.config
     env: dict[str, str] = {"OLLAMA_PRELOAD_MODELS": ",".join(config.models)}
@@ -69,6 +112,9 @@ def build_spec(resolved: ResolvedConfig, api_key: str, admin_key: str | None) ->
     secret_env = {"AUTHORIZATION_APIKEY": api_key}
     if admin_key:
         secret_env["ONDEMAND_ADMIN_KEY"] = admin_key
+    if config.self_stop:
+        env.update(_self_stop_env(resolved, cli_env or {}))
+        secret_env.update(_self_stop_secrets(resolved))
     # The local provider picks a free port unless one was asked for explicitly.
     port_given = resolved.source("port") != "default"
     port = config.port if port_given or config.provider != "local" else 0
@@ -285,7 +331,7 @@ def deploy(
     # Every deployment gets an admin key, so 'up' and 'down' can always take and release
     # leases; it stays with the deployment, like the user key.
     admin = admin_key(resolved, provider, name) or mint(admin=True).key
-    deployed = provider.deploy(build_spec(resolved, api_key, admin))
+    deployed = provider.deploy(build_spec(resolved, api_key, admin, getattr(provider, "env", None)))
     if (
         not keep_running
         and deployed.detail in ("created", "recreated")
@@ -621,9 +667,9 @@ def down(
             before, True, f"{name}: {check.message}", kept=True, share=share,
             released=check.released, holders=check.holders,
         )  # fmt: skip
-    cost = _run_cost(resolved, provider, before) if was_running else None
+    cost = run_cost(resolved, provider, before) if was_running else None
     try:
-        after = _stop_and_verify(resolved, provider) if was_running else before
+        after = stop_and_verify(resolved, provider) if was_running else before
     except Exception:
         if check.drained_via is not None:
             # The stop did not happen: let new jobs take leases again.
@@ -661,18 +707,34 @@ def _share(
     return Estimate(held, hourly, CURRENCY.get(provider.name, ""))
 
 
-def _stop_and_verify(resolved: ResolvedConfig, provider: Provider) -> Deployment:
-    """Stop, then poll until the provider reports no billable compute."""
-    name = resolved.config.name
+def stop_and_verify(
+    resolved: ResolvedConfig, provider: Provider, name: str | None = None
+) -> Deployment:
+    """Stop, then poll until the provider reports no billable compute; exit 3 when it
+    does not stop by the deadline (it may still bill)."""
+    name = name or resolved.config.name
     after = provider.stop(name)
-    if after.status.billable:
+    seen_stopping = [after.status is Status.STOPPING]
+
+    def stopped(d: Deployment) -> bool:
+        # On its way up again after we saw it stopping: it stopped, and another job's 'up'
+        # has started it since (that job holds a lease on the new server).
+        restarted = seen_stopping[0] and d.status in (
+            Status.PENDING, Status.STARTING, Status.RUNNING
+        )  # fmt: skip
+        seen_stopping[0] = seen_stopping[0] or d.status is Status.STOPPING
+        return not d.status.billable or restarted
+
+    if not stopped(after):
         timeout = resolved.config.timeout.total_seconds()
         try:
             after = wait_until(
                 lambda: provider.status(name),
-                lambda d: not d.status.billable,
+                stopped,
                 timeout=timeout,
                 what=f"{name} to stop",
+                interval=0.2,
+                max_interval=2.0,
             )
         except ReadyTimeoutError as exc:
             # Not a wait for readiness: compute that does not stop is a provider problem,
@@ -689,7 +751,7 @@ def _stop_and_verify(resolved: ResolvedConfig, provider: Provider) -> Deployment
     return after
 
 
-def _run_cost(resolved: ResolvedConfig, provider: Provider, deployment: Deployment) -> Estimate:
+def run_cost(resolved: ResolvedConfig, provider: Provider, deployment: Deployment) -> Estimate:
     from ondemand.providers.costs import estimate
 
     config = resolved.config
@@ -716,7 +778,7 @@ def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:
         "created_at": deployment.created_at.isoformat() if deployment.created_at else None,
     }
     if deployment.status.billable and deployment.status is not Status.ABSENT:
-        cost = _run_cost(resolved, provider, deployment)
+        cost = run_cost(resolved, provider, deployment)
         report["running_since"] = (
             deployment.running_since.isoformat() if deployment.running_since else None
         )

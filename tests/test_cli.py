@@ -17,7 +17,6 @@ INTERFACE_COMMANDS = {
     "init", "build", "deploy", "start", "stop", "up", "down", "status", "delete",
     "watchdog", "reap", "serve", "proxy", "keys", "sandbox",
 }  # fmt: skip
-LATER = ["watchdog", "reap"]
 
 
 @pytest.fixture(autouse=True)
@@ -52,16 +51,6 @@ def test_global_options_of_the_interface(capsys: pytest.CaptureFixture[str]) -> 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--version"], capsys)
     assert (code, out.strip()) == (0, f"ondemand, version {__version__}")
-
-
-@pytest.mark.parametrize("command", LATER)
-def test_commands_of_later_versions_say_so_in_one_line_and_exit_2(
-    command: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = run([command], capsys)
-    assert code == 2
-    assert out == ""
-    assert err == f"error: 'ondemand {command}' is not available yet in this version\n"
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,9 +122,9 @@ def test_errors_become_annotations_in_actions(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
-    code, out, _ = run(["watchdog"], capsys)
+    code, out, _ = run(["watchdog", "--once", "--interval", "soon"], capsys)
     assert code == 2
-    assert "::error title=not available::'ondemand watchdog' is not available yet" in out
+    assert "::error title=usage error::'soon' is not a duration" in out
 
 
 def test_unexpected_errors_are_short_unless_debug(

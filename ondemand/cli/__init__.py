@@ -7,7 +7,7 @@ the root group when their module is imported below.
 
 from __future__ import annotations
 
-from ondemand.cli import init, later, lifecycle, servers, tools  # noqa: F401  (registration)
+from ondemand.cli import backstops, init, lifecycle, servers, tools  # noqa: F401  (registration)
 from ondemand.cli.root import App, cli, main, not_available, pass_app
 
 __all__ = ["App", "cli", "main", "not_available", "pass_app"]

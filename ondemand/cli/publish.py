@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ondemand.deployments import GithubDeployments
     from ondemand.lifecycle import DownResult, UpResult
     from ondemand.providers.base import Deployment
+    from ondemand.watchdog import Verdict
 
 # The action's export-env input; on unless set to one of these.
 _OFF = frozenset({"false", "0", "no", "off"})
@@ -137,6 +138,24 @@ def published_down(app: App, result: DownResult, provider: str, name: str) -> No
         rows += [("uptime", _duration(cost.seconds)), ("estimated cost", cost.describe())]
     rows.append(("result", _cell(result.message)))
     app.actions.summary(_table(f"ollama-ondemand: `{name}` down", rows))
+
+
+def published_backstop(app: App, what: str, verdicts: list[Verdict]) -> None:
+    """The job summary of ``watchdog`` and ``reap``: what each deployment got, and why."""
+    if not app.actions.active:
+        return
+    lines = [f"### ollama-ondemand: {what}", "", "| deployment | state | action | why | "
+             "billed | saves |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for v in verdicts:
+        billed = "" if v.cost is None else _cell(v.cost.describe())
+        saves = f"{v.saved_hourly:.2f}/h" if v.saved_hourly else ""
+        lines.append(f"| {v.name} | {v.state} | {v.action} | {_cell(v.reason)} | {billed} | "
+                     f"{saves} |")  # fmt: skip
+    if not verdicts:
+        lines.append("| (none) | | | | | |")
+    stopped = sum(v.action == "stopped" for v in verdicts)
+    _outputs(app, {"status": f"{stopped} stopped"})
+    app.actions.summary("\n".join(lines) + "\n")
 
 
 def published_status(app: App, report: Mapping[str, object]) -> None:

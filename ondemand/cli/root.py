@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
@@ -147,10 +147,6 @@ json_option = click.option(
     callback=_json_after_command,
     help="Print results as JSON on stdout (same as the global --json).",
 )
-
-
-def later(name: str) -> NoReturn:
-    raise not_available(name)
 
 
 # -- entry point --------------------------------------------------------------------------

@@ -219,17 +219,21 @@ class OvhProvider:
             return CapacityError(text, hint="OVH is busy or failing; try again in a few minutes")
         return ProviderError(text)
 
-    def _find_app(self, name: str) -> dict[str, Any] | None:
+    def _named_apps(self, name: str) -> list[dict[str, Any]]:
         selector = f"{LABEL_NAME}={label_value(name)}"
-        apps = [
+        return [
             app
             for app in self._call("list apps", lambda: list(self.client.list_apps(selector)))
             if (app.get("spec") or {}).get("name") == name
             and _state(app) not in ("DELETED", "DELETING")
         ]
+
+    def _find_app(self, name: str) -> dict[str, Any] | None:
+        apps = self._named_apps(name)
         if len(apps) > 1:
-            log.warning("%d OVH apps are named %s; using the most recent", len(apps), name)
-            apps.sort(key=lambda app: str(app.get("createdAt") or ""), reverse=True)
+            # The one every racer agrees on (see _settle), whoever asks.
+            log.warning("%d OVH apps are named %s; using the oldest", len(apps), name)
+            apps.sort(key=_age_key)
         return apps[0] if apps else None
 
     def _deployment(
@@ -420,7 +424,20 @@ class OvhProvider:
             raise self._error("create the app", exc) from exc
         except ApiUnreachable as exc:
             raise CapacityError(f"the OVH AI API could not be reached: {exc}") from exc
-        return app
+        return self._settle(name, app)
+
+    def _settle(self, name: str, created: dict[str, Any]) -> dict[str, Any]:
+        """Two jobs that create the same app at once both succeed at OVH: the oldest one is
+        kept, and each racer that created a younger one deletes its own."""
+        apps = self._named_apps(name)
+        if len(apps) < 2:
+            return created
+        oldest = min(apps, key=_age_key)
+        if oldest.get("id") != created.get("id"):
+            log.info("%s was created twice at once; keeping the older app", name)
+            self._call("delete the duplicate app", self.client.delete_app, created["id"],
+                       force=True)  # fmt: skip
+        return oldest
 
     def _update(self, app_id: str, current: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         wanted = {e["name"]: e["value"] for e in body["envVars"]}
@@ -479,6 +496,10 @@ def _secret(value: str) -> Any:
     from pydantic import SecretStr
 
     return SecretStr(value)
+
+
+def _age_key(app: Mapping[str, Any]) -> tuple[str, str]:
+    return str(app.get("createdAt") or ""), str(app.get("id") or "")
 
 
 def _state(app: Mapping[str, Any]) -> str:

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from ondemand.proxy.limits import Limits
 from ondemand.proxy.metrics import CONTENT_TYPE, Metrics
 from ondemand.proxy.responses import family_of, send_error
 from ondemand.proxy.routes import Access, BadPath, resolve
+from ondemand.proxy.settings import scaled_clock
 from ondemand.proxy.upstream import Upstream, UpstreamClient, UpstreamUnavailable
 from ondemand.proxy.usage import Ledger, UsageRecord
 
@@ -84,7 +84,7 @@ class ProxyApp:
         upstream: UpstreamClient | None = None,
         health: HealthCheck | None = None,
         status_extra: StatusExtra | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
         self.keys: KeyStore = settings.keys
@@ -92,8 +92,9 @@ class ProxyApp:
             settings.upstream, connect_timeout=settings.connect_timeout
         )
         # One clock for idle time and lease expiry (tests pass a fake one).
-        self.activity = Activity(clock)
-        self.leases = LeaseBook(clock)
+        self.clock = clock or scaled_clock(settings.clock_scale)
+        self.activity = Activity(self.clock)
+        self.leases = LeaseBook(self.clock)
         self.limits = Limits(settings.max_inflight)
         self.ledger = Ledger()
         self.metrics = Metrics(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -91,6 +92,19 @@ def _origins(raw: str) -> frozenset[str]:
     return origins
 
 
+def scaled_clock(scale: float) -> Callable[[], float]:
+    """``time.time`` when ``scale`` is 1; else a clock that starts now and runs ``scale``
+    times faster."""
+    if scale == 1.0:
+        return time.time
+    origin = time.time()
+
+    def clock() -> float:
+        return origin + (time.time() - origin) * scale
+
+    return clock
+
+
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     upstream: str
@@ -106,6 +120,9 @@ class ProxySettings:
     max_inflight: int | None = None
     cors_origins: frozenset[str] = frozenset()
     webhook: WebhookSettings | None = None
+    # Rehearsal only: the server's lease and idle clock runs this many times faster than
+    # real time, so a day of CI replays against the sandbox in minutes (bench/cost.py).
+    clock_scale: float = 1.0
     # Kept to rebuild the key store when the keys file changes; holds secrets, so no repr.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -136,5 +153,6 @@ class ProxySettings:
             max_inflight=_positive(env, "ONDEMAND_MAX_INFLIGHT"),
             cors_origins=_origins(env.get("ONDEMAND_CORS_ORIGINS", "")),
             webhook=WebhookSettings.from_env(env),
+            clock_scale=_float(env, "ONDEMAND_CLOCK_SCALE", 1.0),
             env=dict(env),
         )

@@ -98,6 +98,7 @@ class Serve:
         )
         self.state.supervisor = self.supervisor
         self._preload: asyncio.Task[None] | None = None
+        self.env = env
 
     async def _on_ollama_up(self) -> None:
         if self.state.phase == DRAINING:
@@ -145,6 +146,9 @@ class Serve:
         proxy = ProxyApp(
             settings.proxy, health=self.state.health, status_extra=self.state.status_extra
         )
+        from ondemand.serve.selfstop import SelfStop
+
+        selfstop = SelfStop.from_env(proxy, self.env)
         sockets: list[tuple[socket.socket, ASGIApp]] = [(main_sock, proxy)]
         if settings.health_port != settings.port:
             sockets.append(
@@ -169,6 +173,15 @@ class Serve:
             settings.host, ", ".join(map(str, ports)), settings.ollama_bin, settings.ollama_port,
         )  # fmt: skip
         supervising = asyncio.ensure_future(self.supervisor.run())
+        watching = asyncio.ensure_future(selfstop.run()) if selfstop is not None else None
+        if selfstop is not None:
+            log.info(
+                "this server stops its own deployment when idle %s with no live lease, or "
+                "older than %s",
+                f"{selfstop.idle_seconds:.0f}s" if selfstop.idle_seconds else "(never)",
+                f"{selfstop.max_lifetime_seconds:.0f}s" if selfstop.max_lifetime_seconds
+                else "(never)",
+            )  # fmt: skip
         serving = [
             asyncio.ensure_future(server.serve(sockets=[sock]))
             for server, (sock, _) in zip(servers, sockets, strict=True)
@@ -182,6 +195,8 @@ class Serve:
         await asyncio.wait(serving, timeout=settings.drain_timeout + 5)
         if self._preload is not None:
             self._preload.cancel()
+        if watching is not None:
+            watching.cancel()
         await self.supervisor.stop()
         supervising.cancel()
         with contextlib.suppress(asyncio.CancelledError):
