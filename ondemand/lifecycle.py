@@ -713,7 +713,13 @@ def stop_and_verify(
     """Stop, then poll until the provider reports no billable compute; exit 3 when it
     does not stop by the deadline (it may still bill)."""
     name = name or resolved.config.name
-    after = provider.stop(name)
+    try:
+        after = provider.stop(name)
+    except ProviderError:
+        # Another stop won the race (the vendor refuses a second one): go on verifying.
+        after = provider.status(name)
+        if after.status not in (Status.STOPPING, Status.STOPPED, Status.ABSENT):
+            raise
     seen_stopping = [after.status is Status.STOPPING]
 
     def stopped(d: Deployment) -> bool:

@@ -18,6 +18,9 @@ class Activity:
         self.total = 0
         self.started_at = clock()
         self.last: float | None = None
+        # Set by `serve`: warming until the models are ready, then when that happened.
+        self.warming = False
+        self.ready_at: float | None = None
 
     def begin(self) -> None:
         self.total += 1
@@ -26,6 +29,13 @@ class Activity:
     def end(self) -> None:
         # A long stream is activity until it ends, so the idle clock starts from its end.
         self.last = self.clock()
+
+    def mark_ready(self, ready: bool) -> None:
+        self.warming = not ready
+        if ready and self.ready_at is None:
+            self.ready_at = self.clock()
+        elif not ready:
+            self.ready_at = None
 
     def snapshot(self, inflight: int) -> dict[str, object]:
         now = self.clock()

@@ -301,8 +301,14 @@ class ProxyApp:
         return status
 
     def activity_now(self) -> tuple[int, float]:
-        """In flight now, and when the last request ended (or the proxy started)."""
-        return self.limits.inflight, self.activity.last or self.activity.started_at
+        """In flight now, and when the server was last used: the end of the last request,
+        or when it became ready, or started. A server that is still warming up is not idle:
+        the job waiting for it has had no chance to use it yet."""
+        activity = self.activity
+        last = max(activity.last or 0.0, activity.ready_at or 0.0) or activity.started_at
+        if activity.ready_at is None and activity.warming:
+            last = self.clock()
+        return self.limits.inflight, last
 
     # -- health -----------------------------------------------------------------------
 

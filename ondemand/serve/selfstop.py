@@ -107,6 +107,8 @@ class SelfStop:
         proxy = self.proxy
         uptime = self.clock() - proxy.activity.started_at
         drained = False
+        # Max lifetime counts from the process start; idle time only once the models are
+        # ready (see ProxyApp.activity_now).
         if self.max_lifetime_seconds is not None and uptime > self.max_lifetime_seconds:
             reason = f"past its max lifetime ({uptime / 3600:.1f} h)"
         elif self.idle_seconds is not None:

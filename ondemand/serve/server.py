@@ -99,11 +99,14 @@ class Serve:
         self.state.supervisor = self.supervisor
         self._preload: asyncio.Task[None] | None = None
         self.env = env
+        self.proxy: ProxyApp | None = None
 
     async def _on_ollama_up(self) -> None:
         if self.state.phase == DRAINING:
             return
         self.state.phase = PRELOADING
+        if self.proxy is not None:
+            self.proxy.activity.mark_ready(False)
         self.state.reset_models()
         self._preload = asyncio.ensure_future(self._run_preload())
 
@@ -131,11 +134,15 @@ class Serve:
             return
         if problems:
             state.phase, state.problems = FAILED, problems
+            if self.proxy is not None:
+                self.proxy.activity.warming = False  # it never will be ready: idle from here
             for problem in problems:
                 log.error("not ready: %s", problem)
             log.error("/ping answers 503 until the configuration is fixed and the server restarts")
             return
         state.phase = READY
+        if self.proxy is not None:
+            self.proxy.activity.mark_ready(True)
         state.ready_after = time.monotonic() - state.started
         log.info("ready: %d model(s) warm after %.1fs", len(state.models), state.ready_after)
 
@@ -146,6 +153,8 @@ class Serve:
         proxy = ProxyApp(
             settings.proxy, health=self.state.health, status_extra=self.state.status_extra
         )
+        self.proxy = proxy
+        proxy.activity.mark_ready(False)
         from ondemand.serve.selfstop import SelfStop
 
         selfstop = SelfStop.from_env(proxy, self.env)

@@ -1,0 +1,196 @@
+"""The backstops against the sandbox: the watchdog, the reaper and the server's own idle
+stop. What never stops a server (a live lease, doubt) and what always does (an expired
+lease left by a killed job, the max lifetime). The app servers run a clock 600 times
+faster than real time (ONDEMAND_CLOCK_SCALE), so a lease of 120 s ends in 0.2 s."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ondemand.leasing import check_stop
+from ondemand.providers.base import Deployment, Status
+from ondemand.sandbox.server import SandboxServer
+from ondemand.watchdog import watch_once
+from tests.clirun import run
+from tests.cloud import FAST_APPS, Ovh, StartSandbox
+from tests.jobs import Job, job_env, lifecycle_of
+
+SCALE = 600
+
+
+@pytest.fixture
+def sandbox(start_sandbox: StartSandbox, tmp_path: Path) -> tuple[SandboxServer, Ovh]:
+    return start_sandbox(
+        tmp_path / "backstops", app_env={**FAST_APPS, "ONDEMAND_CLOCK_SCALE": str(SCALE)}
+    )
+
+
+def _billable(env: dict[str, str], name: str) -> bool:
+    with lifecycle_of(env) as (_, provider):
+        return provider.status(name).status.billable
+
+
+def _wait_stopped(env: dict[str, str], name: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while _billable(env, name):
+        assert time.monotonic() < deadline, f"{name} still bills after {seconds}s"
+        time.sleep(0.2)
+
+
+def test_a_job_killed_without_down_lets_its_lease_expire_then_the_watchdog_stops_it(
+    sandbox: tuple[SandboxServer, Ovh],
+) -> None:
+    running, _ = sandbox
+    env = job_env(running, "orphan", ONDEMAND_LEASE_TTL="1200s")
+    killed = Job(env, "org/repo/5/test/1")
+    killed.up()
+    assert killed.chat()
+    with lifecycle_of(env) as (resolved, provider):
+        held = watch_once(resolved, provider, idle_seconds=60, max_lifetime_seconds=3600)
+        # The runner died: no down. Its lease lives on for its TTL on the server's clock ...
+        assert (held.action, held.reason) == ("kept", "1 live lease(s): org/repo/5/test/1")
+        time.sleep(2.2)  # 1320 s on the server's clock
+        # ... and then nothing holds the server: it is idle, and it stops.
+        verdict = watch_once(resolved, provider, idle_seconds=60, max_lifetime_seconds=3600)
+    assert verdict.action == "stopped", verdict
+    assert "idle" in verdict.reason
+    assert not _billable(env, "orphan")
+    assert not killed.chat()
+
+
+def test_the_server_stops_its_own_deployment_once_no_lease_is_left(
+    sandbox: tuple[SandboxServer, Ovh],
+) -> None:
+    running, _ = sandbox
+    env = job_env(
+        running, "selfstop", ONDEMAND_SELF_STOP="true", ONDEMAND_IDLE_TIMEOUT="60s",
+        ONDEMAND_LEASE_TTL="1800s",
+    )  # fmt: skip
+    job = Job(env, "org/repo/6/test/1")
+    job.up()
+    assert job.chat()
+    time.sleep(0.2)  # 120 s of server time: idle, but the lease holds it
+    assert _billable(env, "selfstop")
+    assert job.chat()
+    # The job is killed here; its lease ends within 1800 s (3 s), and 60 s after that the
+    # server stops its deployment through the sandbox's API, with no runner left.
+    _wait_stopped(env, "selfstop")
+    apps = httpx.get(running.url + "/_sandbox/apps", timeout=5).json()["apps"]
+    [app] = [a for a in apps if a["name"] == "selfstop"]
+    assert "stopping this deployment through the provider: idle" in Path(app["log"]).read_text()
+
+
+def test_activity_that_cannot_be_read_counts_as_active_until_the_max_lifetime(
+    sandbox: tuple[SandboxServer, Ovh],
+) -> None:
+    running, _ = sandbox
+    env = job_env(running, "doubt")
+    Job(env, "org/repo/7/test/1").up(lease=False)
+    blind = {**env, "ONDEMAND_ADMIN_KEY": "odk_not_the_admin_key_of_this_server"}
+    with lifecycle_of(blind) as (resolved, provider):
+        kept = watch_once(resolved, provider, idle_seconds=0, max_lifetime_seconds=3600)
+        assert kept.action == "kept"
+        assert "cannot be read" in kept.reason
+        assert "counted as active" in kept.reason
+        time.sleep(1.1)
+        old = watch_once(resolved, provider, idle_seconds=0, max_lifetime_seconds=1)
+    assert old.action == "stopped"
+    assert old.reason.startswith("past its max lifetime")
+    assert not _billable(env, "doubt")
+
+
+def test_reap_stops_lease_less_deployments_across_names_and_its_dry_run_stops_nothing(
+    sandbox: tuple[SandboxServer, Ovh],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running, _ = sandbox
+    held = Job(job_env(running, "held"), "org/repo/8/test/1")
+    held.up()
+    Job(job_env(running, "forgotten"), "org/repo/9/test/1").up(lease=False)
+    for name, value in job_env(running, "any").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ONDEMAND_ADMIN_KEY", raising=False)
+
+    code, out, err = run(["reap", "--older-than", "0s", "--dry-run"], capsys)
+    assert code == 0, err
+    lines = sorted(out.splitlines())
+    assert lines[0].startswith("forgotten: would stop (no live lease, nothing in flight)")
+    assert lines[1] == "held: kept (1 live lease(s))"
+    assert "would save 0.95 EUR/h in all" in out
+    assert _billable(job_env(running, "forgotten"), "forgotten")
+
+    code, out, err = run(["--json", "reap", "--older-than", "0s"], capsys)
+    assert code == 0, err
+    actions = {d["name"]: d["action"] for d in json.loads(out)["deployments"]}
+    assert actions == {"forgotten": "stopped", "held": "kept"}
+    assert not _billable(job_env(running, "forgotten"), "forgotten")
+    assert held.chat()
+
+    code, out, _ = run(["reap", "--older-than", "12h"], capsys)
+    assert code == 0
+    assert "held: kept (running 0 min, not past 12.0 h)" in out
+
+
+def test_watchdog_command_once_reports_and_stops_an_idle_deployment(
+    sandbox: tuple[SandboxServer, Ovh],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running, _ = sandbox
+    env = job_env(running, "idle")
+    Job(env, "org/repo/10/test/1").up(lease=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run(["watchdog", "--once", "--idle", "30m"], capsys)
+    assert code == 0, err
+    assert out.startswith("idle: kept (idle ")
+    time.sleep(0.2)  # past 30 min of idle time on the server's 600x clock... not yet 60 min
+    code, out, err = run(["watchdog", "--once", "--idle", "1m"], capsys)
+    assert code == 0, err
+    assert out.startswith("idle: stopped (idle, no live lease (watchdog))")
+    assert "saves 0.95 EUR/h" in out
+    code, out, _ = run(["watchdog", "--once"], capsys)
+    assert out.startswith("idle: idle (nothing is billing)")
+
+
+def test_down_does_not_stop_a_server_it_cannot_ask_unless_past_its_max_lifetime() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    now = datetime.now(UTC)
+    deployment = Deployment(id="x", name="x", status=Status.RUNNING, url=url,
+                            running_since=now - timedelta(hours=2))  # fmt: skip
+    ask: dict[str, object] = {"admin_key": "odk_admin", "headers": {}, "lease_id": None, "holder": "job",
+           "drain_seconds": 60}  # fmt: skip
+    unsure = check_stop(deployment, max_lifetime_seconds=8 * 3600, **ask)  # type: ignore[arg-type]
+    assert not unsure.stop
+    assert "did not answer" in unsure.message
+    assert "'ondemand down --force' stops it now" in unsure.message
+    old = check_stop(deployment, max_lifetime_seconds=3600, **ask)  # type: ignore[arg-type]
+    assert old.stop
+    assert old.message.startswith("past its max lifetime")
+
+
+def test_lease_expiry_is_the_servers_whatever_the_runners_clock_says(
+    sandbox: tuple[SandboxServer, Ovh], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, _ = sandbox
+    env = job_env(running, "skew", ONDEMAND_LEASE_TTL="3h")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 5 * 3600)  # the runner is 5 h ahead
+    job = Job(env, "org/repo/11/test/1")
+    result = job.up()
+    assert result.lease is not None
+    assert 3 * 3600 - 600 < result.lease.expires_in_seconds <= 3 * 3600
+    assert job.chat()
+    down = job.down()
+    [released] = down.released
+    assert 0 <= float(released["held_seconds"]) < 3600
