@@ -57,4 +57,9 @@ for pair in "${pairs[@]}"; do
 done
 unset INPUT_COMMAND
 
+# A workflow step checks once (run it from a schedule); the looping watchdog is for a
+# machine of your own.
+if [[ "$command" == watchdog ]]; then
+  exec "$ondemand" watchdog --once
+fi
 exec "$ondemand" "$command"

@@ -284,3 +284,13 @@ def test_the_selftest_workflow_passes(sandbox_job: Runner) -> None:
         ("Check that it stopped", "success"),
         ("Sandbox log", "skipped"),
     ]
+
+
+def test_the_backstops_run_once_from_a_scheduled_step(sandbox_job: Runner) -> None:
+    watchdog = _ok(sandbox_job.run({"command": "watchdog", "provider": "sandbox"}))
+    assert "### ollama-ondemand: watchdog" in watchdog.summary
+    assert "| ollama-ondemand | absent | idle | nothing is billing |" in watchdog.summary
+    assert watchdog.outputs["status"] == "0 stopped"
+    reap = _ok(sandbox_job.run({"command": "reap", "provider": "sandbox"}))
+    assert "### ollama-ondemand: reap" in reap.summary
+    assert "| (none) |" in reap.summary

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ondemand.leasing import check_stop
+from ondemand.leasing import StopCheck, check_stop
 from ondemand.providers.base import Deployment, Status
 from ondemand.sandbox.server import SandboxServer
 from ondemand.watchdog import watch_once
@@ -168,13 +168,23 @@ def test_down_does_not_stop_a_server_it_cannot_ask_unless_past_its_max_lifetime(
     now = datetime.now(UTC)
     deployment = Deployment(id="x", name="x", status=Status.RUNNING, url=url,
                             running_since=now - timedelta(hours=2))  # fmt: skip
-    ask: dict[str, object] = {"admin_key": "odk_admin", "headers": {}, "lease_id": None, "holder": "job",
-           "drain_seconds": 60}  # fmt: skip
-    unsure = check_stop(deployment, max_lifetime_seconds=8 * 3600, **ask)  # type: ignore[arg-type]
+
+    def ask(max_lifetime: float) -> StopCheck:
+        return check_stop(
+            deployment,
+            admin_key="odk_admin",
+            headers={},
+            lease_id=None,
+            holder="job",
+            drain_seconds=60,
+            max_lifetime_seconds=max_lifetime,
+        )
+
+    unsure = ask(8 * 3600)
     assert not unsure.stop
     assert "did not answer" in unsure.message
     assert "'ondemand down --force' stops it now" in unsure.message
-    old = check_stop(deployment, max_lifetime_seconds=3600, **ask)  # type: ignore[arg-type]
+    old = ask(3600)
     assert old.stop
     assert old.message.startswith("past its max lifetime")
 

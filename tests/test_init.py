@@ -125,7 +125,8 @@ def test_init_writes_the_config_and_three_workflows(
     nightly = _load(repo / NIGHTLY)
     assert nightly["on"]["schedule"] == [{"cron": "0 2 * * *"}]
     assert "workflow_dispatch" in nightly["on"]
-    assert [s["with"]["command"] for s in _action_steps(nightly, "stop")] == ["stop"]
+    assert [s["with"]["command"] for s in _action_steps(nightly, "stop")] == ["reap"]
+    assert nightly["jobs"]["stop"]["permissions"]["deployments"] == "write"
     assert "reap" in (repo / NIGHTLY).read_text()
 
     manual = _load(repo / MANUAL)
@@ -442,7 +443,7 @@ def test_merge_keeps_line_endings_and_reports_what_it_cannot_add(
     assert data.startswith(b"name: nightly\r\n\r\non:\r\n")
     assert b"\r\npermissions: {contents: read}\r\n" in data
     assert b"\n" not in data.replace(b"\r\n", b"")
-    assert _load(repo / NIGHTLY)["jobs"]["stop"]["steps"][1]["with"]["command"] == "stop"
+    assert _load(repo / NIGHTLY)["jobs"]["stop"]["steps"][1]["with"]["command"] == "reap"
 
     template = "on:\n  push:\n  pull_request:\n"
     result = merge("on: {push: {}}\n", template, {}, "f.yml")
@@ -635,3 +636,21 @@ def test_the_provider_can_be_given_after_init_too(
     code, _, err = run(["init", "--provider", "nope"], capsys)
     assert code == 2
     assert "must be one of" in err
+
+
+def test_a_nightly_stop_written_before_reap_becomes_a_reap_and_keeps_its_edits(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["init", "--provider", "ovh"], capsys)[0] == 0
+    text = (repo / NIGHTLY).read_text()
+    older = text.replace("command: reap", "command: stop").replace(
+        "      deployments: write # to mark the GitHub Deployments of stopped servers inactive\n",
+        "",
+    )
+    older = older.replace('cron: "0 2 * * *"', 'cron: "0 3 * * *"')  # the user's own time
+    (repo / NIGHTLY).write_text(older)
+    assert run(["init", "--provider", "ovh"], capsys)[0] == 0
+    nightly = _load(repo / NIGHTLY)
+    assert [s["with"]["command"] for s in _action_steps(nightly, "stop")] == ["reap"]
+    assert nightly["jobs"]["stop"]["permissions"]["deployments"] == "write"
+    assert nightly["on"]["schedule"] == [{"cron": "0 3 * * *"}]

@@ -8,8 +8,9 @@ updated in place when its spec changed and recreated only when OVH cannot update
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -324,9 +325,12 @@ class OvhProvider:
         if not volume:
             return ""
         bucket = volume.split("@", 1)[0]
+        gigabytes = _cache_gigabytes(self.config.models)
         return (
             f"the Object Storage bucket {bucket} keeps the model cache and bills per GB "
-            "stored until you empty it"
+            f"stored until you empty it (about {gigabytes:.0f} GB for these models: "
+            f"~{gigabytes * OBJECT_STORAGE_MONTHLY_PER_GB:.2f} EUR/month at "
+            f"{OBJECT_STORAGE_MONTHLY_PER_GB} EUR/GB/month)"
         )
 
     def stop(self, deployment_id: str) -> Deployment:
@@ -496,6 +500,22 @@ def _secret(value: str) -> Any:
     from pydantic import SecretStr
 
     return SecretStr(value)
+
+
+# Indicative list price of Standard Object Storage per GB per month; see your project's.
+OBJECT_STORAGE_MONTHLY_PER_GB = 0.007
+# A model's size by its tag when the cache cannot be measured: 4-bit weights.
+_DEFAULT_MODEL_GB = 5.0
+
+
+def _cache_gigabytes(models: Sequence[str]) -> float:
+    """A rough size of the model cache: about 0.6 GB per billion parameters (q4), from the
+    tag (``qwen3:8b``); 5 GB for a model whose tag names no size."""
+    total = 0.0
+    for model in models:
+        size = re.search(r":(\d+(?:\.\d+)?)b\b", model.lower())
+        total += float(size.group(1)) * 0.6 if size else _DEFAULT_MODEL_GB
+    return max(total, 1.0)
 
 
 def _age_key(app: Mapping[str, Any]) -> tuple[str, str]:

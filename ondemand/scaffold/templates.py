@@ -48,7 +48,12 @@ Place = tuple[str, ...]
 
 # file -> place -> values earlier versions of the templates wrote there. Add an entry here
 # whenever a template value changes; never remove one.
-SUPERSEDED: Final[Mapping[str, Mapping[Place, tuple[Superseded, ...]]]] = {}
+SUPERSEDED: Final[Mapping[str, Mapping[Place, tuple[Superseded, ...]]]] = {
+    # The nightly backstop stopped the server whoever held it; reap spares held servers.
+    NIGHTLY_WORKFLOW: {
+        ("jobs", "stop", "steps", "Stop Ollama", "with", "command"): (Superseded("stop"),)
+    },
+}
 
 
 def render(provider: str, name: str) -> dict[str, str]:

@@ -137,15 +137,18 @@ jobs:
 
 
 def nightly_stop(provider: str, name: str) -> str:
-    """``ollama-nightly-stop.yml``: stop the server every night, whatever left it running."""
-    stop = _action_step(provider, name="Stop Ollama", step_id="ollama-stop", command="stop",
+    """``ollama-nightly-stop.yml``: every night, stop what nobody holds a lease on."""
+    # The step keeps its first name and id: that is how a re-run finds it in older files.
+    stop = _action_step(provider, name="Stop Ollama", step_id="ollama-stop", command="reap",
                         api_key=False)  # fmt: skip
     steps = "\n\n".join([_CHECKOUT_STEP, stop])
     return f"""\
-# The backstop: stop the server every night, in case a cancelled job or a manual `up` left
-# it running (and billing). `ondemand reap`, which stops only servers no job holds a lease
-# on, is the better backstop once your version has it: then set `command: reap` and give
-# the job `deployments: write` (reap marks the GitHub Deployment inactive).
+# The backstop: every night, `ondemand reap` stops every server of this provider labelled
+# managed-by=ollama-ondemand that no job holds a lease on (running longer than 12 h with
+# nothing in flight), or past its max lifetime, whatever left it running: a runner that
+# died before its cleanup, a manual `up`. Servers a job still holds keep running.
+# For a shorter idle stop, add a schedule such as "*/15 * * * *" and `command: watchdog`
+# (stops this server once idle for idle_timeout with no live lease).
 # Written by `ondemand init`: edit it freely, running init again keeps your changes.
 name: ollama nightly stop
 
@@ -168,6 +171,7 @@ jobs:
     timeout-minutes: 30
     permissions:
       contents: read # to check out ondemand.yml
+      deployments: write # to mark the GitHub Deployments of stopped servers inactive
     steps:
 {_indent(steps, 6)}
 """

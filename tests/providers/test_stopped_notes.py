@@ -46,11 +46,14 @@ def test_a_runpod_network_volume_is_named_with_its_monthly_price(tmp_path: Path)
     assert "about $7.00/month" in note
 
 
-def test_an_ovh_bucket_is_named(tmp_path: Path) -> None:
+def test_an_ovh_bucket_is_named_with_an_estimate_of_its_monthly_price(tmp_path: Path) -> None:
     note = _note(
-        tmp_path, ONDEMAND_PROVIDER="ovh", OLLAMA_VOLUME="ollama-cache@GRA:/var/lib/ollama:rw"
-    )
+        tmp_path, ONDEMAND_PROVIDER="ovh", OLLAMA_VOLUME="ollama-cache@GRA:/var/lib/ollama:rw",
+        ONDEMAND_MODELS="qwen3:8b,nomic-embed-text",
+    )  # fmt: skip
     assert "Object Storage bucket ollama-cache" in note
+    # 8b at ~0.6 GB per billion parameters, plus 5 GB for a tag without a size.
+    assert "about 10 GB for these models: ~0.07 EUR/month at 0.007 EUR/GB/month" in note
 
 
 def test_a_stopped_pod_bills_its_disk(tmp_path: Path) -> None:
