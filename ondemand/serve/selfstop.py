@@ -37,20 +37,17 @@ def _duration(env: Mapping[str, str], name: str) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def provider_stopper(env: Mapping[str, str]) -> Stopper:
+def provider_stopper(env: Mapping[str, str]) -> Stopper | None:
     """Stop this deployment (``ONDEMAND_NAME`` on ``ONDEMAND_PROVIDER``) with the provider
-    credentials in the server's environment. Built at start-up, so a missing credential is
-    a start-up error, not a surprise at 3 a.m."""
+    credentials in the server's environment; None on this machine (``local``), where there
+    is no bill to stop. Built at start-up, so a missing credential is a start-up error,
+    not a surprise at 3 a.m."""
     from ondemand.config import load_config
     from ondemand.lifecycle import make_provider
 
     resolved = load_config(path=None, env=env, flags={}, cwd=None)
     if resolved.config.provider == "local":
-        raise ConfigError(
-            "ONDEMAND_IDLE_STOP / ONDEMAND_MAX_LIFETIME need ONDEMAND_PROVIDER and "
-            "ONDEMAND_NAME: the deployment this server runs in",
-            hint="set them with the provider's credentials, or unset the two variables",
-        )
+        return None
     provider = make_provider(resolved, env)
     name = resolved.config.name
 
@@ -85,13 +82,20 @@ class SelfStop:
         lifetime = _duration(env, "ONDEMAND_MAX_LIFETIME")
         if idle is None and lifetime is None:
             return None
+        stopper = provider_stopper(env)
+        if stopper is None:
+            log.warning(
+                "ONDEMAND_IDLE_STOP / ONDEMAND_MAX_LIFETIME are ignored: ONDEMAND_PROVIDER does "
+                "not name a cloud deployment this server could stop"
+            )
+            return None
         # Checks come often enough that a stop lands within a few percent of the limit.
         shortest = min(x for x in (idle, lifetime) if x is not None)
         # In real seconds: a scaled clock (rehearsal) checks as often in its own time.
         interval = max(0.05, min(30.0, shortest / 10) / proxy.settings.clock_scale)
         return cls(
             proxy,
-            provider_stopper(env),
+            stopper,
             idle_seconds=idle,
             max_lifetime_seconds=lifetime,
             interval=interval,
