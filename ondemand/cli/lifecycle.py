@@ -281,6 +281,12 @@ def _status_text(report: Mapping[str, object]) -> str:
         if isinstance(uptime, float | int):
             activity += f", up {uptime:.0f}s"
         lines.append(activity)
+        leases = server.get("leases")
+        if isinstance(leases, dict):
+            text = f"  leases: {leases.get('live', 0)} live"
+            if server.get("draining"):
+                text += " (draining: being stopped, new leases are refused)"
+            lines.append(text)
     return "\n".join(lines)
 
 

@@ -92,6 +92,9 @@ def test_up_chat_status_down_delete(
     assert report["cost"]["hourly"] > 0
     assert [m["name"] for m in report["server"]["server"]["models"]] == ["llama3.2"]
 
+    code, out, _ = run(["status"], capsys)
+    assert "  leases: 1 live\n" in out
+
     code, out, _ = run(["down"], capsys)
     assert code == 0
     head, share = out.strip().splitlines()

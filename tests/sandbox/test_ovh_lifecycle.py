@@ -122,7 +122,13 @@ def test_create_walks_to_running_serves_stops_and_starts_on_the_same_url(
     _wait_warm(url)
     assert _chat(url, NEW_KEY).status_code == 200
     assert _chat(url, APP_KEY).status_code == 401
-    log = client.http.get(f"/v1/app/{app_id}/log", params={"tail": 200}).text
+    # The log reaches the API through a pipe: a busy machine may lag it a little.
+    deadline = time.monotonic() + 10
+    while True:
+        log = client.http.get(f"/v1/app/{app_id}/log", params={"tail": 200}).text
+        if "qwen3:0.6b is in the model cache: not pulled" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert "qwen3:0.6b is in the model cache: not pulled" in log
 
     refused = client.http.delete(f"/v1/app/{app_id}")
