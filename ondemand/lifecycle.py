@@ -648,8 +648,8 @@ def down(
     was_running = before.status.billable
     if before.status is Status.ABSENT:
         return DownResult(before, False, f"nothing to stop: there is no deployment named {name!r}")
-    check = StopCheck(True, "forced" if force else "")
-    if was_running and not force and not delete_after:
+    check = StopCheck(True, "")
+    if was_running and not force:
         wakes = getattr(provider, "probe_would_wake", None)
         check = check_stop(
             before,
@@ -663,8 +663,11 @@ def down(
         )
     share = _share(resolved, provider, check.released)
     if not check.stop:
+        message = f"{name}: {check.message}"
+        if delete_after:
+            message += " (not deleted either)"
         return DownResult(
-            before, True, f"{name}: {check.message}", kept=True, share=share,
+            before, True, message, kept=True, share=share,
             released=check.released, holders=check.holders,
         )  # fmt: skip
     cost = run_cost(resolved, provider, before) if was_running else None
@@ -767,7 +770,8 @@ def run_cost(resolved: ResolvedConfig, provider: Provider, deployment: Deploymen
 
 
 def delete(resolved: ResolvedConfig, provider: Provider) -> DownResult:
-    return down(resolved, provider, delete_after=True)
+    """The explicit removal: whoever holds it (``down --delete`` keeps to the leases)."""
+    return down(resolved, provider, delete_after=True, force=True)
 
 
 def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:

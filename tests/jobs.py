@@ -76,12 +76,13 @@ class Job:
         self.chats += 1
         return True
 
-    def down(self, *, force: bool = False) -> DownResult:
+    def down(self, *, force: bool = False, delete: bool = False) -> DownResult:
         lease = self.result.lease.id if self.result and self.result.lease else None
         with lifecycle_of(self.env) as (resolved, provider):
             self.down_result = down(
-                resolved, provider, lease_id=lease, holder=self.holder, force=force
-            )
+                resolved, provider, lease_id=lease, holder=self.holder, force=force,
+                delete_after=delete,
+            )  # fmt: skip
         return self.down_result
 
 
