@@ -191,7 +191,8 @@ def _lifecycle(env: dict[str, str], admin_key: str, gateway: dict[str, str]) -> 
             _say(f"      {line}")
     finally:
         _say("[6/7] ondemand down")
-        _say("      " + _ondemand(env, "down").strip())
+        for line in _ondemand(env, "down").strip().splitlines():
+            _say("      " + line.strip())
     stopped = json.loads(_ondemand(env, "--json", "status"))
     if stopped["status"] != "stopped":
         raise DemoFailed(f"after 'ondemand down' it is {stopped['status']}")
