@@ -143,8 +143,13 @@ def sandbox(
         env["OLLAMA_EMULATOR_TOKENS_PER_SECOND"] = str(tokens_per_second)
     if ttft is not None:
         env["OLLAMA_EMULATOR_TTFT"] = str(ttft)
-    # The apps' emulated Ollama gets the same models and speeds as the one under /ollama.
-    app_env = {k: v for k, v in env.items() if k.startswith("OLLAMA_EMULATOR_")}
+    # The apps' emulated Ollama gets the same models and speeds as the one under /ollama,
+    # and their servers the rehearsal's fast lease and idle clock when one is set.
+    app_env = {
+        k: v
+        for k, v in env.items()
+        if k.startswith("OLLAMA_EMULATOR_") or k == "ONDEMAND_CLOCK_SCALE"
+    }
     operator = env.get("ONDEMAND_SANDBOX_TOKEN", "").strip() or DEFAULT_OPERATOR_TOKEN
     read = env.get("ONDEMAND_SANDBOX_READ_TOKEN", "").strip() or DEFAULT_READ_TOKEN
     directory = state_dir or state_root(env) / "sandbox"
