@@ -22,7 +22,8 @@ ACTIONS_HOLDER_PARTS = ("GITHUB_REPOSITORY", "GITHUB_RUN_ID", "GITHUB_JOB", "GIT
 def holder_name(env: Mapping[str, str]) -> str:
     """Who holds the lease: ``ONDEMAND_LEASE_HOLDER``; in Actions
     ``<repo>/<run_id>/<job>/<attempt>``, so a job's cleanup finds its own lease; else
-    ``user@host``."""
+    ``user@host/<shell pid>``: the ``up`` and ``down`` of one terminal or script match, and
+    two terminals racing each other do not release each other's leases."""
     given = env.get("ONDEMAND_LEASE_HOLDER", "").strip()
     if given:
         return given
@@ -33,7 +34,7 @@ def holder_name(env: Mapping[str, str]) -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid()) if hasattr(os, "getuid") else "user"
-    return f"{user}@{socket.gethostname()}"
+    return f"{user}@{socket.gethostname()}/{os.getppid()}"
 
 
 @dataclass
