@@ -52,6 +52,7 @@ class LeaseTaker:
         self.run_key = run_key
         self.models = models  # what a per-run key may use; None: every model
         self.lease: Lease | None = None
+        self.url: str | None = None
         self.problem: str | None = None
         self.saw_draining = False
 
@@ -63,9 +64,20 @@ class LeaseTaker:
     def settled(self) -> bool:
         return self.lease is not None or self.problem is not None
 
+    def release(self) -> None:
+        """Give the lease back: the ``up`` that took it failed or was cancelled, so its job
+        will not use the server (best effort; an unreleased lease still expires)."""
+        lease, url = self.lease, self.url
+        if lease is None or url is None or self.admin_key is None:
+            return
+        with ServerApi(url, self.admin_key, self.headers, timeout=5) as api:
+            api.release(lease.id)
+        self.lease = None
+
     def attempt(self, url: str) -> None:
         if self.settled or self.admin_key is None:
             return
+        self.url = url
         with ServerApi(url, self.admin_key, self.headers) as api:
             answer = api.acquire(
                 self.holder, self.ttl_seconds, key=self.run_key, models=self.models

@@ -401,6 +401,8 @@ def up(
                 deadline=deadline, taker=taker,
             )  # fmt: skip
         except Restart as why:
+            if taker is not None:
+                taker.release()
             restarts += 1
             if restarts > MAX_RESTARTS or time.monotonic() >= deadline:
                 raise ProviderError(
@@ -411,6 +413,12 @@ def up(
             progress(f"{name}: {why}; starting it again once it has stopped")
             time.sleep(0.5)
             continue
+        except BaseException:
+            # A failed or cancelled 'up': its job will not use the server, so it must not
+            # keep it running for another job's cleanup to find.
+            if taker is not None:
+                taker.release()
+            raise
         if taker is not None:
             result.lease, result.lease_problem = taker.lease, taker.problem
             if taker.lease is not None and taker.lease.key:

@@ -109,6 +109,9 @@ class ServerApi:
             body["key"] = {"models": models} if models else True
         return self._call("POST", "/ondemand/leases", body)
 
+    def release(self, lease_id: str) -> Answer:
+        return self._call("DELETE", f"/ondemand/leases/{lease_id}")
+
     def leases(self) -> Answer:
         return self._call("GET", "/ondemand/leases")
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ondemand.errors import ReadyTimeoutError
 from ondemand.leasing import StopCheck, check_stop
+from ondemand.lifecycle import admin_key
 from ondemand.providers.base import Deployment, Status
 from ondemand.sandbox.server import SandboxServer
 from ondemand.watchdog import watch_once
@@ -204,3 +206,27 @@ def test_lease_expiry_is_the_servers_whatever_the_runners_clock_says(
     down = job.down()
     [released] = down.released
     assert 0 <= float(released["held_seconds"]) < 3600
+
+
+def test_an_up_that_fails_after_taking_its_lease_gives_it_back(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    running, _ = start_sandbox(
+        tmp_path / "slow", app_env={**FAST_APPS, "OLLAMA_EMULATOR_PULL_SECONDS": "30"}
+    )
+    env = job_env(running, "slow", ONDEMAND_MODELS="llama3.2,qwen3:0.6b", ONDEMAND_TIMEOUT="4s")
+    with pytest.raises(ReadyTimeoutError):
+        Job(env, "org/repo/12/test/1").up()
+    with lifecycle_of(env) as (resolved, provider):
+        deployment = provider.status("slow")
+        assert deployment.url
+        key = admin_key(resolved, provider, "slow")
+    answer = httpx.get(deployment.url + "/ondemand/leases", headers={"X-API-Key": key or ""})
+    assert answer.json() == {"leases": []}
+    apps = httpx.get(running.url + "/_sandbox/apps", timeout=5).json()["apps"]
+    log = Path(next(a["log"] for a in apps if a["name"] == "slow")).read_text()
+    assert "POST '/ondemand/leases' 201" in log  # it had taken one while it waited
+    assert "DELETE '/ondemand/leases/lse_" in log
+    # So the job's cleanup stops it, whoever runs it.
+    assert Job(env, "org/repo/12/cleanup/1").down().was_running
+    assert not _billable(env, "slow")

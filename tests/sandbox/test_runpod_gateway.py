@@ -50,7 +50,13 @@ def test_a_request_scales_from_zero_and_is_routed(runpod: RunPod) -> None:
     answer = runpod.gateway(endpoint, "/api/tags")
     assert answer.status_code == 200, answer.text
     assert "llama3.2:latest" in answer.text
-    (worker,) = runpod.workers(endpoint["id"])["workers"]
+    # The gateway counts the request done just after its last byte reached the client.
+    deadline = time.monotonic() + 5
+    while True:
+        (worker,) = runpod.workers(endpoint["id"])["workers"]
+        if worker["status"] == "IDLE" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert answer.headers["x-runpod-worker-id"] == worker["id"]
     assert worker["status"] == "IDLE"
     assert worker["gpuTypeId"] == "NVIDIA GeForce RTX 4090"
