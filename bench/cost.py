@@ -80,7 +80,7 @@ from bench.cost_trace import (
     union,
 )
 from ondemand.config import ResolvedConfig, load_config
-from ondemand.lifecycle import admin_key, down, make_provider, up
+from ondemand.lifecycle import admin_key, down, opened_provider, up
 from ondemand.providers.base import Provider
 from ondemand.sandbox.background import background_sandbox
 from ondemand.watchdog import watch_once
@@ -153,13 +153,8 @@ class Setup:
     def provider(self, name: str) -> Iterator[tuple[ResolvedConfig, Provider]]:
         """A provider of its own for each caller: they run in threads of their own."""
         resolved, env = self.config(name)
-        provider = make_provider(resolved, env)
-        try:
+        with opened_provider(resolved, env) as provider:
             yield resolved, provider
-        finally:
-            close = getattr(provider, "close", None)
-            if callable(close):
-                close()
 
     def app(self, name: str) -> dict[str, Any]:
         """The OVH app as the sandbox's API shows it (its state history included)."""

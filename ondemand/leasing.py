@@ -10,7 +10,8 @@ it unless ``--force`` or the deployment is past its max lifetime.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -97,6 +98,21 @@ class LeaseTaker:
         elif answer.kind != "unreachable":
             # A server older than leases, or a key it does not take: go on without one.
             self.problem = answer.detail
+
+
+@contextlib.contextmanager
+def stopping_after(drain: ServerApi | None) -> Iterator[None]:
+    """The stop a drain was granted for. If it fails, the drain is called off so new jobs
+    may take leases again; either way the drain's client is closed."""
+    try:
+        yield
+    except Exception:
+        if drain is not None:
+            drain.cancel_drain()
+        raise
+    finally:
+        if drain is not None:
+            drain.close()
 
 
 @dataclass
@@ -187,7 +203,8 @@ def check_drain(
 ) -> tuple[bool, str, ServerApi | None]:
     """Ask the server to drain for a backstop (watchdog, reaper): (drained, why, the API
     to call the drain off with). Anything but a clear answer counts as active. A dry run
-    reads the server's status instead and predicts the answer."""
+    reads the server's status instead and predicts the answer (for the reaper: no idle
+    time is asked then)."""
     if not admin_key or not deployment.url:
         return False, _UNREADABLE.format("no admin key"), None
     api = ServerApi(deployment.url, admin_key, headers)
@@ -195,7 +212,7 @@ def check_drain(
         answer = api.status()
         api.close()
         if answer.ok:
-            return _predict(answer.body, idle_seconds)
+            return _predict(answer.body)
         return False, _UNREADABLE.format(answer.detail), None
     answer = api.drain(idle_seconds=idle_seconds, ttl_seconds=drain_seconds, reason=reason)
     if answer.ok and answer.body.get("draining"):
@@ -209,19 +226,14 @@ def check_drain(
 _UNREADABLE = "its activity cannot be read ({}): counted as active"
 
 
-def _predict(
-    status: Mapping[str, Any], idle_seconds: float | None
-) -> tuple[bool, str, ServerApi | None]:
+def _predict(status: Mapping[str, Any]) -> tuple[bool, str, ServerApi | None]:
+    """The reaper's dry run, from the server's status: it would drain with no live lease
+    and nothing in flight (the reaper asks no idle time)."""
     leases = status.get("leases") if isinstance(status.get("leases"), dict) else {}
     live = int((leases or {}).get("live") or 0)
     inflight = int(status.get("inflight") or 0)
-    idle = status.get("idle_seconds")
-    if idle is None and not inflight:
-        idle = status.get("uptime_seconds")
     if live:
         return False, f"{live} live lease(s)", None
     if inflight:
         return False, f"{inflight} request(s) in flight", None
-    if idle_seconds is not None and float(idle or 0) < idle_seconds:
-        return False, f"idle {float(idle or 0):.0f}s, less than {idle_seconds:.0f}s", None
     return True, "no live lease, nothing in flight", None

@@ -6,9 +6,10 @@ config, waiting with progress, the server's own view of readiness, what to print
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,19 @@ def make_provider(resolved: ResolvedConfig, env: Mapping[str, str]) -> Provider:
     cls: Any = provider_class(resolved.config.provider)
     provider: Provider = cls(env=env, config=resolved)
     return provider
+
+
+@contextlib.contextmanager
+def opened_provider(resolved: ResolvedConfig, env: Mapping[str, str]) -> Iterator[Provider]:
+    """``make_provider`` for a block: its API client is closed at the end (a caller that
+    runs many, one per thread, leaks no connections)."""
+    provider = make_provider(resolved, env)
+    try:
+        yield provider
+    finally:
+        close = getattr(provider, "close", None)
+        if callable(close):
+            close()
 
 
 # What a server needs to reach its provider's API and stop itself (ONDEMAND_IDLE_STOP).
@@ -647,7 +661,7 @@ def down(
 ) -> DownResult:
     """Release this job's lease and stop the deployment when the server agrees nothing else
     needs it (or ``force``); verify it stopped. Absent or stopped is success."""
-    from ondemand.leasing import StopCheck, check_stop
+    from ondemand.leasing import StopCheck, check_stop, stopping_after
     from ondemand.serverapi import holder_name
 
     config = resolved.config
@@ -679,16 +693,8 @@ def down(
             released=check.released, holders=check.holders,
         )  # fmt: skip
     cost = run_cost(resolved, provider, before) if was_running else None
-    try:
+    with stopping_after(check.drained_via):
         after = stop_and_verify(resolved, provider) if was_running else before
-    except Exception:
-        if check.drained_via is not None:
-            # The stop did not happen: let new jobs take leases again.
-            check.drained_via.cancel_drain()
-        raise
-    finally:
-        if check.drained_via is not None:
-            check.drained_via.close()
     if delete_after:
         provider.delete(name)
         after = dataclasses.replace(after, status=Status.ABSENT)
@@ -708,14 +714,13 @@ def _share(
     resolved: ResolvedConfig, provider: Provider, released: list[dict[str, Any]]
 ) -> Estimate | None:
     """This run's share of the bill: how long its lease was held, by the server's clock."""
-    from ondemand.providers.costs import CURRENCY, Estimate, price
+    from ondemand.providers.costs import for_seconds
 
     if not released:
         return None
     config = resolved.config
     held = sum(float(lease.get("held_seconds") or 0) for lease in released)
-    hourly = price(provider.name, config.gpu, config.gpu_count, config.prices)
-    return Estimate(held, hourly, CURRENCY.get(provider.name, ""))
+    return for_seconds(provider.name, held, config.gpu, config.gpu_count, config.prices)
 
 
 def stop_and_verify(

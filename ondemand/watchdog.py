@@ -85,7 +85,7 @@ def watch_once(
     """Look at one deployment once; stop it when it is idle with no live lease (or, for
     the reaper, older than ``older_than_seconds`` with no live lease), or past its max
     lifetime."""
-    from ondemand.leasing import check_drain
+    from ondemand.leasing import check_drain, stopping_after
     from ondemand.lifecycle import admin_key, gateway_headers, run_cost, stop_and_verify
 
     name = name or resolved.config.name
@@ -130,15 +130,8 @@ def watch_once(
     if dry_run:
         verdict.action, verdict.reason = "would stop", reason
         return verdict
-    try:
+    with stopping_after(api):
         stop_and_verify(resolved, provider, name)
-    except Exception:
-        if api is not None:
-            api.cancel_drain()  # not stopped: new jobs may take leases again
-        raise
-    finally:
-        if api is not None:
-            api.close()
     verdict.action, verdict.reason = "stopped", reason
     return verdict
 

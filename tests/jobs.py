@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from ondemand.config import ResolvedConfig, load_config
-from ondemand.lifecycle import DownResult, UpResult, down, make_provider, up
+from ondemand.lifecycle import DownResult, UpResult, down, opened_provider, up
 from ondemand.providers.base import Provider
 from ondemand.sandbox.server import SandboxServer
 
@@ -22,13 +22,8 @@ CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "s
 def lifecycle_of(env: Mapping[str, str]) -> Iterator[tuple[ResolvedConfig, Provider]]:
     """The config and a provider client for ``env``, closed at the end."""
     resolved = load_config(path=None, env=env, flags={}, cwd=None)
-    provider = make_provider(resolved, env)
-    try:
+    with opened_provider(resolved, env) as provider:
         yield resolved, provider
-    finally:
-        close = getattr(provider, "close", None)
-        if callable(close):
-            close()
 
 
 def job_env(running: SandboxServer, name: str, **extra: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from ondemand.cli.publish import github_deployments, published_backstop
 from ondemand.cli.root import App, cli, json_option, pass_app
 
 if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
     from ondemand.watchdog import Verdict
 
 
@@ -25,18 +26,13 @@ def _seconds(text: str) -> float:
         raise UsageError(f"{text!r} is not a duration", hint="write e.g. 90s, 30m or 12h") from exc
 
 
-def _mark_inactive(app: App, verdicts: list[Verdict], provider: str) -> None:
-    from ondemand.deployments import GithubDeployments
-
-    if not app.actions.active:
-        return
-    token = app.env.get("ONDEMAND_GITHUB_TOKEN", app.env.get("GITHUB_TOKEN", ""))
+def _mark_inactive(
+    app: App, resolved: ResolvedConfig, verdicts: list[Verdict], provider: str
+) -> None:
     for verdict in verdicts:
         if verdict.action != "stopped":
             continue
-        github = GithubDeployments.from_env(
-            app.env, token or None, verdict.name, app.actions.warning, provider=provider
-        )
+        github = github_deployments(app, resolved, provider, verdict.name)
         if github is not None:
             github.stopped(verdict.line())
 
@@ -111,4 +107,4 @@ def reap(app: App, older_than: str, dry_run: bool) -> None:
     app.emit({"dry_run": dry_run, "deployments": [v.view() for v in verdicts]},
              "\n".join(lines))  # fmt: skip
     published_backstop(app, "reap (dry run)" if dry_run else "reap", verdicts)
-    _mark_inactive(app, verdicts, provider.name)
+    _mark_inactive(app, resolved, verdicts, provider.name)

@@ -199,9 +199,10 @@ def _table(title: str, rows: list[tuple[str, str]]) -> str:
 
 
 def github_deployments(
-    app: App, resolved: ResolvedConfig, provider: str
+    app: App, resolved: ResolvedConfig, provider: str, name: str | None = None
 ) -> GithubDeployments | None:
-    """The GitHub Deployment of ``ollama-<name>`` for this command, when in Actions.
+    """The GitHub Deployment of ``ollama-<name>`` (the configured name unless another is
+    given: the reaper's deployments) for this command, when in Actions.
 
     An explicitly empty ``ONDEMAND_GITHUB_TOKEN`` (the action's ``github-token: ''``) turns
     Deployments off without a warning; no token at all warns once.
@@ -214,5 +215,5 @@ def github_deployments(
         secret = resolved.secrets.github_token
         token = secret.get_secret_value() if secret is not None else None
     return GithubDeployments.from_env(
-        app.env, token, resolved.config.name, app.actions.warning, provider=provider
+        app.env, token, name or resolved.config.name, app.actions.warning, provider=provider
     )

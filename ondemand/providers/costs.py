@@ -64,4 +64,11 @@ def estimate(
 ) -> Estimate:
     now = now or datetime.now(UTC)
     seconds = max(0.0, (now - running_since).total_seconds()) if running_since else 0.0
+    return for_seconds(provider, seconds, gpu, gpu_count, overrides)
+
+
+def for_seconds(
+    provider: str, seconds: float, gpu: str, gpu_count: int, overrides: Mapping[str, float]
+) -> Estimate:
+    """The cost of ``seconds`` of compute (a run's share: how long its lease was held)."""
     return Estimate(seconds, price(provider, gpu, gpu_count, overrides), CURRENCY.get(provider, ""))
