@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ondemand.deployments import MAX_DESCRIPTION, GithubDeployments
+from ondemand.processes import free_port
 from tests.github_fake import REPOSITORY, TOKEN, FakeGitHub
 
 SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
@@ -314,10 +315,8 @@ def test_bad_token_on_a_later_down_warns_once(github: FakeGitHub, warnings: list
 
 
 def test_unreachable_github_warns_once_quickly(warnings: list[str]) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    # Nothing listens on the port any more: connections are refused.
+    port = free_port()
+    # Nothing listens on the port: connections are refused.
     made = GithubDeployments.from_env(
         actions_env(f"http://127.0.0.1:{port}"), TOKEN, "ci", warnings.append
     )

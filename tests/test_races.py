@@ -10,7 +10,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ondemand.leasing import check_stop
@@ -164,7 +163,7 @@ def test_jobs_and_a_watchdog_racing_in_random_order_never_kill_a_lease_holder(
 def test_down_and_the_watchdog_at_once_stop_it_once_without_an_error(
     sandbox: tuple[SandboxServer, Ovh],
 ) -> None:
-    running, _ = sandbox
+    running, api = sandbox
     env = job_env(running, "both")
     job = Job(env, "org/repo/1/a/1")
     job.up()
@@ -179,4 +178,4 @@ def test_down_and_the_watchdog_at_once_stop_it_once_without_an_error(
     assert job.down_result is not None
     again = Job(env, "org/repo/1/a/2").down()
     assert "already stopped" in again.message
-    assert httpx.get(running.url + "/_sandbox/apps", timeout=5).status_code == 200
+    assert _history(api, "both").count("STOPPING") == 1
