@@ -53,6 +53,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert (code, out.strip()) == (0, f"ondemand, version {__version__}")
 
 
+def test_a_duration_that_is_not_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["reap", "--older-than", "a while", "--dry-run"], capsys)
+    assert (code, out) == (2, "")
+    assert "'a while' is not a duration" in err
+    assert "write e.g. 90s, 30m or 12h" in err
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["no-such-command"], capsys)[0] == 2
     assert run(["--provider", "azure", "config"], capsys)[0] == 2
