@@ -36,23 +36,28 @@ def raw_request(
         sock.sendall(request)
         if send_only:
             sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
+        return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> RawResponse:
+    """Read one whole response: its head and body may arrive in separate segments."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            headers = _headers(head)
+            length = headers.get("content-length")
+            if length is not None and len(body) >= int(length):
                 break
-            if not chunk:
+            if headers.get("transfer-encoding") == "chunked" and body.endswith(b"0\r\n\r\n"):
                 break
-            data += chunk
-            head, sep, body = data.partition(b"\r\n\r\n")
-            if sep:
-                headers = _headers(head)
-                length = headers.get("content-length")
-                if length is not None and len(body) >= int(length):
-                    break
-                if headers.get("transfer-encoding") == "chunked" and body.endswith(b"0\r\n\r\n"):
-                    break
     head, _, body = data.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0]
     if not status_line:
