@@ -26,6 +26,9 @@ LABEL_REPO = "repo"
 LABEL_RUN_ID = "run-id"
 LABEL_EXPIRES_AT = "expires-at"
 MANAGED_BY = "ollama-ondemand"
+# A deploy's detail when another job created the same deployment at the same moment and
+# its copy was kept: this job must not stop it, since the other may be starting it.
+CREATED_BY_ANOTHER = "created at the same moment by another job"
 
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -20,6 +20,7 @@ import httpx
 from ondemand.errors import CapacityError, ConfigError, CredentialsError, ProviderError
 from ondemand.providers._http import ApiClient, ApiError, ApiUnreachable
 from ondemand.providers.base import (
+    CREATED_BY_ANOTHER,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     MANAGED_BY,
@@ -283,7 +284,7 @@ class OvhProvider:
         body["labels"] = {**body["labels"], LABEL_SPEC: spec_digest}  # type: ignore[dict-item]
         app = self._find_app(spec.name)
         if app is None:
-            return self._deployment(spec.name, self._create(spec.name, body), "created")
+            return self._created(spec.name, body, "created")
         app_id = str(app["id"])
         labels = (app.get("spec") or {}).get("labels") or {}
         if labels.get(LABEL_SPEC) == spec_digest:
@@ -297,7 +298,7 @@ class OvhProvider:
                     "the bucket keeps the model cache",
                 )
             self._call("delete the old app", self.client.delete_app, app_id, force=False)
-            return self._deployment(spec.name, self._create(spec.name, body), "recreated")
+            return self._created(spec.name, body, "recreated")
         self._update(app_id, app.get("spec") or {}, body)
         note = "updated; it takes effect at the next start" if _state(app) in ACTIVE else "updated"
         return self._deployment(
@@ -412,7 +413,11 @@ class OvhProvider:
             }
         return {"fixed": {"replicas": ovh.replicas}}
 
-    def _create(self, name: str, body: Mapping[str, object]) -> dict[str, Any]:
+    def _created(self, name: str, body: Mapping[str, object], detail: str) -> Deployment:
+        app, ours = self._create(name, body)
+        return self._deployment(name, app, detail if ours else CREATED_BY_ANOTHER)
+
+    def _create(self, name: str, body: Mapping[str, object]) -> tuple[dict[str, Any], bool]:
         """POST /v1/app, retried safely: after a 5xx or a lost answer the app may exist."""
         retrying = self._api().retrying()
 
@@ -430,18 +435,20 @@ class OvhProvider:
             raise CapacityError(f"the OVH AI API could not be reached: {exc}") from exc
         return self._settle(name, app)
 
-    def _settle(self, name: str, created: dict[str, Any]) -> dict[str, Any]:
+    def _settle(self, name: str, created: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Two jobs that create the same app at once both succeed at OVH: the oldest one is
-        kept, and each racer that created a younger one deletes its own."""
+        kept, and each racer that created a younger one deletes its own. Answers the app
+        kept and whether this job made it."""
         apps = self._named_apps(name)
         if len(apps) < 2:
-            return created
+            return created, True
         oldest = min(apps, key=_age_key)
-        if oldest.get("id") != created.get("id"):
-            log.info("%s was created twice at once; keeping the older app", name)
-            self._call("delete the duplicate app", self.client.delete_app, created["id"],
-                       force=True)  # fmt: skip
-        return oldest
+        if oldest.get("id") == created.get("id"):
+            return created, True
+        log.info("%s was created twice at once; keeping the older app", name)
+        self._call("delete the duplicate app", self.client.delete_app, created["id"],
+                   force=True)  # fmt: skip
+        return oldest, False
 
     def _update(self, app_id: str, current: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         wanted = {e["name"]: e["value"] for e in body["envVars"]}

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ondemand.errors import CapacityError, UnhealthyError
-from ondemand.providers.base import Deployment, Spec, Status, parse_time
+from ondemand.providers.base import CREATED_BY_ANOTHER, Deployment, Spec, Status, parse_time
 from ondemand.providers.ovh_spec import check_image, digest
 from ondemand.providers.runpod_api import (
     ENV_SPEC,
@@ -24,6 +24,7 @@ from ondemand.providers.runpod_api import (
     label_env,
     labels,
     managed,
+    oldest,
 )
 from ondemand.providers.runpod_spec import serverless_gpus
 
@@ -70,14 +71,16 @@ class RunpodProvider:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _find(self, name: str) -> dict[str, Any] | None:
+    def _named(self, name: str) -> list[dict[str, Any]]:
         body = self.runpod.get("list endpoints", "/v2/serverless")
         items = body.get("endpoints", []) if isinstance(body, dict) else body or []
-        found = [e for e in items if isinstance(e, dict) and managed(e, name)]
+        return [e for e in items if isinstance(e, dict) and managed(e, name)]
+
+    def _find(self, name: str) -> dict[str, Any] | None:
+        found = self._named(name)
         if len(found) > 1:
-            log.warning("%d RunPod endpoints are named %s; using the newest", len(found), name)
-            found.sort(key=lambda e: str(e.get("createdAt") or ""), reverse=True)
-        return found[0] if found else None
+            log.warning("%d RunPod endpoints are named %s; using the oldest", len(found), name)
+        return oldest(found)
 
     def _workers(self, endpoint_id: str) -> dict[str, int]:
         workers = self.runpod.get_or_none(
@@ -146,10 +149,17 @@ class RunpodProvider:
         if current is None:
             # Created with no workers allowed: 'start' (or 'up') lets them run.
             body["workers"] = {**body["workers"], "min": 0, "max": 0}
-            created = self.runpod.create(
-                "create the endpoint", "/v2/serverless", body, lambda: self._find(spec.name)
+            created, ours = self.runpod.create(
+                "create the endpoint",
+                "/v2/serverless",
+                body,
+                lambda: self._named(spec.name),
+                # Created with no workers, so it deletes at once.
+                lambda e: self.runpod.send(
+                    "delete the duplicate endpoint", "DELETE", f"/v2/serverless/{e['id']}"
+                ),
             )
-            return self._deployment(spec.name, created, "created")
+            return self._deployment(spec.name, created, "created" if ours else CREATED_BY_ANOTHER)
         env = current.get("env") or {}
         if env.get(ENV_SPEC) == body["env"][ENV_SPEC]:
             return self._deployment(spec.name, current, "unchanged")

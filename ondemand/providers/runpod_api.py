@@ -94,19 +94,20 @@ class RunpodApi:
         """The volume ``NAME@DC``, created with ``size`` GB if missing."""
         wanted = parse_network_volume(text)
 
-        def existing() -> dict[str, Any] | None:
+        def named() -> list[dict[str, Any]]:
             body = self.get("list network volumes", "/v2/network-volumes")
             items = body.get("networkVolumes", []) if isinstance(body, dict) else []
-            for item in items:
-                if item.get("name") == wanted.name and item.get("dataCenter") == wanted.data_center:
-                    return dict(item)
-            return None
+            return [
+                dict(item)
+                for item in items
+                if item.get("name") == wanted.name and item.get("dataCenter") == wanted.data_center
+            ]
 
-        found = existing()
+        found = oldest(named())
         if found is not None:
             return found
         try:
-            created: dict[str, Any] = self.create(
+            created, _ = self.create(
                 "create the network volume",
                 "/v2/network-volumes",
                 {
@@ -114,7 +115,13 @@ class RunpodApi:
                     "size": size,
                     "dataCenter": wanted.data_center,
                 },
-                existing,
+                named,
+                # Just created, so empty: nothing is lost.
+                lambda v: self.send(
+                    "delete the duplicate network volume",
+                    "DELETE",
+                    f"/v2/network-volumes/{v['id']}",
+                ),
             )
         except ConfigError as exc:
             exc.hint = (
@@ -150,17 +157,35 @@ class RunpodApi:
 
         return self.call(what, run)
 
-    def create(self, what: str, path: str, body: object, existing: Callable[[], Any]) -> Any:
-        """POST a new resource; after a 5xx or a lost answer, look for it before retrying."""
+    def create(
+        self,
+        what: str,
+        path: str,
+        body: object,
+        named: Callable[[], list[dict[str, Any]]],
+        discard: Callable[[Mapping[str, Any]], None],
+    ) -> tuple[dict[str, Any], bool]:
+        """POST a new resource; after a 5xx or a lost answer, look for it before retrying.
+
+        Two jobs that create the same resource at once both succeed at RunPod: the oldest
+        one is kept, and each racer that created a younger one discards its own. Answers
+        the one kept, and whether this call made it (the loser must not stop the winner's)."""
         retrying = self.api.retrying()
 
-        def attempt() -> Any:
-            found = existing()
+        def attempt() -> dict[str, Any]:
+            found = oldest(named())
             if found is not None:
                 return found
-            return self.api.request("POST", path, json=body, retry=False).json()
+            made: dict[str, Any] = self.api.request("POST", path, json=body, retry=False).json()
+            return made
 
-        return self.call(what, lambda: retrying(attempt))
+        created: dict[str, Any] = self.call(what, lambda: retrying(attempt))
+        keep = oldest(named())
+        if keep is None or keep.get("id") == created.get("id"):
+            return created, True
+        log.info("%s was created twice at once; keeping the older one", created.get("name"))
+        discard(created)
+        return keep, False
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -212,6 +237,12 @@ def managed(item: Mapping[str, Any], name: str | None = None) -> bool:
     if not isinstance(env, dict) or env.get(ENV_MANAGED_BY) != MANAGED_BY:
         return False
     return name is None or item.get("name") == name
+
+
+def oldest(items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The one of several same-named resources that every racer agrees on."""
+    return min(items, key=lambda i: (str(i.get("createdAt") or ""), str(i.get("id") or "")),
+               default=None)  # fmt: skip
 
 
 def labels(item: Mapping[str, Any]) -> dict[str, str]:

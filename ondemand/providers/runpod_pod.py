@@ -13,9 +13,23 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ondemand.errors import CapacityError, ConfigError
-from ondemand.providers.base import Deployment, Spec, Status, map_status, parse_time
+from ondemand.providers.base import (
+    CREATED_BY_ANOTHER,
+    Deployment,
+    Spec,
+    Status,
+    map_status,
+    parse_time,
+)
 from ondemand.providers.ovh_spec import check_image, digest
-from ondemand.providers.runpod_api import ENV_SPEC, RunpodApi, label_env, labels, managed
+from ondemand.providers.runpod_api import (
+    ENV_SPEC,
+    RunpodApi,
+    label_env,
+    labels,
+    managed,
+    oldest,
+)
 from ondemand.providers.runpod_spec import pod_gpu_type
 
 if TYPE_CHECKING:
@@ -48,18 +62,20 @@ class RunpodPodProvider:
     def close(self) -> None:
         self.runpod.close()
 
-    def _find(self, name: str) -> dict[str, Any] | None:
+    def _named(self, name: str) -> list[dict[str, Any]]:
         body = self.runpod.get("list pods", "/v2/pods")
         items = body.get("pods", []) if isinstance(body, dict) else []
-        found = [
+        return [
             p
             for p in items
             if isinstance(p, dict) and managed(p, name) and p.get("status") != "TERMINATED"
         ]
+
+    def _find(self, name: str) -> dict[str, Any] | None:
+        found = self._named(name)
         if len(found) > 1:
-            log.warning("%d RunPod pods are named %s; using the newest", len(found), name)
-            found.sort(key=lambda p: str(p.get("createdAt") or ""), reverse=True)
-        return found[0] if found else None
+            log.warning("%d RunPod pods are named %s; using the oldest", len(found), name)
+        return oldest(found)
 
     def _url(self, pod: Mapping[str, Any]) -> str:
         return self.runpod.pod_proxy.format(pod_id=pod["id"], port=self.config.port)
@@ -116,10 +132,16 @@ class RunpodPodProvider:
         body = self.pod_spec(spec)
         current = self._find(spec.name)
         if current is None:
-            created = self.runpod.create(
-                "create the pod", "/v2/pods", body, lambda: self._find(spec.name)
+            created, ours = self.runpod.create(
+                "create the pod",
+                "/v2/pods",
+                body,
+                lambda: self._named(spec.name),
+                lambda p: self.runpod.send(
+                    "terminate the duplicate pod", "DELETE", f"/v2/pods/{p['id']}"
+                ),
             )
-            return self._deployment(spec.name, created, "created")
+            return self._deployment(spec.name, created, "created" if ours else CREATED_BY_ANOTHER)
         if (current.get("env") or {}).get(ENV_SPEC) == body["env"][ENV_SPEC]:
             return self._deployment(spec.name, current, "unchanged")
         update = {k: v for k, v in body.items() if k in ("image", "env", "ports", "disk")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ import httpx
 import pytest
 
 from ondemand.config import load_config
-from ondemand.lifecycle import make_provider
+from ondemand.lifecycle import deploy, make_provider
+from ondemand.providers.base import CREATED_BY_ANOTHER, Deployment
 from tests.clirun import run
 from tests.cloud import StartSandbox
+from tests.jobs import run_threads
 
 IMAGE = "registry.example.com/team/ollama-ondemand:1.4.0"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -169,3 +172,47 @@ def test_the_lifecycle_a_ci_job_runs(
     assert _status(capsys)["status"] == "absent"
     assert _managed(tmp_path) == []
     assert run(["delete"], capsys)[0] == 0
+
+
+CREATES = ("/v1/app", "/v2/serverless", "/v2/pods")
+
+
+@pytest.mark.parametrize("provider", [p for p in PROVIDERS if p != "local"], indirect=True)
+def test_two_jobs_deploying_at_once_leave_one_deployment(
+    provider: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each job holds its create until the other's is ready to go: both looked, both found
+    # nothing, both create. Only the settling after the create can keep one.
+    both_looked = threading.Barrier(2)
+
+    def hold_the_create(request: httpx.Request) -> None:
+        if request.method == "POST" and request.url.path.endswith(CREATES):
+            both_looked.wait(timeout=20)
+
+    env = dict(os.environ)
+    results: list[Deployment] = []
+
+    def job() -> None:
+        resolved = load_config(path=None, env=env, cwd=tmp_path)
+        cloud = make_provider(resolved, env)
+        try:
+            _http(cloud).event_hooks["request"].append(hold_the_create)
+            results.append(deploy(resolved, cloud))
+        finally:
+            cloud.close()  # type: ignore[attr-defined]
+
+    assert run_threads(job, job) == []
+    # Both jobs were handed the same one; only the job that made it may stop it again.
+    assert results[0].url == results[1].url
+    mine, theirs = sorted(results, key=lambda r: r.detail == CREATED_BY_ANOTHER)
+    assert (mine.detail or "").startswith("created"), mine
+    assert theirs.detail == CREATED_BY_ANOTHER
+    assert _managed(tmp_path) == ["contract"]
+    report = _status(capsys)
+    assert (report["status"], report["url"]) == ("stopped", results[0].url)
+
+
+def _http(provider: object) -> httpx.Client:
+    api = getattr(provider, "runpod", None) or getattr(provider, "client")  # noqa: B009
+    http: httpx.Client = api.api.http
+    return http

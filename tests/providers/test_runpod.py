@@ -5,6 +5,7 @@ commands as a user runs them, faults included."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from ondemand.providers.runpod import RunpodProvider
 from ondemand.sandbox.server import SandboxServer
 from tests.clirun import run
 from tests.cloud import StartSandbox
+from tests.jobs import run_threads
 
 IMAGE = "registry.example.com/team/ollama-ondemand:1.4.0"
 USER_KEY = "odk_runpod_provider_user_key_0123"
@@ -168,6 +170,25 @@ def test_a_network_volume_is_created_once_and_pins_the_data_center(cloud: Cloud)
     provider, sent, resolved = cloud.provider(**settings)
     assert deploy(resolved, provider).detail == "unchanged"
     assert not [r for r in sent.requests if r.method != "GET"]
+
+
+def test_two_jobs_creating_the_volume_at_once_keep_one_and_both_use_it(cloud: Cloud) -> None:
+    settings = {"ONDEMAND_RUNPOD_NETWORK_VOLUME": "ollama-models@EU-RO-1"}
+    both_looked = threading.Barrier(2)
+
+    def hold_the_create(request: httpx.Request) -> None:
+        if request.method == "POST" and request.url.path.endswith("/v2/network-volumes"):
+            both_looked.wait(timeout=20)
+
+    jobs = [cloud.provider(**settings) for _ in range(2)]
+    for provider, _, _ in jobs:
+        provider.runpod.api.http.event_hooks["request"].append(hold_the_create)
+    assert run_threads(*(lambda p=p, r=r: deploy(r, p) for p, _, r in jobs)) == []
+    assert sum(len(sent.bodies("POST", "/v2/network-volumes")) for _, sent, _ in jobs) == 2
+    with cloud.http as client:
+        [volume] = client.get("/v2/network-volumes").json()["networkVolumes"]
+    [endpoint] = cloud.endpoints()
+    assert endpoint["networkVolumes"] == [volume["id"]]
 
 
 def test_a_new_spec_patches_the_same_endpoint_and_keeps_it_stopped(cloud: Cloud) -> None:
