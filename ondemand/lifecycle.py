@@ -702,7 +702,9 @@ def down(
     if was_running and check.message:
         message += f" ({check.message})"
     if delete_after:
-        message += "; deployment deleted (the model cache is kept)"
+        kept = getattr(provider, "kept_after_delete", None)
+        text = kept() if callable(kept) else ""
+        message += f"; deployment deleted ({text})" if text else "; deployment deleted"
     elif callable(note := getattr(provider, "stopped_note", None)) and (text := note()):
         # Stopped is not always free (a pod's disk, the model cache): say so where it is
         # decided.

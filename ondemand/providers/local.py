@@ -244,6 +244,9 @@ class LocalProvider:
 
     # -- beyond the contract --------------------------------------------------------
 
+    def kept_after_delete(self) -> str:
+        return f"its model store under {self.root} is kept"
+
     def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
         secrets = _read(self._dir(deployment_id) / "secrets.json") or {}
         key = secrets.get(env_name)

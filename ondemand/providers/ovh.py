@@ -319,9 +319,12 @@ class OvhProvider:
         self._call("start the app", self.client.start_app, app["id"])
         return self.status(deployment_id)
 
+    def kept_after_delete(self) -> str:
+        return self.stopped_note()
+
     def stopped_note(self) -> str:
-        """What still bills once the app is stopped (the bucket holding the models); empty
-        when nothing does."""
+        """What still bills once the app is stopped (the bucket holding the models, which
+        also outlives a delete); empty when nothing does."""
         volume = self.config.volume
         if not volume:
             return ""

@@ -24,6 +24,7 @@ from ondemand.providers.runpod_api import (
     label_env,
     labels,
     managed,
+    network_volume_note,
     oldest,
 )
 from ondemand.providers.runpod_spec import serverless_gpus
@@ -35,8 +36,6 @@ log = logging.getLogger("ondemand.providers.runpod")
 
 VOLUME_MOUNT = "/runpod-volume"
 MODELS_DIR = f"{VOLUME_MOUNT}/ollama-models"
-# RunPod's list price for network volume storage under 1 TB, USD per GB per month.
-NETWORK_VOLUME_MONTHLY_PER_GB = 0.07
 # Polls that saw a crashed worker, none ready since, before 'up' calls it a crash loop.
 CRASH_POLLS = 3
 
@@ -196,17 +195,11 @@ class RunpodProvider:
         return replace(started, detail=allowed)
 
     def stopped_note(self) -> str:
-        """What still bills once no worker runs (the network volume holding the models);
-        empty when nothing does."""
-        volume = self.config.runpod.network_volume
-        if not volume:
-            return ""
-        size = self.config.runpod.network_volume_size
-        return (
-            f"the network volume {volume} ({size} GB) keeps the model cache and bills about "
-            f"${size * NETWORK_VOLUME_MONTHLY_PER_GB:.2f}/month until you delete it in RunPod's "
-            "console"
-        )
+        """What still bills once no worker runs; empty when nothing does."""
+        return network_volume_note(self.config.runpod)
+
+    def kept_after_delete(self) -> str:
+        return network_volume_note(self.config.runpod)
 
     def stop(self, deployment_id: str) -> Deployment:
         endpoint = self._find(deployment_id)

@@ -22,7 +22,7 @@ from ondemand.providers.base import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, la
 from ondemand.providers.runpod_spec import parse_network_volume
 
 if TYPE_CHECKING:
-    from ondemand.config import ResolvedConfig
+    from ondemand.config import ResolvedConfig, RunpodSection
 
 T = TypeVar("T")
 log = logging.getLogger("ondemand.providers.runpod")
@@ -34,6 +34,8 @@ POD_PROXY_URL = "https://{pod_id}-{port}.proxy.runpod.net"
 ENV_MANAGED_BY = "ONDEMAND_LABEL_MANAGED_BY"
 ENV_NAME = "ONDEMAND_LABEL_NAME"
 ENV_SPEC = "ONDEMAND_LABEL_SPEC"
+# RunPod's list price for network volume storage under 1 TB, USD per GB per month.
+NETWORK_VOLUME_MONTHLY_PER_GB = 0.07
 
 
 def error_message(response: httpx.Response) -> str:
@@ -51,6 +53,20 @@ def error_message(response: httpx.Response) -> str:
     if isinstance(details, list) and details:
         text += " (" + "; ".join(str(d) for d in details[:5]) + ")"
     return text
+
+
+def network_volume_note(runpod: RunpodSection) -> str:
+    """The network volume holding the models: it bills whether or not a worker or pod
+    runs, and outlives a delete. Empty when none is configured."""
+    volume = runpod.network_volume
+    if not volume:
+        return ""
+    size = runpod.network_volume_size
+    return (
+        f"the network volume {volume} ({size} GB) keeps the model cache and bills about "
+        f"${size * NETWORK_VOLUME_MONTHLY_PER_GB:.2f}/month until you delete it in RunPod's "
+        "console"
+    )
 
 
 def label_env(name: str) -> dict[str, str]:

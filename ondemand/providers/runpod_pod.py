@@ -28,6 +28,7 @@ from ondemand.providers.runpod_api import (
     label_env,
     labels,
     managed,
+    network_volume_note,
     oldest,
 )
 from ondemand.providers.runpod_spec import pod_gpu_type
@@ -102,6 +103,10 @@ class RunpodPodProvider:
         )
 
     def stopped_note(self) -> str:
+        """What still bills while the pod is stopped: the network volume when it has one,
+        else its volume disk."""
+        if self.config.runpod.network_volume:
+            return network_volume_note(self.config.runpod)
         size = self.config.runpod.pod_volume
         return (
             f"a stopped pod still bills its {size} GB volume disk (about "
@@ -109,6 +114,10 @@ class RunpodPodProvider:
             if size
             else ""
         )
+
+    def kept_after_delete(self) -> str:
+        """The volume disk goes with the pod; only a network volume outlives it."""
+        return network_volume_note(self.config.runpod)
 
     # -- the Provider contract -----------------------------------------------------------------
 
