@@ -167,12 +167,15 @@ def check_stop(
     api.close()
     if answer.ok:
         holders = [str(x) for x in body.get("holders") or []]
-        return StopCheck(
-            False,
-            f"kept running: {body.get('reason')}",
-            released=released,
-            holders=holders,
-        )
+        message = f"kept running: {body.get('reason')}"
+        if not holders:
+            # No other job's cleanup will come for it: say who will.
+            message += (
+                "; no job holds a lease on it now, so run 'ondemand down' again once that "
+                "is done, or the watchdog, the server's idle stop or the reaper stops it "
+                "when idle"
+            )
+        return StopCheck(False, message, released=released, holders=holders)
     if answer.kind == "unsupported":
         return StopCheck(True, "the server predates leases")
     if too_old:

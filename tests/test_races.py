@@ -3,6 +3,7 @@ another job holds a lease on, and a job that loses a race gets the server all th
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -10,14 +11,15 @@ import time
 from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ondemand.leasing import check_stop
 from ondemand.lifecycle import admin_key, stop_and_verify
 from ondemand.sandbox.server import SandboxServer
 from ondemand.watchdog import watch_once
-from tests.cloud import Ovh, StartSandbox
-from tests.jobs import Job, job_env, lifecycle_of, run_threads
+from tests.cloud import FAST_APPS, Ovh, StartSandbox
+from tests.jobs import CHAT, Job, job_env, lifecycle_of, run_threads
 
 # More rounds find rarer interleavings: ONDEMAND_RACE_ROUNDS=50 pytest tests/test_races.py
 ROUNDS = int(os.environ.get("ONDEMAND_RACE_ROUNDS", "3"))
@@ -85,6 +87,32 @@ def test_a_lease_taken_before_the_cleanup_keeps_the_server_running(
     stopped = b.down()
     assert (stopped.kept, stopped.was_running) == (False, True)
     assert not b.chat()
+
+
+def test_a_stream_in_flight_without_a_lease_keeps_the_server_until_it_ends(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    # 100 tokens at 40/s: a 2.5 s answer, still streaming when the cleanup runs.
+    slow = {**FAST_APPS, "OLLAMA_EMULATOR_TOKENS_PER_SECOND": "40",
+            "OLLAMA_EMULATOR_RESPONSE_TOKENS": "100"}  # fmt: skip
+    running, _ = start_sandbox(tmp_path / "slow", app_env=slow)
+    job = Job(job_env(running, "streaming"), "org/repo/1/a/1")
+    result = job.up(lease=False)
+    lines: list[bytes] = []
+    with httpx.stream(
+        "POST", result.url + "/api/chat", headers={"X-API-Key": result.api_key or ""},
+        json={**CHAT, "stream": True}, timeout=10,
+    ) as stream:  # fmt: skip
+        chunks = stream.iter_lines()
+        lines.append(next(chunks).encode())
+        kept = job.down()
+        assert kept.kept
+        assert kept.message.startswith("streaming: kept running: 1 request(s) in flight")
+        assert "run 'ondemand down' again" in kept.message
+        lines.extend(line.encode() for line in chunks)
+    assert json.loads(lines[-1])["done"] is True
+    stopped = job.down()
+    assert (stopped.kept, stopped.was_running) == (False, True)
 
 
 def test_two_ups_on_a_stopped_deployment_start_it_once_and_both_get_it(
