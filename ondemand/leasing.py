@@ -162,12 +162,15 @@ def check_stop(
     )
     body = answer.body
     released = [x for x in body.get("released_leases") or [] if isinstance(x, dict)]
+    # A lease that outlived its TTL (a job longer than lease_ttl) is worth knowing about.
+    gone = answer.ok and lease_id is not None and lease_id not in (body.get("released") or [])
+    lost = f"lease {lease_id} was not live (it expired, or was released already); " if gone else ""
     if answer.ok and body.get("draining"):
-        return StopCheck(True, "no live lease and nothing in flight", api, released)
+        return StopCheck(True, f"{lost}no live lease and nothing in flight", api, released)
     api.close()
     if answer.ok:
         holders = [str(x) for x in body.get("holders") or []]
-        message = f"kept running: {body.get('reason')}"
+        message = f"kept running: {lost}{body.get('reason')}"
         if not holders:
             # No other job's cleanup will come for it: say who will.
             message += (

@@ -56,8 +56,11 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_duration_that_is_not_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["reap", "--older-than", "a while", "--dry-run"], capsys)
     assert (code, out) == (2, "")
-    assert "'a while' is not a duration" in err
+    assert "--older-than: 'a while' is not a duration" in err
     assert "write e.g. 90s, 30m or 12h" in err
+    code, _, err = run(["watchdog", "--once", "--idle", "banana"], capsys)
+    assert code == 2
+    assert "--idle: 'banana' is not a duration" in err
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,7 +134,7 @@ def test_errors_become_annotations_in_actions(
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     code, out, _ = run(["watchdog", "--once", "--interval", "soon"], capsys)
     assert code == 2
-    assert "::error title=usage error::'soon' is not a duration" in out
+    assert "::error title=usage error::--interval: 'soon' is not a duration" in out
 
 
 def test_unexpected_errors_are_short_unless_debug(

@@ -84,6 +84,11 @@ def test_a_lease_taken_before_the_cleanup_keeps_the_server_running(
     assert b.chat()
     # A's per-run key ended with its lease; B's works until B's own cleanup.
     assert not a.chat()
+    # A retried cleanup (or one after the lease's TTL) is told its lease is gone.
+    again = a.down()
+    assert again.kept
+    lease = a.result.lease.id if a.result and a.result.lease else "?"
+    assert f"kept running: lease {lease} was not live (it expired, or was released" in again.message
     stopped = b.down()
     assert (stopped.kept, stopped.was_running) == (False, True)
     assert not b.chat()

@@ -16,14 +16,16 @@ if TYPE_CHECKING:
     from ondemand.watchdog import Verdict
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, flag: str) -> float:
     from ondemand.configtypes import parse_duration
     from ondemand.errors import UsageError
 
     try:
         return parse_duration(text).total_seconds()
     except ValueError as exc:
-        raise UsageError(f"{text!r} is not a duration", hint="write e.g. 90s, 30m or 12h") from exc
+        raise UsageError(
+            f"{flag}: {text!r} is not a duration", hint="write e.g. 90s, 30m or 12h"
+        ) from exc
 
 
 def _mark_inactive(
@@ -56,9 +58,13 @@ def watchdog(
     """
     from ondemand.watchdog import watch_once
 
+    every = _seconds(interval, "--interval")
+    # Checked here so the message names the flag the user typed, not the config key.
+    for flag, value in (("--idle", idle), ("--max-lifetime", max_lifetime)):
+        if value is not None:
+            _seconds(value, flag)
     resolved, provider = _lifecycle(app, idle_timeout=idle, max_lifetime=max_lifetime)
     config = resolved.config
-    every = _seconds(interval)
     while True:
         verdict = watch_once(
             resolved,
@@ -95,7 +101,7 @@ def reap(app: App, older_than: str, dry_run: bool) -> None:
 
     resolved, provider = _lifecycle(app)
     verdicts = reap_all(
-        resolved, provider, older_than_seconds=_seconds(older_than), dry_run=dry_run
+        resolved, provider, older_than_seconds=_seconds(older_than, "--older-than"), dry_run=dry_run
     )
     lines = [verdict.line() for verdict in verdicts] or [
         f"no deployment labelled managed-by=ollama-ondemand on {provider.name}"
