@@ -399,7 +399,7 @@ def up(
             holder or holder_name({}),
             config.lease_ttl.total_seconds(),
             gateway_headers(provider),
-            run_key=config.run_key,
+            run_key=config.run_key and not getattr(provider, "ephemeral_servers", False),
             models=list(config.models) or None,
         )
     restarts = 0

@@ -74,6 +74,10 @@ def _print_up(app: App, result: UpResult, provider: str) -> None:
             "  RunPod's gateway takes RUNPOD_API_KEY as 'Authorization: Bearer'; send the key "
             "below as 'X-API-Key' (docs/runpod.md)"
         )
+        app.info(
+            "  it is the endpoint's own key, not a per-run one: a worker that scales to zero "
+            "takes per-run keys with it (docs/safety.md)"
+        )
     for line in models:
         app.info(f"  {line}")
     if result.lease is not None:

@@ -56,6 +56,10 @@ class RunpodProvider:
     """Load-balancing serverless endpoints; deployment ids are the deployment names."""
 
     name: ClassVar[str] = "runpod"
+    # Workers come and go: each stops idle_timeout after its last request, and a new one
+    # starts with nothing of its predecessor's memory. A per-run key kept in one worker's
+    # memory would stop working between two requests of the same job.
+    ephemeral_servers: ClassVar[bool] = True
 
     def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
         self.resolved = config

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +268,24 @@ def test_up_chat_through_the_gateway_status_down_delete(
     assert code == 0
     assert "deleted" in out
     assert cloud.endpoints() == []
+
+
+def test_the_key_up_hands_out_outlives_a_worker_that_scaled_to_zero(
+    cloud: Cloud, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONDEMAND_RUNPOD_IDLE_TIMEOUT", "1")
+    printed, err = _up(capsys)
+    url, key = printed["OLLAMA_HOST"], printed["OLLAMA_API_KEY"]
+    assert "not a per-run one" in err
+    headers = {"Authorization": f"Bearer {cloud.running.env['RUNPOD_API_KEY']}", "X-API-Key": key}
+    assert httpx.get(url + "/api/tags", headers=headers, timeout=10).status_code == 200
+    [endpoint] = cloud.endpoints()
+    deadline = time.monotonic() + 20
+    while cloud.workers(endpoint["id"])["total"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cloud.workers(endpoint["id"])["total"] == 0
+    # The next request of the same job cold-starts a new worker, which knows this key.
+    assert httpx.get(url + "/api/tags", headers=headers, timeout=30).status_code == 200
 
 
 def test_stop_sends_explicit_zeros_and_delete_stops_running_workers_first(
