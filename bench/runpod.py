@@ -110,7 +110,7 @@ def chat(url: str, headers: dict[str, str]) -> tuple[bool, int]:
 
 
 def scale_up(env: dict[str, str], key: str) -> dict[str, object]:
-    cli(env, "down")
+    cli(env, "down", "--force")  # a plain down leaves the endpoint to scale to zero
     cli(env, "start", "--no-wait")  # workers allowed, none running yet
     found = endpoint(env)
     url = str(found["requestUrls"]["base"])  # type: ignore[index]
@@ -138,7 +138,7 @@ def main() -> None:
         lags: dict[str, list[float]] = {"runpod": [], "ovh": []}
         for _ in range(rounds):
             lags["runpod"].append(lag_once(runpod, runpod_ready(runpod)))
-            cli(runpod, "down")
+            cli(runpod, "down", "--force")
             lags["ovh"].append(lag_once(ovh))
             cli(ovh, "down")
         key = json.loads(cli(runpod, "--json", "up"))["api_key"]

@@ -160,6 +160,8 @@ def run(provider: str) -> None:
                 "ONDEMAND_MODELS": MODELS,
                 "ONDEMAND_ADMIN_KEY": str(admin_key["key"]),
                 "ONDEMAND_TIMEOUT": "2m",
+                # RunPod's default is 60 s; the demo shows a worker stopping once idle.
+                "ONDEMAND_RUNPOD_IDLE_TIMEOUT": "2",
             }
             _say(f"      sandbox: {cloud['ONDEMAND_SANDBOX_URL']}")
             gateway = (
@@ -191,19 +193,37 @@ def _lifecycle(env: dict[str, str], admin_key: str, gateway: dict[str, str]) -> 
             _say(f"      {line}")
     finally:
         _say("[6/7] ondemand down")
-        for line in _ondemand(env, "down").strip().splitlines():
+        # As the action does: the job's down releases exactly the lease its up took.
+        lease = {"ONDEMAND_LEASE_ID": str(up.get("lease_id") or "")}
+        for line in _ondemand({**env, **lease}, "down").strip().splitlines():
             _say("      " + line.strip())
-    stopped = json.loads(_ondemand(env, "--json", "status"))
-    if stopped["status"] != "stopped":
-        raise DemoFailed(f"after 'ondemand down' it is {stopped['status']}")
-    _say(f"      the provider reports it {stopped['status']}: no GPU time bills")
-    _after_down(url, gateway)
+    if env["ONDEMAND_PROVIDER"] == "runpod":
+        _scaled_to_zero(env)
+    else:
+        stopped = json.loads(_ondemand(env, "--json", "status"))
+        if stopped["status"] != "stopped":
+            raise DemoFailed(f"after 'ondemand down' it is {stopped['status']}")
+        _say(f"      the provider reports it {stopped['status']}: no GPU time bills")
+        _after_down(url, gateway)
     _say("[7/7] ondemand delete")
     _say("      " + _ondemand(env, "delete").strip())
     gone = json.loads(_ondemand(env, "--json", "status"))
     if gone["status"] != "absent":
         raise DemoFailed(f"after 'ondemand delete' it is {gone['status']}")
     _say("      status: absent")
+
+
+def _scaled_to_zero(env: dict[str, str]) -> None:
+    """A serverless endpoint is not stopped by a cleanup: its idle worker stops by itself."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        # Asking a live worker is a request too: wait out its idle timeout between asks.
+        time.sleep(float(env["ONDEMAND_RUNPOD_IDLE_TIMEOUT"]) + 1.5)
+        report = json.loads(_ondemand(env, "--json", "status"))
+        if report.get("detail") == "workers: none":
+            _say(f"      {report['detail']}: the worker stopped once idle, and no GPU time bills")
+            return
+    raise DemoFailed(f"after 'ondemand down' the endpoint still has {report.get('detail')}")
 
 
 def _after_down(url: str, gateway: dict[str, str]) -> None:

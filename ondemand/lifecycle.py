@@ -317,6 +317,7 @@ class DownResult:
     message: str
     cost: Estimate | None = None  # the deployment's compute since it started, when stopped
     kept: bool = False  # still running: other leases, requests in flight, or no answer
+    scales_to_zero: bool = False  # left running for the platform to stop once idle
     share: Estimate | None = None  # this run's share: how long its lease was held
     released: list[dict[str, Any]] = field(default_factory=list)
     holders: list[str] = field(default_factory=list)  # the leases that kept it running
@@ -670,6 +671,9 @@ def down(
     was_running = before.status.billable
     if before.status is Status.ABSENT:
         return DownResult(before, False, f"nothing to stop: there is no deployment named {name!r}")
+    soft = getattr(provider, "let_scale_to_zero", None)
+    if was_running and not force and not delete_after and callable(soft):
+        return _let_scale_to_zero(resolved, provider, before, lease_id, soft)
     check = StopCheck(True, "")
     if was_running and not force:
         wakes = getattr(provider, "probe_would_wake", None)
@@ -710,6 +714,38 @@ def down(
         # decided.
         message += f"; {text}"
     return DownResult(after, was_running, message, cost, share=share, released=check.released)
+
+
+def _let_scale_to_zero(
+    resolved: ResolvedConfig,
+    provider: Provider,
+    before: Deployment,
+    lease_id: str | None,
+    let_scale_to_zero: Callable[[str], int],
+) -> DownResult:
+    """A serverless endpoint's cleanup. Its workers start with empty memories, so no server
+    can tell whether another job still uses the endpoint, and stopping it could cut off a
+    job between two requests. The platform itself stops each worker once idle, never one
+    serving a request: this job gives its lease back and leaves the endpoint to do that."""
+    from ondemand.serverapi import ServerApi
+
+    name = resolved.config.name
+    released: list[dict[str, Any]] = []
+    key = admin_key(resolved, provider, name)
+    wakes = getattr(provider, "probe_would_wake", None)
+    # With no worker up, its lease went with the worker; asking would start one.
+    if lease_id and key and before.url and not (callable(wakes) and wakes(before)):
+        with ServerApi(before.url, key, gateway_headers(provider), timeout=10) as api:
+            answer = api.release(lease_id)
+        if answer.ok and isinstance(answer.body.get("lease"), dict):
+            released.append(answer.body["lease"])
+    idle = let_scale_to_zero(name)
+    message = (
+        f"{name}: left to scale to zero: each worker stops {idle}s after its last request, "
+        "and none serving a request is cut off ('ondemand down --force' stops it now)"
+    )
+    share = _share(resolved, provider, released)
+    return DownResult(before, True, message, share=share, released=released, scales_to_zero=True)
 
 
 def _share(

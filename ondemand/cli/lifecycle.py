@@ -228,8 +228,9 @@ def down(app: App, lease_id: str | None, force: bool, delete_after: bool) -> Non
     )
     data: dict[str, object] = {
         "status": result.deployment.status.value,
-        "stopped": result.was_running and not result.kept,
+        "stopped": result.was_running and not result.kept and not result.scales_to_zero,
         "kept": result.kept,
+        "scales_to_zero": result.scales_to_zero,
         "released": [lease.get("id") for lease in result.released],
         "holders": result.holders,
     }

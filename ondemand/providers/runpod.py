@@ -205,6 +205,17 @@ class RunpodProvider:
     def kept_after_delete(self) -> str:
         return network_volume_note(self.config.runpod)
 
+    def let_scale_to_zero(self, deployment_id: str) -> int:
+        """A job's cleanup: no worker floor, so each worker stops ``idle_timeout`` after its
+        last request (RunPod never stops one serving a request); the workers allowed stay,
+        so a job still using the endpoint wakes one. Answers the idle timeout."""
+        endpoint = self._find(deployment_id) or {}
+        limits = endpoint.get("workers") or {}
+        idle = int(limits.get("idleTimeout") or self.config.runpod.idle_timeout)
+        if endpoint and int(limits.get("min") or 0):
+            self._set_workers(endpoint, 0, int(limits.get("max") or 0), "lower the worker floor")
+        return idle
+
     def stop(self, deployment_id: str) -> Deployment:
         endpoint = self._find(deployment_id)
         if endpoint is None:

@@ -3,7 +3,8 @@
 - ``GET /ondemand/leases`` -> 200 ``{"leases": [...]}``
 - ``POST /ondemand/leases {"holder", "ttl_seconds"}`` -> 201 the lease
 - ``POST /ondemand/leases/<id>/renew {"ttl_seconds"}`` -> 200 the lease, 404 when gone
-- ``DELETE /ondemand/leases/<id>`` -> 200 ``{"released", "remaining"}``
+- ``DELETE /ondemand/leases/<id>`` -> 200 ``{"released", "remaining", "lease"?}`` (the lease
+  as it was, with ``held_seconds``, when it was live)
 - ``POST /ondemand/drain {"release"?, "holder"?, "idle_seconds"?, "ttl_seconds"?}`` -> 200
   the decision ``{"draining", "released", "remaining", "holders", "inflight", ...}``
 - ``GET /ondemand/drain`` -> 200 ``{"draining": {...} | null}``; ``DELETE`` calls it off
@@ -83,8 +84,11 @@ async def lease_route(
             return
         await send_json(send, 200, renewed.view(book.clock()))
     elif method == "DELETE":
-        released, remaining = book.release(lease_id)
-        await send_json(send, 200, {"released": released, "remaining": remaining})
+        gone, remaining = book.release(lease_id)
+        answer: dict[str, object] = {"released": gone is not None, "remaining": remaining}
+        if gone is not None:
+            answer["lease"] = gone
+        await send_json(send, 200, answer)
     else:
         await send_json(send, 405, {"error": f"{method} is not allowed: use DELETE"})
 

@@ -62,6 +62,10 @@ class Lease:
             view["key_models"] = None if self.key.models is None else sorted(self.key.models)
         return view
 
+    def released_view(self, now: float) -> dict[str, object]:
+        """The lease as it was when released, with how long it was held (a run's share)."""
+        return {**self.view(now), "held_seconds": round(now - self.acquired_at, 3)}
+
 
 @dataclass
 class Drain:
@@ -157,12 +161,16 @@ class LeaseBook:
             lease.expires_at = self.clock() + ttl
         return lease
 
-    def release(self, lease_id: str) -> tuple[bool, int]:
-        """Drop the lease; (whether it was live, how many live leases remain)."""
-        live = {lease.id for lease in self.live()}
-        released = lease_id in live
+    def release(self, lease_id: str) -> tuple[dict[str, object] | None, int]:
+        """Drop the lease; (the lease as it was, with how long it was held, when it was
+        live; how many live leases remain)."""
+        now = self.clock()
+        live = {lease.id: lease for lease in self.live()}
+        lease = live.pop(lease_id, None)
         self._leases.pop(lease_id, None)
-        return released, len(live) - released
+        if lease is None:
+            return None, len(live)
+        return lease.released_view(now), len(live)
 
     def key_entries(self) -> list[KeyEntry]:
         """The per-run keys of live leases, for authentication."""
@@ -208,10 +216,7 @@ class LeaseBook:
             idle,
             "",
             holders=[x.holder for x in live],
-            released_leases=[
-                {**lease.view(now), "held_seconds": round(now - lease.acquired_at, 3)}
-                for lease in released
-            ],
+            released_leases=[lease.released_view(now) for lease in released],
         )
         if live:
             decision.reason = f"{len(live)} live lease(s): " + ", ".join(decision.holders)

@@ -253,9 +253,19 @@ def test_up_chat_through_the_gateway_status_down_delete(
     assert report["url"] == url
     assert "running" in report["detail"] or "idle" in report["detail"]
 
-    code, out, _ = run(["down"], capsys)
+    # A job's cleanup leaves the endpoint to scale to zero, giving its lease back.
+    code, out, _ = run(["--json", "down", "--lease", printed["ONDEMAND_LEASE_ID"]], capsys)
     assert code == 0
-    assert out.startswith("stopped ollama-ondemand (no live lease and nothing in flight)")
+    result = json.loads(out)
+    assert (result["stopped"], result["scales_to_zero"]) == (False, True)
+    assert result["released"] == [printed["ONDEMAND_LEASE_ID"]]
+    assert "share" in result
+    [endpoint] = cloud.endpoints()
+    assert endpoint["workers"]["max"] == 2
+
+    code, out, _ = run(["down", "--force"], capsys)
+    assert code == 0
+    assert out.startswith("stopped ollama-ondemand")
     [endpoint] = cloud.endpoints()
     assert endpoint["workers"]["min"] == 0
     assert endpoint["workers"]["max"] == 0
@@ -285,6 +295,35 @@ def test_the_key_up_hands_out_outlives_a_worker_that_scaled_to_zero(
         time.sleep(0.2)
     assert cloud.workers(endpoint["id"])["total"] == 0
     # The next request of the same job cold-starts a new worker, which knows this key.
+    assert httpx.get(url + "/api/tags", headers=headers, timeout=30).status_code == 200
+
+
+def test_a_cleanup_never_cuts_off_another_job_and_idle_workers_stop_by_themselves(
+    cloud: Cloud, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONDEMAND_RUNPOD_IDLE_TIMEOUT", "1")
+    monkeypatch.setenv("ONDEMAND_RUNPOD_WORKERS_MIN", "1")
+    a, _ = _up(capsys)
+    b, _ = _up(capsys)
+    gateway = {"Authorization": f"Bearer {cloud.running.env['RUNPOD_API_KEY']}"}
+    headers = {**gateway, "X-API-Key": b["OLLAMA_API_KEY"]}
+    url = b["OLLAMA_HOST"]
+    # B streams while A's cleanup runs, then pauses longer than the idle timeout.
+    with httpx.stream("POST", url + "/api/generate", headers=headers, timeout=30,
+                      json={"model": "llama3.2", "prompt": "hi"}) as streaming:  # fmt: skip
+        lines = streaming.iter_lines()
+        assert next(lines)
+        code, out, err = run(["down", "--lease", a["ONDEMAND_LEASE_ID"]], capsys)
+        assert code == 0, err
+        assert out.startswith("ollama-ondemand: left to scale to zero: each worker stops 1s")
+        assert json.loads(list(lines)[-1])["done"] is True
+    [endpoint] = cloud.endpoints()
+    assert (endpoint["workers"]["min"], endpoint["workers"]["max"]) == (0, 2)  # no floor left
+    deadline = time.monotonic() + 20
+    while cloud.workers(endpoint["id"])["total"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cloud.workers(endpoint["id"])["total"] == 0  # nothing bills
+    # B's next request wakes a worker: B was never cut off.
     assert httpx.get(url + "/api/tags", headers=headers, timeout=30).status_code == 200
 
 

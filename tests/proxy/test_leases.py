@@ -46,17 +46,19 @@ def test_renew_extends_from_now_and_release_counts_what_remains() -> None:
     assert renewed is not None
     assert renewed.expires_at == clock.now + 60
     clock.now += 30  # second has expired, first has not
-    assert book.release(first.id) == (True, 0)
+    released, remaining = book.release(first.id)
+    assert released is not None
+    assert (released["holder"], released["held_seconds"], remaining) == ("job-a", 80, 0)
     # A cleanup retried, or a lease that expired: not an error, same answer.
-    assert book.release(first.id) == (False, 0)
-    assert book.release(second.id) == (False, 0)
+    assert book.release(first.id) == (None, 0)
+    assert book.release(second.id) == (None, 0)
 
 
 def test_release_reports_the_others_still_live() -> None:
     book = LeaseBook(Clock())
     leases = [book.acquire(f"job-{n}", 600)[0] for n in range(3)]
-    assert book.release(leases[1].id) == (True, 2)
-    assert book.release("lse_unknown") == (False, 2)
+    assert book.release(leases[1].id)[1] == 2
+    assert book.release("lse_unknown") == (None, 2)
 
 
 @pytest.mark.parametrize(
@@ -113,8 +115,11 @@ def test_an_admin_takes_lists_renews_and_releases_leases(proxy: BackgroundServer
     assert [held["holder"] for held in admin_view["leases"]["held"]] == ["org/repo/7/test/1",
                                                                          "job-b"]  # fmt: skip
 
-    released = httpx.delete(f"{url}/{lease['id']}", headers=ADMIN)
-    assert released.json() == {"released": True, "remaining": 1}
+    released = httpx.delete(f"{url}/{lease['id']}", headers=ADMIN).json()
+    assert (released["released"], released["remaining"]) == (True, 1)
+    # What the lease was, for the run's share of the cost.
+    assert (released["lease"]["id"], released["lease"]["holder"]) == (lease["id"], lease["holder"])
+    assert released["lease"]["held_seconds"] >= 0
     again = httpx.delete(f"{url}/{lease['id']}", headers=ADMIN)
     assert again.json() == {"released": False, "remaining": 1}
     gone = httpx.post(f"{url}/{lease['id']}/renew", headers=ADMIN, json={"ttl_seconds": 30})
