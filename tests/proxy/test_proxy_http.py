@@ -329,7 +329,8 @@ def test_each_stream_line_reaches_the_client_before_the_next_is_written(
             assert json.loads(line)["i"] == len(arrivals) - 1
     assert len(arrivals) == 5
     lags = [arrived - sent for arrived, sent in zip(arrivals, app.sent_at, strict=True)]
-    assert max(lags) < 0.1  # far below the 150 ms between lines: nothing was buffered
+    # Below the 150 ms between lines: no line waited for the next one.
+    assert max(lags) < 0.14
 
 
 def test_sse_events_stream_through(recorder: Upstream, start_proxy: ProxyFactory) -> None:

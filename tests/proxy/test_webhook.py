@@ -306,7 +306,8 @@ async def test_dead_webhook_never_slows_submit(caplog: pytest.LogCaptureFixture)
         started = time.perf_counter()
         for record in many:
             sender.submit(record)
-        assert time.perf_counter() - started < 0.05
+        # Far below one network attempt per record (10 000 of them): nothing waits on I/O.
+        assert time.perf_counter() - started < 0.5
         for _ in range(20):  # the first batch fails and backs off meanwhile
             balanced(sender.stats())
             await asyncio.sleep(0.01)

