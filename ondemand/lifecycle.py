@@ -671,12 +671,14 @@ def down(
     was_running = before.status.billable
     if before.status is Status.ABSENT:
         return DownResult(before, False, f"nothing to stop: there is no deployment named {name!r}")
+    wakes = getattr(provider, "probe_would_wake", None)
+    # No worker up (a serverless endpoint at zero): asking the server would start one.
+    asleep = bool(callable(wakes) and wakes(before))
     soft = getattr(provider, "let_scale_to_zero", None)
     if was_running and not force and not delete_after and callable(soft):
-        return _let_scale_to_zero(resolved, provider, before, lease_id, soft)
+        return _let_scale_to_zero(resolved, provider, before, lease_id, soft, asleep=asleep)
     check = StopCheck(True, "")
     if was_running and not force:
-        wakes = getattr(provider, "probe_would_wake", None)
         check = check_stop(
             before,
             admin_key=admin_key(resolved, provider, name),
@@ -685,7 +687,7 @@ def down(
             holder=holder or holder_name({}),
             drain_seconds=config.timeout.total_seconds() + 60,
             max_lifetime_seconds=config.max_lifetime.total_seconds(),
-            server_absent=bool(callable(wakes) and wakes(before)),
+            server_absent=asleep,
         )
     share = _share(resolved, provider, check.released)
     if not check.stop:
@@ -722,6 +724,8 @@ def _let_scale_to_zero(
     before: Deployment,
     lease_id: str | None,
     let_scale_to_zero: Callable[[str], int],
+    *,
+    asleep: bool,
 ) -> DownResult:
     """A serverless endpoint's cleanup. Its workers start with empty memories, so no server
     can tell whether another job still uses the endpoint, and stopping it could cut off a
@@ -732,9 +736,8 @@ def _let_scale_to_zero(
     name = resolved.config.name
     released: list[dict[str, Any]] = []
     key = admin_key(resolved, provider, name)
-    wakes = getattr(provider, "probe_would_wake", None)
-    # With no worker up, its lease went with the worker; asking would start one.
-    if lease_id and key and before.url and not (callable(wakes) and wakes(before)):
+    # With no worker up, its lease went with the worker.
+    if lease_id and key and before.url and not asleep:
         with ServerApi(before.url, key, gateway_headers(provider), timeout=10) as api:
             answer = api.release(lease_id)
         if answer.ok and isinstance(answer.body.get("lease"), dict):

@@ -9,7 +9,6 @@ One endpoint per deployment name, found by name and our labels in its env.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,14 +24,13 @@ from ondemand.providers.runpod_api import (
     labels,
     managed,
     network_volume_note,
-    oldest,
+    the_one_named,
 )
 from ondemand.providers.runpod_spec import serverless_gpus
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
 
-log = logging.getLogger("ondemand.providers.runpod")
 
 VOLUME_MOUNT = "/runpod-volume"
 MODELS_DIR = f"{VOLUME_MOUNT}/ollama-models"
@@ -80,10 +78,7 @@ class RunpodProvider:
         return [e for e in items if isinstance(e, dict) and managed(e, name)]
 
     def _find(self, name: str) -> dict[str, Any] | None:
-        found = self._named(name)
-        if len(found) > 1:
-            log.warning("%d RunPod endpoints are named %s; using the oldest", len(found), name)
-        return oldest(found)
+        return the_one_named(self._named(name), "endpoints", name)
 
     def _workers(self, endpoint_id: str) -> dict[str, int]:
         workers = self.runpod.get_or_none(
@@ -153,14 +148,7 @@ class RunpodProvider:
             # Created with no workers allowed: 'start' (or 'up') lets them run.
             body["workers"] = {**body["workers"], "min": 0, "max": 0}
             created, ours = self.runpod.create(
-                "create the endpoint",
-                "/v2/serverless",
-                body,
-                lambda: self._named(spec.name),
-                # Created with no workers, so it deletes at once.
-                lambda e: self.runpod.send(
-                    "delete the duplicate endpoint", "DELETE", f"/v2/serverless/{e['id']}"
-                ),
+                "endpoint", "/v2/serverless", body, lambda: self._named(spec.name)
             )
             return self._deployment(spec.name, created, "created" if ours else CREATED_BY_ANOTHER)
         env = current.get("env") or {}

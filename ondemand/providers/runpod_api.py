@@ -124,7 +124,7 @@ class RunpodApi:
             return found
         try:
             created, _ = self.create(
-                "create the network volume",
+                "network volume",
                 "/v2/network-volumes",
                 {
                     "name": wanted.name,
@@ -132,12 +132,6 @@ class RunpodApi:
                     "dataCenter": wanted.data_center,
                 },
                 named,
-                # Just created, so empty: nothing is lost.
-                lambda v: self.send(
-                    "delete the duplicate network volume",
-                    "DELETE",
-                    f"/v2/network-volumes/{v['id']}",
-                ),
             )
         except ConfigError as exc:
             exc.hint = (
@@ -174,18 +168,15 @@ class RunpodApi:
         return self.call(what, run)
 
     def create(
-        self,
-        what: str,
-        path: str,
-        body: object,
-        named: Callable[[], list[dict[str, Any]]],
-        discard: Callable[[Mapping[str, Any]], None],
+        self, noun: str, path: str, body: object, named: Callable[[], list[dict[str, Any]]]
     ) -> tuple[dict[str, Any], bool]:
-        """POST a new resource; after a 5xx or a lost answer, look for it before retrying.
+        """POST a new ``noun`` to ``path``; after a 5xx or a lost answer, look for it before
+        retrying.
 
         Two jobs that create the same resource at once both succeed at RunPod: the oldest
-        one is kept, and each racer that created a younger one discards its own. Answers
-        the one kept, and whether this call made it (the loser must not stop the winner's)."""
+        one is kept, and each racer that created a younger one deletes its own (just made,
+        so nothing is lost). Answers the one kept, and whether this call made it (the loser
+        must not stop the winner's)."""
         retrying = self.api.retrying()
 
         def attempt() -> dict[str, Any]:
@@ -195,12 +186,12 @@ class RunpodApi:
             made: dict[str, Any] = self.api.request("POST", path, json=body, retry=False).json()
             return made
 
-        created: dict[str, Any] = self.call(what, lambda: retrying(attempt))
+        created: dict[str, Any] = self.call(f"create the {noun}", lambda: retrying(attempt))
         keep = oldest(named())
         if keep is None or keep.get("id") == created.get("id"):
             return created, True
         log.info("%s was created twice at once; keeping the older one", created.get("name"))
-        discard(created)
+        self.send(f"delete the duplicate {noun}", "DELETE", f"{path}/{created['id']}")
         return keep, False
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
@@ -259,6 +250,13 @@ def oldest(items: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The one of several same-named resources that every racer agrees on."""
     return min(items, key=lambda i: (str(i.get("createdAt") or ""), str(i.get("id") or "")),
                default=None)  # fmt: skip
+
+
+def the_one_named(found: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any] | None:
+    """The endpoint or pod a name stands for, whoever asks (see ``RunpodApi.create``)."""
+    if len(found) > 1:
+        log.warning("%d RunPod %s are named %s; using the oldest", len(found), kind, name)
+    return oldest(found)
 
 
 def labels(item: Mapping[str, Any]) -> dict[str, str]:

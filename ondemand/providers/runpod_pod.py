@@ -8,7 +8,6 @@ else ("zero GPUs"): the error says to wait, or to delete and deploy again.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,14 +28,13 @@ from ondemand.providers.runpod_api import (
     labels,
     managed,
     network_volume_note,
-    oldest,
+    the_one_named,
 )
 from ondemand.providers.runpod_spec import pod_gpu_type
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
 
-log = logging.getLogger("ondemand.providers.runpod")
 
 STATES = {
     "PROVISIONING": Status.PENDING,
@@ -73,10 +71,7 @@ class RunpodPodProvider:
         ]
 
     def _find(self, name: str) -> dict[str, Any] | None:
-        found = self._named(name)
-        if len(found) > 1:
-            log.warning("%d RunPod pods are named %s; using the oldest", len(found), name)
-        return oldest(found)
+        return the_one_named(self._named(name), "pods", name)
 
     def _url(self, pod: Mapping[str, Any]) -> str:
         return self.runpod.pod_proxy.format(pod_id=pod["id"], port=self.config.port)
@@ -142,13 +137,7 @@ class RunpodPodProvider:
         current = self._find(spec.name)
         if current is None:
             created, ours = self.runpod.create(
-                "create the pod",
-                "/v2/pods",
-                body,
-                lambda: self._named(spec.name),
-                lambda p: self.runpod.send(
-                    "terminate the duplicate pod", "DELETE", f"/v2/pods/{p['id']}"
-                ),
+                "pod", "/v2/pods", body, lambda: self._named(spec.name)
             )
             return self._deployment(spec.name, created, "created" if ours else CREATED_BY_ANOTHER)
         if (current.get("env") or {}).get(ENV_SPEC) == body["env"][ENV_SPEC]:
