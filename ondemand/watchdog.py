@@ -86,7 +86,7 @@ def watch_once(
     the reaper, older than ``older_than_seconds`` with no live lease), or past its max
     lifetime."""
     from ondemand.leasing import check_drain, stopping_after
-    from ondemand.lifecycle import admin_key, gateway_headers, run_cost, stop_and_verify
+    from ondemand.lifecycle import admin_key, run_cost, stop_and_verify
 
     name = name or resolved.config.name
     deployment = provider.status(name)
@@ -96,8 +96,7 @@ def watch_once(
     age = _age(deployment, now)
     cost = run_cost(resolved, provider, deployment)
     verdict = Verdict(name, state, "kept", "", age, cost)
-    wakes = getattr(provider, "probe_would_wake", None)
-    if callable(wakes) and wakes(deployment):
+    if provider.probe_would_wake(deployment):
         verdict.action, verdict.reason = "idle", "no worker is running (it scales to zero)"
         return verdict
     expires = parse_time(deployment.labels.get(LABEL_EXPIRES_AT))
@@ -117,7 +116,7 @@ def watch_once(
         drained, why, api = check_drain(
             deployment,
             admin_key(resolved, provider, name),
-            gateway_headers(provider),
+            provider.gateway_headers(),
             idle_seconds=idle,
             drain_seconds=resolved.config.timeout.total_seconds() + 60,
             reason="idle, no live lease (watchdog)" if idle else "no live lease (reaper)",

@@ -29,9 +29,7 @@ def _lifecycle(app: App, **flags: object) -> tuple[ResolvedConfig, Provider]:
     for secret in resolved.secrets.secret_values():
         app.actions.mask(secret)
     provider = make_provider(resolved, app.env)
-    close = getattr(provider, "close", None)
-    if callable(close):
-        click.get_current_context().call_on_close(close)
+    click.get_current_context().call_on_close(provider.close)
     return resolved, provider
 
 

@@ -6,15 +6,19 @@ cost): that lives in ``lifecycle.py`` above it, the same for every provider.
 
 from __future__ import annotations
 
+import abc
 import enum
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from ondemand.errors import ReadyTimeoutError
+
+if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
 
 T = TypeVar("T")
 
@@ -109,10 +113,12 @@ class Deployment:
     created_at: datetime | None = None
     running_since: datetime | None = None  # when it last began to bill compute
     detail: str | None = None  # the vendor's explanation, e.g. why it FAILED
+    image: str | None = None  # the image it runs, so a stopped one can start from its own spec
+    # Servers answering behind its URL when the platform runs several (replicas); None: one.
+    replicas: int | None = None
 
 
-@runtime_checkable
-class Provider(Protocol):
+class Provider(abc.ABC):
     """A cloud that can run the server image.
 
     A provider is built as ``cls(env=<environment mapping>, config=<ResolvedConfig>)`` and
@@ -132,37 +138,109 @@ class Provider(Protocol):
       ``wait_until``, with a deadline, in the layer above.
     - Vendor failures raise ``ProviderError`` (3), ``CredentialsError`` (4) or
       ``CapacityError`` (5) with the vendor's message; secrets never appear in them.
+
+    Below the abstract methods are the optional capabilities: each has a default that means
+    "this platform has no such thing", and a provider overrides the ones its vendor has.
     """
 
     name: ClassVar[str]
+    # Servers come and go with empty memories (serverless workers stop when idle): a job's
+    # cleanup leaves the platform to scale to zero instead of stopping the deployment.
+    ephemeral_servers: ClassVar[bool] = False
 
+    def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
+        self.env = env
+
+    # -- the contract -------------------------------------------------------------------
+
+    @abc.abstractmethod
     def find(self, name: str) -> Deployment | None:
         """The deployment with this name, or None."""
-        ...
 
+    @abc.abstractmethod
     def list_managed(self) -> list[Deployment]:
         """Every deployment labelled ``managed-by=ollama-ondemand``, across names."""
-        ...
 
+    @abc.abstractmethod
     def deploy(self, spec: Spec) -> Deployment:
         """Create the deployment, or update it to match ``spec``."""
-        ...
 
+    @abc.abstractmethod
     def start(self, deployment_id: str) -> Deployment:
         """Ask the vendor to start it; return without waiting."""
-        ...
 
+    @abc.abstractmethod
     def stop(self, deployment_id: str) -> Deployment:
         """Ask the vendor to stop it; succeed if already stopped or absent."""
-        ...
 
+    @abc.abstractmethod
     def status(self, deployment_id: str) -> Deployment:
         """The current state; ``Status.ABSENT`` when it does not exist."""
-        ...
 
+    @abc.abstractmethod
     def delete(self, deployment_id: str) -> None:
         """Remove it (never the model cache volume); succeed if absent."""
-        ...
+
+    # -- optional capabilities ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the API client's connections."""
+
+    def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
+        """A key the deployment was made with (it travels in its environment), or None."""
+        return None
+
+    def gateway_headers(self) -> dict[str, str]:
+        """What the platform's front door needs besides our key (RunPod's gateway wants the
+        account key in Authorization, so our key travels in X-API-Key)."""
+        return {}
+
+    def probe_would_wake(self, deployment: Deployment) -> bool:
+        """Whether asking the server now would start a worker (and its bill)."""
+        return False
+
+    def readiness_problem(self, deployment: Deployment, ping: int | None) -> Exception | None:
+        """What the platform knows about a server that is not coming up (workers that
+        cannot get a GPU, or crash as they start); None while nothing is wrong."""
+        return None
+
+    def explain_timeout(self, deployment: Deployment) -> Exception | None:
+        """A better error than "timed out" when the platform knows why, else None."""
+        return None
+
+    def explain_failure(self, deployment: Deployment) -> Exception | None:
+        """The error for a deployment that ended FAILED, else None (the lifecycle then
+        reports the end of the server log)."""
+        return None
+
+    def log_hint(self, deployment: Deployment) -> str | None:
+        """Where the server's log is: a path, a command or a console URL."""
+        return None
+
+    def log_tail(self, deployment: Deployment) -> str | None:
+        """The end of the server's log, when it can be read from here."""
+        return None
+
+    def scale_to_zero(self, deployment_id: str) -> int | None:
+        """A job's cleanup on a platform that stops idle servers itself: drop any floor of
+        running servers and answer the idle seconds after which it stops them; None where
+        the platform never stops a server by itself."""
+        return None
+
+    def spec_changes(self, spec: Spec) -> list[str]:
+        """What would change if ``spec`` were deployed over the deployment as it is now,
+        besides the model list (image, GPU, environment), one phrase each; secrets are
+        named, never shown. Empty when nothing would change, or when it cannot tell."""
+        return []
+
+    def stopped_note(self) -> str:
+        """What still bills once it is stopped (a disk, a volume, a bucket); empty when
+        nothing does."""
+        return ""
+
+    def kept_after_delete(self) -> str:
+        """What outlives a delete (the model cache); empty when nothing does."""
+        return ""
 
 
 def wait_until(

@@ -28,11 +28,21 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ondemand.errors import ConfigError, ProviderError, UsageError
 from ondemand.processes import free_port, port_free
-from ondemand.providers.base import LABEL_MANAGED_BY, MANAGED_BY, Deployment, Spec, Status
+from ondemand.providers.base import (
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Deployment,
+    Provider,
+    Spec,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
 
 EMULATOR_NOTE = "no 'ollama' found (OLLAMA_BIN or PATH): using the built-in Ollama emulator"
 _STOP_GRACE = 40.0  # the server's drain (25 s) plus time to stop Ollama
@@ -90,13 +100,13 @@ def _is_our_server(pid: int) -> bool:
     return "ondemand" in command and "serve" in command
 
 
-class LocalProvider:
+class LocalProvider(Provider):
     """Runs deployments as local background processes (see the module docstring)."""
 
     name: ClassVar[str] = "local"
 
-    def __init__(self, *, env: Mapping[str, str], config: object = None) -> None:
-        del config  # everything it needs arrives in the Spec
+    def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig | None = None) -> None:
+        del config  # everything else it needs arrives in the Spec
         self.env = env
         self.root = state_root(env) / "local"
 
@@ -254,6 +264,16 @@ class LocalProvider:
 
     def log_path(self, deployment_id: str) -> Path:
         return self._dir(deployment_id) / "serve.log"
+
+    def log_hint(self, deployment: Deployment) -> str:
+        return f"log: {self.log_path(deployment.name)}"
+
+    def log_tail(self, deployment: Deployment) -> str | None:
+        try:
+            text = self.log_path(deployment.name).read_text(errors="replace")
+        except OSError:
+            return None
+        return "\n".join(text.splitlines()[-12:]) or None
 
     def _ollama(self, directory: Path) -> tuple[str, str | None]:
         from ondemand.serve.supervisor import resolve_binary

@@ -25,6 +25,7 @@ from ondemand.providers.base import (
     LABEL_NAME,
     MANAGED_BY,
     Deployment,
+    Provider,
     Spec,
     Status,
     label_value,
@@ -128,13 +129,13 @@ class OvhClient:
         self.api.request("DELETE", f"/v1/app/{app_id}", params={"force": str(force).lower()})
 
 
-class OvhProvider:
+class OvhProvider(Provider):
     """AI Deploy apps; deployment ids are the deployment names (one app per name)."""
 
     name: ClassVar[str] = "ovh"
 
     def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
-        self.env = env
+        super().__init__(env=env, config=config)
         self.resolved = config
         self.config = config.config
         token = config.secrets.ovh_token

@@ -15,7 +15,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ondemand.errors import CapacityError, UnhealthyError
-from ondemand.providers.base import CREATED_BY_ANOTHER, Deployment, Spec, Status, parse_time
+from ondemand.providers.base import (
+    CREATED_BY_ANOTHER,
+    Deployment,
+    Provider,
+    Spec,
+    Status,
+    parse_time,
+)
 from ondemand.providers.ovh_spec import check_image, digest
 from ondemand.providers.runpod_api import (
     ENV_SPEC,
@@ -50,7 +57,7 @@ def describe(summary: Mapping[str, int]) -> str:
     return "workers: " + (", ".join(shown) if shown else "none")
 
 
-class RunpodProvider:
+class RunpodProvider(Provider):
     """Load-balancing serverless endpoints; deployment ids are the deployment names."""
 
     name: ClassVar[str] = "runpod"
@@ -60,6 +67,7 @@ class RunpodProvider:
     ephemeral_servers: ClassVar[bool] = True
 
     def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
+        super().__init__(env=env, config=config)
         self.resolved = config
         self.config = config.config
         self.runpod = RunpodApi(env=env, config=config)
@@ -193,7 +201,7 @@ class RunpodProvider:
     def kept_after_delete(self) -> str:
         return network_volume_note(self.config.runpod)
 
-    def let_scale_to_zero(self, deployment_id: str) -> int:
+    def scale_to_zero(self, deployment_id: str) -> int:
         """A job's cleanup: no worker floor, so each worker stops ``idle_timeout`` after its
         last request (RunPod never stops one serving a request); the workers allowed stay,
         so a job still using the endpoint wakes one. Answers the idle timeout."""

@@ -15,6 +15,7 @@ from ondemand.errors import CapacityError, ConfigError
 from ondemand.providers.base import (
     CREATED_BY_ANOTHER,
     Deployment,
+    Provider,
     Spec,
     Status,
     map_status,
@@ -49,12 +50,13 @@ MODELS_DIR = f"{MOUNT}/ollama-models"
 _ZERO_GPU_WORDS = ("gpu", "not enough", "no longer available", "unavailable")
 
 
-class RunpodPodProvider:
+class RunpodPodProvider(Provider):
     """GPU pods; deployment ids are the deployment names."""
 
     name: ClassVar[str] = "runpod-pod"
 
     def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig) -> None:
+        super().__init__(env=env, config=config)
         self.config = config.config
         self.runpod = RunpodApi(env=env, config=config)
 

@@ -88,9 +88,7 @@ def _managed(tmp_path: Path) -> list[str]:
     try:
         return [d.name for d in provider.list_managed()]
     finally:
-        close = getattr(provider, "close", None)
-        if callable(close):
-            close()
+        provider.close()
 
 
 def _client_headers(provider: str, key: str) -> dict[str, str]:
@@ -207,7 +205,7 @@ def test_two_jobs_deploying_at_once_leave_one_deployment(
             _http(cloud).event_hooks["request"].append(hold_the_create)
             results.append(deploy(resolved, cloud))
         finally:
-            cloud.close()  # type: ignore[attr-defined]
+            cloud.close()
 
     assert run_threads(job, job) == []
     # Both jobs were handed the same one; only the job that made it may stop it again.

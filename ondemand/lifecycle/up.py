@@ -1,0 +1,225 @@
+"""``start`` and ``up``: bring the deployment up, wait until its models are warm, and (for
+``up``) hold a lease on it for this job."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ondemand.errors import ProviderError, ReadyTimeoutError
+from ondemand.leasing import Restart
+from ondemand.lifecycle.deployment import deploy, quiet, user_key
+from ondemand.lifecycle.readiness import ReadyWait, no_announce
+from ondemand.providers.base import Status, wait_until
+
+if TYPE_CHECKING:
+    from ondemand.config import ResolvedConfig
+    from ondemand.leasing import Lease, LeaseTaker
+    from ondemand.lifecycle.deployment import Progress
+    from ondemand.lifecycle.readiness import Announce
+    from ondemand.providers.base import Deployment, Provider
+
+MAX_RESTARTS = 5  # times 'up' starts again a server stopped under it before giving up
+
+
+@dataclass
+class UpResult:
+    deployment: Deployment
+    url: str
+    api_key: str | None
+    reused: bool
+    seconds_to_start: float
+    seconds_to_warm: float
+    models: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    lease: Lease | None = None
+    lease_problem: str | None = None  # why no lease was taken
+
+    @property
+    def openai_url(self) -> str:
+        return self.url + "/v1"
+
+
+def start(
+    resolved: ResolvedConfig,
+    provider: Provider,
+    *,
+    wait: bool = True,
+    progress: Progress = quiet,
+    announce: Announce = no_announce,
+) -> UpResult:
+    name = resolved.config.name
+    current = provider.status(name)
+    if current.status is Status.ABSENT:
+        raise ProviderError(
+            f"there is no deployment named {name!r} on {provider.name}",
+            hint="run 'ondemand deploy' first, or 'ondemand up' to deploy and start",
+        )
+    return start_and_wait(
+        resolved, provider, current, wait=wait, progress=progress, announce=announce
+    )
+
+
+def up(
+    resolved: ResolvedConfig,
+    provider: Provider,
+    *,
+    progress: Progress = quiet,
+    announce: Announce = no_announce,
+    lease: bool = True,
+    holder: str | None = None,
+) -> UpResult:
+    """Deploy if missing (or update), start, take a lease, and wait until every model is
+    warm. A server stopped under it (another job's cleanup) is started again."""
+    from ondemand.leasing import LeaseTaker
+    from ondemand.lifecycle.deployment import admin_key
+    from ondemand.serverapi import holder_name
+
+    config = resolved.config
+    name = config.name
+    deadline = time.monotonic() + config.timeout.total_seconds()
+    taker: LeaseTaker | None = None
+    if lease:
+        taker = LeaseTaker(
+            holder or holder_name({}),
+            config.lease_ttl.total_seconds(),
+            provider.gateway_headers(),
+            run_key=config.run_key and not provider.ephemeral_servers,
+            models=list(config.models) or None,
+        )
+    restarts = 0
+    while True:
+        current = provider.status(name)
+        if current.status not in (Status.RUNNING, Status.STARTING, Status.PENDING):
+            current = deploy(resolved, provider, keep_running=True)
+        if taker is not None and taker.admin_key is None:
+            taker.use_admin_key(admin_key(resolved, provider, name))
+        try:
+            result = start_and_wait(
+                resolved, provider, current, wait=True, progress=progress, announce=announce,
+                deadline=deadline, taker=taker,
+            )  # fmt: skip
+        except Restart as why:
+            if taker is not None:
+                taker.release()
+            restarts += 1
+            if restarts > MAX_RESTARTS or time.monotonic() >= deadline:
+                raise ProviderError(
+                    f"{name} was stopped {restarts} times while starting: {why}",
+                    cause="other jobs' cleanups or a watchdog keep stopping it",
+                    hint="check which workflows run 'ondemand down --force' or 'stop'",
+                ) from why
+            progress(f"{name}: {why}; starting it again once it has stopped")
+            time.sleep(0.5)
+            continue
+        except BaseException:
+            # A failed or cancelled 'up': its job will not use the server, so it must not
+            # keep it running for another job's cleanup to find.
+            if taker is not None:
+                taker.release()
+            raise
+        if taker is not None:
+            result.lease, result.lease_problem = taker.lease, taker.problem
+            if taker.lease is not None and taker.lease.key:
+                result.api_key = taker.lease.key
+        return result
+
+
+def start_and_wait(
+    resolved: ResolvedConfig,
+    provider: Provider,
+    current: Deployment,
+    *,
+    wait: bool,
+    progress: Progress,
+    announce: Announce = no_announce,
+    deadline: float | None = None,
+    taker: LeaseTaker | None = None,
+) -> UpResult:
+    name = resolved.config.name
+    reused = current.status is Status.RUNNING
+    began = time.monotonic()
+    if deadline is None:
+        deadline = began + resolved.config.timeout.total_seconds()
+    if current.status is Status.STOPPING:
+        # A start is refused until the stop has finished (a 'down' a moment ago).
+        progress(f"{name} is still stopping; starting it once it has stopped")
+        current = wait_until(
+            lambda: provider.status(name),
+            lambda d: d.status is not Status.STOPPING,
+            timeout=max(0.0, deadline - time.monotonic()),
+            what=f"{name} to finish stopping",
+            interval=0.2,
+            max_interval=1.0,
+        )
+    if reused:
+        progress(f"{name} is already running on {provider.name}")
+    # Already on its way up (a cloud that starts what it creates, another job's start):
+    # starting again could only restart a failure this wait should report.
+    on_its_way = current.status in (Status.PENDING, Status.STARTING, Status.RUNNING)
+    deployment = current if on_its_way else start_once(provider, name)
+    # The provider's remarks about a running deployment (e.g. the emulator in use); its
+    # state messages on the way there are part of the progress lines below.
+    running = deployment.status is Status.RUNNING
+    notes = [deployment.detail] if deployment.detail and running else []
+    for note in notes:
+        progress(note)
+    api_key = user_key(resolved, provider, name)
+    if deployment.url:
+        announce(deployment)
+    if not wait:
+        return UpResult(deployment, deployment.url or "", api_key, reused, 0.0, 0.0, notes=notes)
+    waiting = ReadyWait(
+        provider, name, api_key=api_key, progress=progress, announce=announce,
+        announced=bool(deployment.url), taker=taker,
+    )  # fmt: skip
+    try:
+        waited = waiting.wait(max(0.0, deadline - time.monotonic()))
+    except ReadyTimeoutError as exc:
+        better = _timed_out(resolved, provider, exc)
+        if better is exc:
+            raise
+        raise better from exc
+    finished = time.monotonic()
+    first = waiting.first_answer or finished
+    return UpResult(
+        deployment=waited.deployment,
+        url=waited.deployment.url or "",
+        api_key=api_key,
+        reused=reused,
+        seconds_to_start=first - began,
+        seconds_to_warm=finished - first,
+        models=list(waited.readiness.server.get("models") or []),
+        notes=notes,
+    )
+
+
+def _timed_out(resolved: ResolvedConfig, provider: Provider, exc: ReadyTimeoutError) -> Exception:
+    name = resolved.config.name
+    # The budget is the whole 'up' (restarts included), as the user set it.
+    exc.message = (
+        f"timed out after {resolved.config.timeout.total_seconds():g}s waiting for "
+        f"{name} to be ready"
+    )
+    last = provider.status(name)
+    better = provider.explain_timeout(last)
+    if better is not None:
+        return better
+    where = provider.log_hint(last)
+    exc.hint = "raise --timeout (ONDEMAND_TIMEOUT), and check the server log" + (
+        f" ({where})" if where else ""
+    )
+    return exc
+
+
+def start_once(provider: Provider, name: str) -> Deployment:
+    """Start it; when another job's start won the race (the vendor refuses a second
+    start), go on with the start already under way."""
+    try:
+        return provider.start(name)
+    except ProviderError:
+        now = provider.status(name)
+        if now.status in (Status.PENDING, Status.STARTING, Status.RUNNING):
+            return now
+        raise
