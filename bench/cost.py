@@ -302,7 +302,10 @@ class Replay:
             return
         try:
             if self.leased:
-                ended = down(resolved, provider, lease_id=lease_id, holder=job.name)
+                ended = down(
+                    resolved, provider, lease_ids=[lease_id] if lease_id else None,
+                    holder=None if lease_id else job.name,
+                )  # fmt: skip
             else:
                 ended = down(resolved, provider, force=True)
             run.cleanup = (

@@ -157,6 +157,9 @@ class Config(Model):
     timeout: Duration = timedelta(minutes=15)
     idle_timeout: Duration = timedelta(minutes=30)
     lease_ttl: Duration = timedelta(hours=3)
+    # How long 'down' lets requests in flight end once no lease is left, before it stops
+    # anyway (a request without a lease is no reason to keep a GPU).
+    drain_timeout: Duration = timedelta(minutes=2)
     max_lifetime: Duration = timedelta(hours=8)
     # 'up' hands out a key of its own, valid only while its lease lives, instead of the
     # deployment's key (docs/safety.md).

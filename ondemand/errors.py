@@ -34,6 +34,8 @@ class OndemandError(Exception):
         self.message = message
         self.cause = cause
         self.hint = hint
+        # What was done after the failure (a cleanup), and where to look: one line each.
+        self.notes: list[str] = []
 
     def render(self) -> str:
         """The full text: message, then cause and next step on their own lines."""
@@ -42,6 +44,7 @@ class OndemandError(Exception):
             lines.append(f"Likely cause: {self.cause}")
         if self.hint:
             lines.append(f"Next step: {self.hint}")
+        lines.extend(self.notes)
         return "\n".join(lines)
 
     def __str__(self) -> str:

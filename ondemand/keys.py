@@ -11,6 +11,9 @@ from ondemand.errors import UsageError
 
 # A recognisable prefix lets secret scanners and humans tell these keys apart.
 KEY_PREFIX = "odk_"
+# Changed each time 'up' starts a stopped deployment: goes into the secret that signs the
+# per-run keys (ondemand/proxy/runkeys.py), so the keys of one run do not work on the next.
+RUN_KEY_EPOCH_ENV = "ONDEMAND_RUN_KEY_EPOCH"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 

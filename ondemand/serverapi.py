@@ -7,43 +7,22 @@ raises on the network; the lifecycle decides what a missing answer means.
 
 from __future__ import annotations
 
-import getpass
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-ACTIONS_HOLDER_PARTS = ("GITHUB_REPOSITORY", "GITHUB_RUN_ID", "GITHUB_JOB", "GITHUB_RUN_ATTEMPT")
-
-
-def holder_name(env: Mapping[str, str]) -> str:
-    """Who holds the lease: ``ONDEMAND_LEASE_HOLDER``; in Actions
-    ``<repo>/<run_id>/<job>/<attempt>``, so a job's cleanup finds its own lease; else
-    ``user@host/<shell pid>``: the ``up`` and ``down`` of one terminal or script match, and
-    two terminals racing each other do not release each other's leases."""
-    given = env.get("ONDEMAND_LEASE_HOLDER", "").strip()
-    if given:
-        return given
-    parts = [env.get(name, "").strip() for name in ACTIONS_HOLDER_PARTS]
-    if env.get("GITHUB_ACTIONS") == "true" and all(parts):
-        return "/".join(parts)
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
-    return f"{user}@{socket.gethostname()}/{os.getppid()}"
-
 
 @dataclass
 class Answer:
-    """One call's outcome. ``kind``: ok, draining, unsupported, refused, unreachable, error."""
+    """One call's outcome. ``kind``: ok, draining, unsupported, refused, unreachable, error.
+    ``replica`` names the server that answered, among several behind one URL."""
 
     kind: str
     body: dict[str, Any] = field(default_factory=dict)
     detail: str = ""
+    replica: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -59,9 +38,14 @@ class ServerApi:
         *,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        fresh_connections: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self._headers = {**(headers or {}), "X-API-Key": admin_key}
+        if fresh_connections:
+            # A load balancer that balances connections, not requests, would send every
+            # request of one connection to the same replica.
+            self._headers["Connection"] = "close"
         self._client = httpx.Client(timeout=timeout, transport=transport, trust_env=False)
 
     def close(self) -> None:
@@ -86,25 +70,37 @@ class ServerApi:
             data = {}
         data = data if isinstance(data, dict) else {}
         code = response.status_code
-        if code in (200, 201):
-            return Answer("ok", data)
+        replica = response.headers.get("x-ondemand-replica")
+        if code in (200, 201, 202):
+            return Answer("ok", data, replica=replica)
         if code == 409 and data.get("draining"):
-            return Answer("draining", data, str(data.get("error") or "draining"))
+            return Answer("draining", data, str(data.get("error") or "draining"), replica)
         if code in (401, 403):
-            return Answer("refused", data, f"HTTP {code}: the admin key was not accepted")
+            return Answer("refused", data, f"HTTP {code}: the admin key was not accepted", replica)
         if code in (404, 405) and "no such route" in str(data.get("error", "")):
-            return Answer("unsupported", data, "this server predates leases")
+            return Answer("unsupported", data, "this server predates leases", replica)
         # What stands in front of the server when it is not there: RunPod's gateway with no
-        # worker, a proxy's 502/524.
+        # worker, a proxy's 502/524, a load balancer with no replica ready.
         if code >= 500 or data.get("error") == "no workers available":
             return Answer("unreachable", data, f"HTTP {code} from in front of the server")
-        return Answer("error", data, f"HTTP {code}: {data.get('error') or response.text[:200]}")
+        return Answer(
+            "error", data, f"HTTP {code}: {data.get('error') or response.text[:200]}", replica
+        )
 
     def acquire(
-        self, holder: str, ttl_seconds: float, *, key: bool = False, models: list[str] | None = None
+        self,
+        holder: str,
+        ttl_seconds: float,
+        *,
+        key: bool = False,
+        models: list[str] | None = None,
+        lease_id: str | None = None,
     ) -> Answer:
-        """Take a lease; with ``key``, a per-run key for ``models`` (None: every model)."""
+        """Take a lease (``lease_id``: the same id on every replica; a live one is renewed);
+        with ``key``, a per-run key for ``models`` (None: every model)."""
         body: dict[str, Any] = {"holder": holder, "ttl_seconds": ttl_seconds}
+        if lease_id:
+            body["id"] = lease_id
         if key:
             body["key"] = {"models": models} if models else True
         return self._call("POST", "/ondemand/leases", body)
@@ -118,21 +114,32 @@ class ServerApi:
     def drain(
         self,
         *,
-        release: str | None = None,
+        release: list[str] | None = None,
         holder: str | None = None,
         idle_seconds: float | None = None,
         ttl_seconds: float = 900,
         reason: str | None = None,
+        wait_inflight: bool = False,
     ) -> Answer:
         body: dict[str, Any] = {"ttl_seconds": max(1, min(ttl_seconds, 7 * 24 * 3600))}
         for name, value in (("release", release), ("holder", holder),
                             ("idle_seconds", idle_seconds), ("reason", reason)):  # fmt: skip
             if value is not None:
                 body[name] = value
+        if wait_inflight:
+            body["inflight"] = "wait"
         return self._call("POST", "/ondemand/drain", body)
+
+    def drain_state(self) -> Answer:
+        """The drain in force, if any, and the requests in flight now."""
+        return self._call("GET", "/ondemand/drain")
 
     def cancel_drain(self) -> Answer:
         return self._call("DELETE", "/ondemand/drain")
+
+    def add_models(self, models: list[str]) -> Answer:
+        """Pull and warm these models on the running server, beside its own."""
+        return self._call("POST", "/ondemand/models", {"models": models})
 
     def status(self) -> Answer:
         return self._call("GET", "/ondemand/status")

@@ -19,9 +19,9 @@ from ondemand.providers.base import LABEL_EXPIRES_AT, Deployment, Status, parse_
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
+    from ondemand.fleet import Fleet
     from ondemand.providers.base import Provider
     from ondemand.providers.costs import Estimate
-    from ondemand.serverapi import ServerApi
 
 Now = Callable[[], datetime]
 
@@ -100,7 +100,7 @@ def watch_once(
         verdict.action, verdict.reason = "idle", "no worker is running (it scales to zero)"
         return verdict
     expires = parse_time(deployment.labels.get(LABEL_EXPIRES_AT))
-    api: ServerApi | None = None
+    api: Fleet | None = None
     if age is not None and age > max_lifetime_seconds:
         reason = f"past its max lifetime: running {_hours(age)} > {_hours(max_lifetime_seconds)}"
     elif expires is not None and now() > expires:

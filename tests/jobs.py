@@ -75,7 +75,8 @@ class Job:
         lease = self.result.lease.id if self.result and self.result.lease else None
         with lifecycle_of(self.env) as (resolved, provider):
             self.down_result = down(
-                resolved, provider, lease_id=lease, holder=self.holder, force=force,
+                resolved, provider, lease_ids=[lease] if lease else None,
+                holder=None if lease else self.holder, force=force,
                 delete_after=delete,
             )  # fmt: skip
         return self.down_result

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-from ondemand.serverapi import holder_name
+from ondemand.holders import holder_name
 
 ACTIONS = {
     "GITHUB_ACTIONS": "true",
@@ -20,8 +18,17 @@ def test_in_actions_a_job_is_its_repo_run_job_and_attempt() -> None:
     assert holder_name({**ACTIONS, "ONDEMAND_LEASE_HOLDER": " nightly-eval "}) == "nightly-eval"
 
 
-def test_elsewhere_each_shell_is_its_own_holder() -> None:
-    name = holder_name({"GITHUB_JOB": "test"})  # not in Actions: its variables do not count
-    user_host, _, shell = name.rpartition("/")
+def test_a_manual_run_is_one_holder_across_runs() -> None:
+    manual = {**ACTIONS, "GITHUB_EVENT_NAME": "workflow_dispatch", "GITHUB_WORKFLOW": "ollama"}
+    later = {**manual, "GITHUB_RUN_ID": "456", "GITHUB_JOB": "down"}
+    assert holder_name(manual) == holder_name(later) == "org/repo/manual/ollama"
+    assert holder_name({**ACTIONS, "GITHUB_EVENT_NAME": "push"}) == "org/repo/123/test/2"
+
+
+def test_elsewhere_the_holder_is_the_user_on_this_host_for_this_deployment() -> None:
+    name = holder_name({"GITHUB_JOB": "test"}, "ci-models")  # not in Actions
+    user_host, _, deployment = name.rpartition("/")
     assert "@" in user_host
-    assert shell == str(os.getppid())
+    assert deployment == "ci-models"
+    # The same from any process of this user: a script's $(...) or another shell.
+    assert holder_name({}, "ci-models") == name

@@ -48,7 +48,7 @@ def test_a_lease_taken_while_a_cleanup_drains_waits_and_gets_the_server_again(
         deployment = provider.status("drained")
         check = check_stop(
             deployment, admin_key=admin_key(resolved, provider, "drained"), headers={},
-            lease_id=a.result.lease.id if a.result and a.result.lease else None,
+            lease_ids=[a.result.lease.id] if a.result and a.result.lease else [],
             holder=a.holder, drain_seconds=60, max_lifetime_seconds=3600,
         )  # fmt: skip
         assert check.stop, check.message
@@ -80,7 +80,13 @@ def test_a_lease_taken_before_the_cleanup_keeps_the_server_running(
     kept = a.down(delete=True)
     assert kept.kept
     assert kept.holders == [b.holder]
-    assert kept.message.endswith("1 live lease(s): org/repo/2/b/1 (not deleted either)")
+    # It names each holder, its lease's age and end, and how to stop it anyway.
+    b_lease = b.result.lease.id if b.result and b.result.lease else "?"
+    assert f"kept running: 1 live lease(s): org/repo/2/b/1 (lease {b_lease}, held " in kept.message
+    assert (
+        ", ends in 3.0 h); to stop it anyway: 'ondemand down --force', or release one with "
+        "'ondemand down --lease ID' (not deleted either)" in kept.message
+    )
     assert b.chat()
     # A's per-run key ended with its lease; B's works until B's own cleanup.
     assert not a.chat()
@@ -94,7 +100,7 @@ def test_a_lease_taken_before_the_cleanup_keeps_the_server_running(
     assert not b.chat()
 
 
-def test_a_stream_in_flight_without_a_lease_keeps_the_server_until_it_ends(
+def test_the_last_down_waits_for_a_stream_in_flight_then_stops(
     start_sandbox: StartSandbox, tmp_path: Path
 ) -> None:
     # 100 tokens at 40/s: a 2.5 s answer, still streaming when the cleanup runs.
@@ -102,7 +108,8 @@ def test_a_stream_in_flight_without_a_lease_keeps_the_server_until_it_ends(
             "OLLAMA_EMULATOR_RESPONSE_TOKENS": "100"}  # fmt: skip
     running, _ = start_sandbox(tmp_path / "slow", app_env=slow)
     job = Job(job_env(running, "streaming"), "org/repo/1/a/1")
-    result = job.up(lease=False)
+    other = Job(job_env(running, "streaming"), "org/repo/2/b/1")
+    result = job.up()
     lines: list[bytes] = []
     with httpx.stream(
         "POST", result.url + "/api/chat", headers={"X-API-Key": result.api_key or ""},
@@ -110,14 +117,46 @@ def test_a_stream_in_flight_without_a_lease_keeps_the_server_until_it_ends(
     ) as stream:  # fmt: skip
         chunks = stream.iter_lines()
         lines.append(next(chunks).encode())
-        kept = job.down()
-        assert kept.kept
-        assert kept.message.startswith("streaming: kept running: 1 request(s) in flight")
-        assert "run 'ondemand down' again" in kept.message
+        cleanup = threading.Thread(target=job.down)
+        cleanup.start()
+        # While it drains, a new job is refused a lease: it waits for the stop, then starts
+        # the server again.
+        arrival = threading.Thread(target=other.up)
+        arrival.start()
         lines.extend(line.encode() for line in chunks)
+        cleanup.join(30)
+    # The stream ran to its end, and then the server stopped.
     assert json.loads(lines[-1])["done"] is True
-    stopped = job.down()
+    assert job.down_result is not None
+    assert (job.down_result.kept, job.down_result.was_running) == (False, True)
+    assert "; 1 request(s) in flight ended first" in job.down_result.message
+    arrival.join(60)
+    assert other.result is not None
+    assert other.result.lease is not None
+    assert other.chat()
+    assert other.down().was_running
+
+
+def test_a_stream_longer_than_the_drain_timeout_does_not_keep_the_gpu(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    # 1000 tokens at 40/s: a 25 s answer, against a drain timeout of 1 s.
+    slow = {**FAST_APPS, "OLLAMA_EMULATOR_TOKENS_PER_SECOND": "40",
+            "OLLAMA_EMULATOR_RESPONSE_TOKENS": "1000"}  # fmt: skip
+    running, _ = start_sandbox(tmp_path / "long", app_env=slow)
+    job = Job(job_env(running, "long", ONDEMAND_DRAIN_TIMEOUT="1s"), "org/repo/1/a/1")
+    result = job.up(lease=False)  # a client without a lease: no reason to keep a GPU
+    with httpx.stream(
+        "POST", result.url + "/api/chat", headers={"X-API-Key": result.api_key or ""},
+        json={**CHAT, "stream": True}, timeout=10,
+    ) as stream:  # fmt: skip
+        lines = stream.iter_lines()  # kept: a dropped iterator would close the stream
+        assert next(lines)
+        stopped = job.down()
     assert (stopped.kept, stopped.was_running) == (False, True)
+    assert "stopped with 1 request(s) still in flight after 1s" in stopped.message
+    with lifecycle_of(job.env) as (_, provider):
+        assert not provider.status("long").status.billable
 
 
 def test_two_ups_on_a_stopped_deployment_start_it_once_and_both_get_it(

@@ -9,7 +9,7 @@ import click
 
 from ondemand.cli.lifecycle import _lifecycle
 from ondemand.cli.publish import github_deployments, published_backstop
-from ondemand.cli.root import App, cli, json_option, pass_app
+from ondemand.cli.root import App, cli, pass_app
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
@@ -40,7 +40,6 @@ def _mark_inactive(
 
 
 @cli.command()
-@json_option
 @click.option("--idle", help="Stop after this long without requests, e.g. 30m. "
               "[env: ONDEMAND_IDLE_TIMEOUT; 30m]")  # fmt: skip
 @click.option("--max-lifetime", help="Stop when running longer than this, whatever its "
@@ -86,7 +85,6 @@ def watchdog(
 
 
 @cli.command()
-@json_option
 @click.option("--older-than", default="12h", show_default=True,
               help="Stop lease-less deployments running longer than this.")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print what would be stopped; stop nothing.")

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import click
 
-from ondemand.cli.root import App, cli, json_option, pass_app
+from ondemand.cli.root import App, cli, pass_app
 
 
 @cli.command()
-@json_option
 @click.option(
     "--directory",
     type=click.Path(exists=True, file_okay=False, path_type=Path),

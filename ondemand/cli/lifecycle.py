@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import click
@@ -14,7 +17,7 @@ from ondemand.cli.publish import (
     published_status,
     published_up,
 )
-from ondemand.cli.root import App, cli, json_option, pass_app
+from ondemand.cli.root import App, cli, pass_app
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
@@ -72,10 +75,6 @@ def _print_up(app: App, result: UpResult, provider: str) -> None:
             "  RunPod's gateway takes RUNPOD_API_KEY as 'Authorization: Bearer'; send the key "
             "below as 'X-API-Key' (docs/runpod.md)"
         )
-        app.info(
-            "  it is the endpoint's own key, not a per-run one: a worker that scales to zero "
-            "takes per-run keys with it (docs/safety.md)"
-        )
     for line in models:
         app.info(f"  {line}")
     if result.lease is not None:
@@ -91,11 +90,22 @@ def _print_up(app: App, result: UpResult, provider: str) -> None:
     app.emit(data, "\n".join(lines + lines_lease))
 
 
+# Deploy's options, which 'up' takes too (it deploys what is missing).
+deploy_options = [
+    click.option("--image", help="Server image to deploy. [env: ONDEMAND_IMAGE]"),
+    click.option("--models", help="Models to preload, comma-separated. [env: ONDEMAND_MODELS]"),
+    click.option("--gpu", help="GPU model, e.g. L4. [env: ONDEMAND_GPU, GPU_MODEL]"),
+]
+
+
+def with_deploy_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(deploy_options):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@json_option
-@click.option("--image", help="Server image to deploy. [env: ONDEMAND_IMAGE]")
-@click.option("--models", help="Models to preload, comma-separated. [env: ONDEMAND_MODELS]")
-@click.option("--gpu", help="GPU model, e.g. L4. [env: ONDEMAND_GPU, GPU_MODEL]")
+@with_deploy_options
 @pass_app
 def deploy(app: App, image: str | None, models: str | None, gpu: str | None) -> None:
     """Create the deployment, or update it when its spec changed. Idempotent; prints state.
@@ -124,7 +134,6 @@ def deploy(app: App, image: str | None, models: str | None, gpu: str | None) -> 
 
 
 @cli.command()
-@json_option
 @click.option("--no-wait", is_flag=True, help="Return once the provider accepted the start.")
 @click.option("--timeout", help="How long to wait for ready, e.g. 15m. [env: ONDEMAND_TIMEOUT]")
 @pass_app
@@ -147,7 +156,6 @@ def start(app: App, no_wait: bool, timeout: str | None) -> None:
 
 
 @cli.command()
-@json_option
 @click.option("--timeout", help="How long to wait for the provider to report it stopped.")
 @pass_app
 def stop(app: App, timeout: str | None) -> None:
@@ -165,65 +173,139 @@ def stop(app: App, timeout: str | None) -> None:
 
 
 @cli.command()
-@json_option
+@with_deploy_options
 @click.option("--timeout", help="How long to wait for ready. [env: ONDEMAND_TIMEOUT; 15m]")
 @click.option("--lease-ttl", help="How long the lease lives. [env: ONDEMAND_LEASE_TTL; 3h]")
+@click.option("--holder", help="Who holds the lease. [env: ONDEMAND_LEASE_HOLDER; default: "
+              "the job in Actions, user@host/name elsewhere]")  # fmt: skip
+@click.option("--keep-on-failure", is_flag=True,
+              help="If up fails, keep what it started running, for debugging.")  # fmt: skip
 @pass_app
-def up(app: App, timeout: str | None, lease_ttl: str | None) -> None:
+def up(
+    app: App,
+    image: str | None,
+    models: str | None,
+    gpu: str | None,
+    timeout: str | None,
+    lease_ttl: str | None,
+    holder: str | None,
+    keep_on_failure: bool,
+) -> None:
     """Before tests: deploy if missing, start, wait until models are warm, take a lease.
 
     Prints OLLAMA_HOST, OPENAI_BASE_URL and the key as KEY=value lines on stdout (progress
     goes to stderr), so 'ondemand up > .env' works; in GitHub Actions the key is masked.
-    A second 'up' while the server runs reuses it.
+    A second 'up' while the server runs reuses it, adding models the list gained; a failed
+    or cancelled 'up' stops what it started unless another job holds it.
     """
     from ondemand import lifecycle
-    from ondemand.serverapi import holder_name
+    from ondemand.holders import LeaseRecords, holder_name
 
-    resolved, provider = _lifecycle(app, timeout=timeout, lease_ttl=lease_ttl)
+    resolved, provider = _lifecycle(
+        app, image=image, models=models, gpu=gpu, timeout=timeout, lease_ttl=lease_ttl
+    )
     name = resolved.config.name
+    holder = holder or holder_name(app.env, name)
     app.info(f"starting {name} on {provider.name}...")
     github = github_deployments(app, resolved, provider.name)
     if github:
         github.started(f"starting {name} on {provider.name}")
     try:
-        result = lifecycle.up(
-            resolved, provider, progress=app.info, announce=announced(app),
-            holder=holder_name(app.env),
-        )  # fmt: skip
-    except Exception as exc:
+        with _cancel_on_sigterm():
+            result = lifecycle.up(
+                resolved, provider, progress=app.info, announce=announced(app),
+                holder=holder, keep_on_failure=keep_on_failure,
+            )  # fmt: skip
+    except BaseException as exc:
         if github:
-            github.failed(f"{name} did not become ready: {exc}")
+            github.failed(f"{name} did not become ready: {exc or 'cancelled'}")
         raise
+    if result.lease is not None:
+        LeaseRecords(app.env, provider.name, name).add(
+            result.lease.id, result.lease.holder, result.lease.expires_in_seconds
+        )
     if github:
         github.ready(result.url, f"{name} is ready on {provider.name}")
     _print_up(app, result, provider.name)
     published_up(app, result, provider.name, name)
 
 
+@contextlib.contextmanager
+def _cancel_on_sigterm() -> Iterator[None]:
+    """A cancelled workflow run sends SIGINT, then SIGTERM a few seconds later: both end a
+    waiting 'up' the same way, so it cleans up after itself before it is killed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @cli.command()
-@json_option
-@click.option("--lease", "lease_id", help="Lease to release (default: this job's lease).")
+@click.option(
+    "--lease",
+    "lease_id",
+    help="Release this lease only. [env: ONDEMAND_LEASE_ID; "
+    "default: the leases of this holder, and those 'up' took from this machine]",
+)
+@click.option(
+    "--holder",
+    help="Release the leases of this holder. [env: "
+    "ONDEMAND_LEASE_HOLDER; default: the job in Actions, user@host/name elsewhere]",
+)
 @click.option("--force", is_flag=True, help="Stop even if other leases are live.")
+@click.option(
+    "--drain-timeout",
+    help="How long requests in flight may finish before the "
+    "stop. [env: ONDEMAND_DRAIN_TIMEOUT; 2m]",
+)
 @click.option("--delete", "delete_after", is_flag=True, help="Delete it after stopping it.")
 @pass_app
-def down(app: App, lease_id: str | None, force: bool, delete_after: bool) -> None:
-    """After tests: release the lease; stop only when no live lease remains.
+def down(
+    app: App,
+    lease_id: str | None,
+    holder: str | None,
+    force: bool,
+    drain_timeout: str | None,
+    delete_after: bool,
+) -> None:
+    """After tests: release the lease; stop once no live lease remains.
 
-    Verifies the stop and prints the estimated cost. Never fails a cleanup step because
-    the deployment is already stopped or gone.
+    Requests still in flight get --drain-timeout to end (new leases are refused meanwhile),
+    then it stops, verifies the stop and prints the estimated cost. When others hold it,
+    it names them. Never fails a cleanup step because the deployment is already stopped or
+    gone.
     """
     from ondemand import lifecycle
-    from ondemand.serverapi import holder_name
+    from ondemand.holders import LeaseRecords, holder_name
 
-    resolved, provider = _lifecycle(app)
+    resolved, provider = _lifecycle(app, drain_timeout=drain_timeout)
+    name = resolved.config.name
+    records = LeaseRecords(app.env, provider.name, name)
+    lease_id = lease_id or app.env.get("ONDEMAND_LEASE_ID", "").strip() or None
+    if lease_id:
+        # The job's own lease, by id: nothing else of a holder that another run shares.
+        lease_ids, release_holder = [lease_id], None
+    else:
+        lease_ids = [] if holder else records.ids()
+        release_holder = holder or holder_name(app.env, name)
     result = lifecycle.down(
         resolved,
         provider,
         delete_after=delete_after,
         force=force,
-        lease_id=lease_id or app.env.get("ONDEMAND_LEASE_ID") or None,
-        holder=holder_name(app.env),
+        lease_ids=lease_ids,
+        holder=release_holder,
+        progress=app.info,
     )
+    records.forget([*lease_ids, *(str(x.get("id")) for x in result.released)])
     data: dict[str, object] = {
         "status": result.deployment.status.value,
         "stopped": result.was_running and not result.kept and not result.scales_to_zero,
@@ -238,7 +320,7 @@ def down(app: App, lease_id: str | None, force: bool, delete_after: bool) -> Non
                          "currency": share.currency}  # fmt: skip
         human += f"\n  this run's share: {share.describe()}"
     app.emit(data, human)
-    published_down(app, result, provider.name, resolved.config.name)
+    published_down(app, result, provider.name, name)
     if result.kept:
         return  # still serving other jobs: their GitHub Deployment stays active
     if (github := github_deployments(app, resolved, provider.name)) is not None:
@@ -246,7 +328,6 @@ def down(app: App, lease_id: str | None, force: bool, delete_after: bool) -> Non
 
 
 @cli.command()
-@json_option
 @pass_app
 def status(app: App) -> None:
     """Provider state, URL, readiness, models (GPU or CPU), activity, leases, cost."""
@@ -294,7 +375,6 @@ def _status_text(report: Mapping[str, object]) -> str:
 
 
 @cli.command()
-@json_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def delete(app: App, yes: bool) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -133,20 +133,79 @@ def cli(
 pass_app = click.make_pass_decorator(App)
 
 
-def _json_after_command(ctx: click.Context, _: click.Parameter, value: bool) -> None:
-    app = ctx.find_object(App)
-    if value and app is not None:
-        app.as_json = True
+# -- the global options, after the command too ---------------------------------------------
+# 'ondemand up --provider sandbox' reads as naturally as 'ondemand --provider sandbox up':
+# every command also takes the global options, unless it has an option of that name itself
+# ('keys new --name' names the key). Given after the command, they win over the same
+# option given before it.
 
 
-# 'ondemand status --json' reads as naturally as 'ondemand --json status': both work.
-json_option = click.option(
-    "--json",
-    is_flag=True,
-    expose_value=False,
-    callback=_json_after_command,
-    help="Print results as JSON on stdout (same as the global --json).",
-)
+def _set_config(app: App, value: object) -> None:
+    app.config_path = value if isinstance(value, Path) else app.config_path
+
+
+def _set_flag(name: str) -> Callable[[App, object], None]:
+    def apply(app: App, value: object) -> None:
+        app.flags[name] = value
+
+    return apply
+
+
+def _set_json(app: App, _: object) -> None:
+    app.as_json = True
+
+
+def _more(app: App, value: object) -> None:
+    app.verbosity += int(value) if isinstance(value, int) else 0
+
+
+def _less(app: App, value: object) -> None:
+    app.verbosity -= int(value) if isinstance(value, int) else 0
+
+
+def _set_debug(app: App, _: object) -> None:
+    app.debug = True
+
+
+def _after_command(apply: Callable[[App, object], None]) -> Callable[..., None]:
+    def callback(ctx: click.Context, _: click.Parameter, value: object) -> None:
+        app = ctx.find_object(App)
+        if app is not None and value not in (None, False, 0):
+            apply(app, value)
+
+    return callback
+
+
+def _global_options() -> list[click.Option]:
+    def option(*decls: str, apply: Callable[[App, object], None], **kw: Any) -> click.Option:
+        return click.Option(decls, expose_value=False, callback=_after_command(apply), **kw)
+
+    return [
+        option("--config", apply=_set_config,
+               type=click.Path(dir_okay=False, path_type=Path),
+               help="Config file (same as the global --config)."),
+        option("--provider", apply=_set_flag("provider"), type=click.Choice(PROVIDER_NAMES),
+               help="Where the server runs (same as the global --provider)."),
+        option("--name", apply=_set_flag("name"),
+               help="Deployment name (same as the global --name)."),
+        option("--json", apply=_set_json, is_flag=True,
+               help="Print results as JSON on stdout (same as the global --json)."),
+        option("-v", "--verbose", apply=_more, count=True, help="More output (repeatable)."),
+        option("-q", "--quiet", apply=_less, count=True, help="Less output (repeatable)."),
+        option("--debug", apply=_set_debug, is_flag=True, help="Show tracebacks."),
+    ]  # fmt: skip
+
+
+def spread_global_options(group: click.Group) -> None:
+    """Give every command of ``group`` (and of its groups) the global options it lacks."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            spread_global_options(command)
+            continue
+        taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        for option in _global_options():
+            if not taken & set(option.opts):
+                command.params.append(option)
 
 
 # -- entry point --------------------------------------------------------------------------
@@ -163,6 +222,7 @@ def _report(exc: OndemandError, env: Mapping[str, str], as_json: bool) -> None:
                 "message": exc.message,
                 "cause": exc.cause,
                 "hint": exc.hint,
+                "notes": exc.notes,
             }
         }
         click.echo(json.dumps(payload, indent=2))

@@ -126,7 +126,6 @@ def sandbox(
     import logging
 
     from ondemand.errors import ConfigError
-    from ondemand.providers.local import state_root
     from ondemand.sandbox.ollama import EmulatorConfig
     from ondemand.sandbox.server import (
         DEFAULT_OPERATOR_TOKEN,
@@ -135,6 +134,7 @@ def sandbox(
         create_sandbox,
     )
     from ondemand.serving import bind, run
+    from ondemand.statedir import state_root
 
     env = dict(app.env)
     if models is not None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from ondemand.keys import RUN_KEY_EPOCH_ENV as EPOCH_ENV
 from ondemand.providers.base import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, Spec
 
 if TYPE_CHECKING:
@@ -83,11 +85,15 @@ def build_spec(
     cli_env: Mapping[str, str] | None = None,
     *,
     image: str | None = None,
+    epoch: str | None = None,
 ) -> Spec:
     """The deployment the config asks for. Secrets travel only in ``secret_env``.
-    ``image`` is used when the config names none (the image a stopped deployment has)."""
+    ``image`` is used when the config names none (the image a stopped deployment has);
+    ``epoch`` goes into its per-run keys (see ondemand/proxy/runkeys.py)."""
     config = resolved.config
     env: dict[str, str] = {"OLLAMA_PRELOAD_MODELS": ",".join(config.models)}
+    if epoch:
+        env[EPOCH_ENV] = epoch
     if config.require_gpu:
         env["ONDEMAND_REQUIRE_GPU"] = "1"
         env["ONDEMAND_GPU"] = config.gpu
@@ -136,16 +142,28 @@ def admin_key(resolved: ResolvedConfig, provider: Provider, name: str) -> str | 
     return secret(resolved, "admin_key") or provider.stored_secret(name, "ONDEMAND_ADMIN_KEY")
 
 
-def wanted_spec(resolved: ResolvedConfig, provider: Provider, *, image: str | None = None) -> Spec:
-    """The spec to deploy, with the deployment's own keys (minted when it has none)."""
+def wanted_spec(
+    resolved: ResolvedConfig,
+    provider: Provider,
+    *,
+    image: str | None = None,
+    new_run: bool = False,
+) -> Spec:
+    """The spec to deploy, with the deployment's own keys (minted when it has none). With
+    ``new_run`` (it is about to start) the per-run keys of its last run end."""
     from ondemand.keys import mint
 
     name = resolved.config.name
-    api_key = user_key(resolved, provider, name) or mint(name).key
+    deployed = provider.deployed_env(name)  # one look for all three
+    api_key = secret(resolved, "api_key") or deployed.get("AUTHORIZATION_APIKEY")
     # Every deployment gets an admin key, so 'up' and 'down' can always take and release
     # leases; it stays with the deployment, like the user key.
-    admin = admin_key(resolved, provider, name) or mint(admin=True).key
-    return build_spec(resolved, api_key, admin, provider.env, image=image)
+    admin = secret(resolved, "admin_key") or deployed.get("ONDEMAND_ADMIN_KEY")
+    epoch = None if new_run else deployed.get(EPOCH_ENV)
+    return build_spec(
+        resolved, api_key or mint(name).key, admin or mint(admin=True).key, provider.env,
+        image=image, epoch=epoch or secrets.token_urlsafe(12),
+    )  # fmt: skip
 
 
 def deploy(
@@ -158,11 +176,12 @@ def deploy(
     """Create the deployment or update it to the config; mint a key if none is given.
 
     Some clouds start what they create (OVH runs a new app at once). Unless the caller goes
-    on to use it (``up``), a deployment this call created is stopped again: deploying must
-    not leave a GPU billing.
+    on to use it (``up``, which starts it: ``keep_running``), a deployment this call
+    created is stopped again: deploying must not leave a GPU billing.
     """
     name = resolved.config.name
-    deployed = provider.deploy(wanted_spec(resolved, provider, image=image))
+    spec = wanted_spec(resolved, provider, image=image, new_run=keep_running)
+    deployed = provider.deploy(spec)
     if (
         not keep_running
         and deployed.detail in ("created", "recreated")

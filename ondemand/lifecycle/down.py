@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ondemand.errors import ProviderError, ReadyTimeoutError
-from ondemand.lifecycle.deployment import admin_key
+from ondemand.lifecycle.deployment import admin_key, quiet
 from ondemand.providers.base import Status, wait_until
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
+    from ondemand.lifecycle.deployment import Progress
     from ondemand.providers.base import Deployment, Provider
     from ondemand.providers.costs import Estimate
 
@@ -36,16 +37,19 @@ def down(
     *,
     delete_after: bool = False,
     force: bool = False,
-    lease_id: str | None = None,
+    lease_ids: list[str] | None = None,
     holder: str | None = None,
+    progress: Progress = quiet,
 ) -> DownResult:
-    """Release this job's lease and stop the deployment when the server agrees nothing else
-    needs it (or ``force``); verify it stopped. Absent or stopped is success."""
-    from ondemand.leasing import StopCheck, check_stop, stopping_after
-    from ondemand.serverapi import holder_name
+    """Release this job's leases (``lease_ids``, and every lease of ``holder``) and stop
+    the deployment when the servers agree no lease is left (or ``force``): requests still
+    in flight get ``drain_timeout`` to end, new leases being refused meanwhile. Verify the
+    stop. Absent or stopped is success."""
+    from ondemand.leasing import StopCheck, check_stop, stopping_after, wait_for_requests
 
     config = resolved.config
     name = config.name
+    lease_ids = lease_ids or []
     before = provider.status(name)
     was_running = before.status.billable
     if before.status is Status.ABSENT:
@@ -53,16 +57,19 @@ def down(
     # No worker up (a serverless endpoint at zero): asking the server would start one.
     asleep = provider.probe_would_wake(before)
     if was_running and not force and not delete_after and provider.ephemeral_servers:
-        return _let_scale_to_zero(resolved, provider, before, lease_id, asleep=asleep)
+        return _let_scale_to_zero(resolved, provider, before, lease_ids, asleep=asleep)
     check = StopCheck(True, "")
+    drain_seconds = config.drain_timeout.total_seconds()
     if was_running and not force:
         check = check_stop(
             before,
             admin_key=admin_key(resolved, provider, name),
             headers=provider.gateway_headers(),
-            lease_id=lease_id,
-            holder=holder or holder_name({}),
-            drain_seconds=config.timeout.total_seconds() + 60,
+            lease_ids=lease_ids,
+            holder=holder,
+            # Long enough for the wait below and the stop; a killed cleanup blocks no one
+            # for longer.
+            drain_seconds=drain_seconds + config.timeout.total_seconds() + 60,
             max_lifetime_seconds=config.max_lifetime.total_seconds(),
             server_absent=asleep,
         )
@@ -76,14 +83,16 @@ def down(
             released=check.released, holders=check.holders,
         )  # fmt: skip
     cost = run_cost(resolved, provider, before) if was_running else None
+    waited = ""
     with stopping_after(check.drained_via):
+        waited = wait_for_requests(check, timeout=drain_seconds, progress=progress)
         after = stop_and_verify(resolved, provider) if was_running else before
     if delete_after:
         provider.delete(name)
         after = dataclasses.replace(after, status=Status.ABSENT)
     message = f"stopped {name}" if was_running else f"{name} was already stopped"
     if was_running and check.message:
-        message += f" ({check.message})"
+        message += f" ({check.message}{waited})"
     if delete_after:
         kept = provider.kept_after_delete()
         message += f"; deployment deleted ({kept})" if kept else "; deployment deleted"
@@ -98,7 +107,7 @@ def _let_scale_to_zero(
     resolved: ResolvedConfig,
     provider: Provider,
     before: Deployment,
-    lease_id: str | None,
+    lease_ids: list[str],
     *,
     asleep: bool,
 ) -> DownResult:
@@ -112,11 +121,12 @@ def _let_scale_to_zero(
     released: list[dict[str, Any]] = []
     key = admin_key(resolved, provider, name)
     # With no worker up, its lease went with the worker.
-    if lease_id and key and before.url and not asleep:
+    if lease_ids and key and before.url and not asleep:
         with ServerApi(before.url, key, provider.gateway_headers(), timeout=10) as api:
-            answer = api.release(lease_id)
-        if answer.ok and isinstance(answer.body.get("lease"), dict):
-            released.append(answer.body["lease"])
+            for lease_id in lease_ids:
+                answer = api.release(lease_id)
+                if answer.ok and isinstance(answer.body.get("lease"), dict):
+                    released.append(answer.body["lease"])
     idle = provider.scale_to_zero(name)
     message = (
         f"{name}: left to scale to zero: each worker stops {idle}s after its last request, "

@@ -214,7 +214,7 @@ class ReadyWait:
         if self.taker is not None and state.url and ready.ping in SERVER_PINGS:
             # As soon as the server answers, even while it warms: from then on no other
             # job's cleanup can stop it under this one.
-            self.taker.attempt(state.url)
+            self.taker.attempt(state)
         return Waiting(provider.name, state, ready)
 
     def _stopped_under_us(self, state: Deployment) -> bool:

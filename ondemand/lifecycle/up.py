@@ -1,5 +1,13 @@
 """``start`` and ``up``: bring the deployment up, wait until its models are warm, and (for
-``up``) hold a lease on it for this job."""
+``up``) hold a lease on it for this job.
+
+``up`` makes what runs match the config: it deploys what is missing, starts a stopped
+deployment from its own spec (its image, when the config names none), redeploys one whose
+image, GPU or environment changed once no other job holds it, and pulls and warms models
+added to the list on the running server. An ``up`` that fails or is cancelled gives its
+lease back and stops what it started itself, unless another job holds it by then or
+``--keep-on-failure`` asks to keep it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ondemand.errors import ProviderError, ReadyTimeoutError
+from ondemand.errors import OndemandError, ProviderError, ReadyTimeoutError
 from ondemand.leasing import Restart
-from ondemand.lifecycle.deployment import deploy, quiet, user_key
+from ondemand.lifecycle.deployment import admin_key, deploy, quiet, user_key
 from ondemand.lifecycle.readiness import ReadyWait, no_announce
 from ondemand.providers.base import Status, wait_until
 
@@ -21,6 +29,7 @@ if TYPE_CHECKING:
     from ondemand.providers.base import Deployment, Provider
 
 MAX_RESTARTS = 5  # times 'up' starts again a server stopped under it before giving up
+SERVING = (Status.PENDING, Status.STARTING, Status.RUNNING)
 
 
 @dataclass
@@ -69,61 +78,160 @@ def up(
     announce: Announce = no_announce,
     lease: bool = True,
     holder: str | None = None,
+    keep_on_failure: bool = False,
 ) -> UpResult:
     """Deploy if missing (or update), start, take a lease, and wait until every model is
     warm. A server stopped under it (another job's cleanup) is started again."""
+    from ondemand.holders import holder_name
     from ondemand.leasing import LeaseTaker
-    from ondemand.lifecycle.deployment import admin_key
-    from ondemand.serverapi import holder_name
 
     config = resolved.config
     name = config.name
-    deadline = time.monotonic() + config.timeout.total_seconds()
+    holder = holder or holder_name({}, name)
     taker: LeaseTaker | None = None
     if lease:
         taker = LeaseTaker(
-            holder or holder_name({}),
+            holder,
             config.lease_ttl.total_seconds(),
             provider.gateway_headers(),
-            run_key=config.run_key and not provider.ephemeral_servers,
+            run_key=config.run_key,
             models=list(config.models) or None,
         )
-    restarts = 0
-    while True:
-        current = provider.status(name)
-        if current.status not in (Status.RUNNING, Status.STARTING, Status.PENDING):
-            current = deploy(resolved, provider, keep_running=True)
-        if taker is not None and taker.admin_key is None:
-            taker.use_admin_key(admin_key(resolved, provider, name))
+    attempt = _Attempt(resolved, provider, taker, holder, progress)
+    try:
+        result = attempt.run(announce)
+    except BaseException as exc:
+        # A failed or cancelled 'up': its job will not use the server, so it must not keep
+        # it running for another job's cleanup to find.
+        attempt.clean_up(exc, keep=keep_on_failure)
+        raise
+    if taker is not None:
+        result.lease, result.lease_problem = taker.lease, taker.problem
+        if taker.lease is not None and taker.lease.key:
+            result.api_key = taker.lease.key
+    return result
+
+
+class _Attempt:
+    """One ``up``: what it found, what it started, and how to undo that if it fails."""
+
+    def __init__(
+        self,
+        resolved: ResolvedConfig,
+        provider: Provider,
+        taker: LeaseTaker | None,
+        holder: str,
+        progress: Progress,
+    ) -> None:
+        self.resolved = resolved
+        self.provider = provider
+        self.taker = taker
+        self.holder = holder
+        self.progress = progress
+        self.name = resolved.config.name
+        self.deadline = time.monotonic() + resolved.config.timeout.total_seconds()
+        self.started_here = False  # this up deployed or started it (so may stop it again)
+        self.last: Deployment | None = None
+
+    def run(self, announce: Announce) -> UpResult:
+        from ondemand.lifecycle.reconcile import add_models, redeploy_if_changed
+
+        provider, name, taker = self.provider, self.name, self.taker
+        notes: list[str] = []
+        restarts = 0
+        while True:
+            current = self.last = provider.status(name)
+            if current.status is Status.RUNNING and not self.started_here:
+                changed = redeploy_if_changed(
+                    self.resolved, provider, current, self.holder, self.progress
+                )
+                if changed.redeployed:
+                    continue  # stopped: started again below, from the new spec
+                notes += changed.notes
+            if current.status not in SERVING:
+                # A stopped deployment starts from its own spec: its image, unless the config
+                # names another (the seed's flow: deploy once, start and stop every day).
+                current = deploy(self.resolved, provider, keep_running=True, image=current.image)
+                self.started_here = True
+            if taker is not None and taker.admin_key is None:
+                taker.use_admin_key(admin_key(self.resolved, provider, name))
+            try:
+                result = start_and_wait(
+                    self.resolved, provider, current, wait=True, progress=self.progress,
+                    announce=announce, deadline=self.deadline, taker=taker,
+                )  # fmt: skip
+            except Restart as why:
+                if taker is not None:
+                    taker.release()
+                restarts += 1
+                if restarts > MAX_RESTARTS or time.monotonic() >= self.deadline:
+                    raise ProviderError(
+                        f"{name} was stopped {restarts} times while starting: {why}",
+                        cause="other jobs' cleanups or a watchdog keep stopping it",
+                        hint="check which workflows run 'ondemand down --force' or 'stop'",
+                    ) from why
+                self.progress(f"{name}: {why}; starting it again once it has stopped")
+                time.sleep(0.5)
+                continue
+            self.last = result.deployment
+            result.notes += notes
+            if not self.started_here:
+                add_models(self.resolved, provider, result, self.progress, self.deadline)
+            return result
+
+    def clean_up(self, exc: BaseException, *, keep: bool) -> None:
+        """Give the lease back and stop what this up started, unless another job holds it
+        now; say what was done, and where the server's log is."""
+        cancelled = not isinstance(exc, Exception)
         try:
-            result = start_and_wait(
-                resolved, provider, current, wait=True, progress=progress, announce=announce,
-                deadline=deadline, taker=taker,
-            )  # fmt: skip
-        except Restart as why:
-            if taker is not None:
-                taker.release()
-            restarts += 1
-            if restarts > MAX_RESTARTS or time.monotonic() >= deadline:
-                raise ProviderError(
-                    f"{name} was stopped {restarts} times while starting: {why}",
-                    cause="other jobs' cleanups or a watchdog keep stopping it",
-                    hint="check which workflows run 'ondemand down --force' or 'stop'",
-                ) from why
-            progress(f"{name}: {why}; starting it again once it has stopped")
-            time.sleep(0.5)
-            continue
-        except BaseException:
-            # A failed or cancelled 'up': its job will not use the server, so it must not
-            # keep it running for another job's cleanup to find.
-            if taker is not None:
-                taker.release()
-            raise
-        if taker is not None:
-            result.lease, result.lease_problem = taker.lease, taker.problem
-            if taker.lease is not None and taker.lease.key:
-                result.api_key = taker.lease.key
-        return result
+            if self.taker is not None:
+                self.taker.release()
+            outcome = self._stop_what_it_started(keep=keep, cancelled=cancelled)
+        except Exception as failure:  # the cleanup of a failure must not hide the failure
+            outcome = f"cleaning up failed too ({failure}); run 'ondemand down' to stop it"
+        where = self.provider.log_hint(self.last) if self.last is not None else None
+        notes = [f"Afterwards: {outcome}"] if outcome else []
+        if where and where not in str(exc):
+            notes.append(f"Server log: {where}")
+        if isinstance(exc, OndemandError):
+            exc.notes.extend(notes)
+        else:
+            for note in notes:
+                self.progress(note)
+
+    def _stop_what_it_started(self, *, keep: bool, cancelled: bool) -> str:
+        from ondemand.leasing import check_stop, stopping_after
+        from ondemand.lifecycle.down import stop_and_verify
+
+        provider, name = self.provider, self.name
+        state = provider.status(name)
+        if not state.status.billable:
+            return ""
+        if not self.started_here:
+            return f"{name} is left as it was: it was already running when this up began"
+        if keep:
+            return (
+                f"{name} is kept running for debugging (--keep-on-failure); "
+                "'ondemand down' stops it"
+            )
+        config = self.resolved.config
+        check = check_stop(
+            state, admin_key=admin_key(self.resolved, provider, name),
+            headers=provider.gateway_headers(), lease_ids=[], holder=None,
+            drain_seconds=60, max_lifetime_seconds=config.max_lifetime.total_seconds(),
+        )  # fmt: skip
+        if not check.stop and check.holders:
+            return f"{name} is left running for the job(s) holding it: {', '.join(check.holders)}"
+        with stopping_after(check.drained_via):
+            if cancelled:
+                # Cancelled runs get seconds before they are killed: ask, do not wait.
+                provider.stop(name)
+                return f"asked {provider.name} to stop {name}, which this up had started"
+            stop_and_verify(self.resolved, provider)
+        return (
+            f"stopped {name} again: this up had started it (--keep-on-failure keeps it "
+            "for debugging)"
+        )
 
 
 def start_and_wait(
@@ -157,7 +265,7 @@ def start_and_wait(
         progress(f"{name} is already running on {provider.name}")
     # Already on its way up (a cloud that starts what it creates, another job's start):
     # starting again could only restart a failure this wait should report.
-    on_its_way = current.status in (Status.PENDING, Status.STARTING, Status.RUNNING)
+    on_its_way = current.status in SERVING
     deployment = current if on_its_way else start_once(provider, name)
     # The provider's remarks about a running deployment (e.g. the emulator in use); its
     # state messages on the way there are part of the progress lines below.
@@ -220,6 +328,6 @@ def start_once(provider: Provider, name: str) -> Deployment:
         return provider.start(name)
     except ProviderError:
         now = provider.status(name)
-        if now.status in (Status.PENDING, Status.STARTING, Status.RUNNING):
+        if now.status in SERVING:
             return now
         raise

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from ondemand.errors import ReadyTimeoutError
+from ondemand.keys import RUN_KEY_EPOCH_ENV
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
@@ -43,6 +44,21 @@ def label_value(text: str) -> str:
     starting and ending with a letter or digit (``org/repo`` becomes ``org.repo``)."""
     value = _LABEL_UNSAFE.sub("-", text.replace("/", ".")).strip("-._")
     return value[:63].rstrip("-._")
+
+
+# What a running server takes without a restart (the model list: 'up' adds models through
+# the server's admin API), or what changes on every start (the per-run keys' epoch).
+LIVE_ENV = frozenset({"OLLAMA_PRELOAD_MODELS", RUN_KEY_EPOCH_ENV})
+
+
+def env_changes(have: Mapping[str, str], want: Mapping[str, str]) -> list[str]:
+    """The environment variables a redeploy would change, by name only (some are keys)."""
+    names = sorted(
+        k
+        for k in {*have, *want}
+        if k not in LIVE_ENV and (have.get(k) or "") != (want.get(k) or "")
+    )
+    return [f"environment {', '.join(names)}"] if names else []
 
 
 def parse_time(value: object) -> datetime | None:
@@ -186,9 +202,14 @@ class Provider(abc.ABC):
     def close(self) -> None:
         """Release the API client's connections."""
 
+    def deployed_env(self, deployment_id: str) -> dict[str, str]:
+        """The environment the deployment was made with (its keys travel in it); empty when
+        it is absent or the platform does not show it."""
+        return {}
+
     def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
-        """A key the deployment was made with (it travels in its environment), or None."""
-        return None
+        """One variable of ``deployed_env``, e.g. a key the deployment was made with."""
+        return self.deployed_env(deployment_id).get(env_name) or None
 
     def gateway_headers(self) -> dict[str, str]:
         """What the platform's front door needs besides our key (RunPod's gateway wants the

@@ -39,24 +39,15 @@ from ondemand.providers.base import (
     Provider,
     Spec,
     Status,
+    env_changes,
 )
+from ondemand.statedir import state_root
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
 
 EMULATOR_NOTE = "no 'ollama' found (OLLAMA_BIN or PATH): using the built-in Ollama emulator"
 _STOP_GRACE = 40.0  # the server's drain (25 s) plus time to stop Ollama
-
-
-def state_root(env: Mapping[str, str]) -> Path:
-    explicit = env.get("ONDEMAND_STATE_DIR", "").strip()
-    if explicit:
-        return Path(explicit)
-    runner_temp = env.get("RUNNER_TEMP", "").strip()
-    if runner_temp:
-        return Path(runner_temp) / "ondemand"
-    cache = env.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
-    return Path(cache) / "ondemand"
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -257,10 +248,24 @@ class LocalProvider(Provider):
     def kept_after_delete(self) -> str:
         return f"its model store under {self.root} is kept"
 
-    def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
-        secrets = _read(self._dir(deployment_id) / "secrets.json") or {}
-        key = secrets.get(env_name)
-        return str(key) if key else None
+    def deployed_env(self, deployment_id: str) -> dict[str, str]:
+        directory = self._dir(deployment_id)
+        record = _read(directory / "deployment.json") or {}
+        env = {**(record.get("env") or {}), **(_read(directory / "secrets.json") or {})}
+        return {str(k): str(v) for k, v in env.items() if v}
+
+    def spec_changes(self, spec: Spec) -> list[str]:
+        directory = self._dir(spec.name)
+        record = _read(directory / "deployment.json")
+        if record is None:
+            return []
+        secrets = _read(directory / "secrets.json") or {}
+        changes = env_changes(
+            {**(record.get("env") or {}), **secrets}, {**spec.env, **spec.secret_env}
+        )
+        if spec.port and spec.port != record.get("port"):
+            changes.append(f"port {record.get('port') or 'any'} -> {spec.port}")
+        return changes
 
     def log_path(self, deployment_id: str) -> Path:
         return self._dir(deployment_id) / "serve.log"
@@ -297,6 +302,8 @@ def _ours(name: str) -> bool:
     return name.startswith(("AUTHORIZATION_APIKEY", "PRELOAD_MODEL_")) or name in {
         "ONDEMAND_ADMIN_KEY", "ONDEMAND_KEYS_FILE", "ONDEMAND_BASIC_AUTH", "OLLAMA_HOST",
         "OLLAMA_PRELOAD_MODELS", "PORT", "PORT_HEALTH", "HOST", "ONDEMAND_INSECURE_NO_AUTH",
+        # down's wait for requests in flight, not the server's own on SIGTERM.
+        "ONDEMAND_DRAIN_TIMEOUT",
     }  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from ondemand.providers.base import (
     Provider,
     Spec,
     Status,
+    env_changes,
     label_value,
     map_status,
     parse_time,
@@ -247,6 +248,7 @@ class OvhProvider(Provider):
         status = app.get("status") or {}
         state = _state(app)
         info = status.get("info") or {}
+        replicas = int(status.get("availableReplicas") or 0)
         return Deployment(
             id=name,
             name=name,
@@ -259,6 +261,8 @@ class OvhProvider(Provider):
             # On the way up or down, OVH's message says why it waits or failed; once it runs,
             # it only repeats the state ("App is running").
             detail=detail or (None if state == "RUNNING" else info.get("message")),
+            image=(app.get("spec") or {}).get("image"),
+            replicas=replicas if state == "RUNNING" and replicas > 1 else None,
         )
 
     # -- the Provider contract ----------------------------------------------------------
@@ -352,13 +356,40 @@ class OvhProvider(Provider):
         force = _state(app) in ACTIVE or _state(app) == "STOPPING"
         self._call("delete the app", self.client.delete_app, app["id"], force=force)
 
-    def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
-        """A key the app was deployed with (it travels in the app's env)."""
+    def deployed_env(self, deployment_id: str) -> dict[str, str]:
         app = self._find_app(deployment_id)
-        for entry in ((app or {}).get("spec") or {}).get("envVars") or []:
-            if entry.get("name") == env_name and entry.get("value"):
-                return str(entry["value"])
-        return None
+        entries = ((app or {}).get("spec") or {}).get("envVars") or []
+        return {str(e.get("name")): str(e["value"]) for e in entries if e.get("value")}
+
+    def log_hint(self, deployment: Deployment) -> str | None:
+        app = self._find_app(deployment.name)
+        if app is None:
+            return None
+        return f"'ovhai app logs {app['id']}', or GET {self._api().base_url}/v1/app/{app['id']}/log"
+
+    def spec_changes(self, spec: Spec) -> list[str]:
+        app = self._find_app(spec.name)
+        if app is None:
+            return []
+        have, want = app.get("spec") or {}, self.app_spec(spec)
+        changes = []
+        if have.get("image") != want["image"]:
+            changes.append(f"image {have.get('image')} -> {want['image']}")
+        had, wants = have.get("resources") or {}, want["resources"]
+        gpu_had = f"{had.get('gpu')} x {had.get('flavor')}"
+        gpu_wants = f"{wants['gpu']} x {wants['flavor']}" if isinstance(wants, dict) else ""
+        if gpu_had != gpu_wants:
+            changes.append(f"GPU {gpu_had} -> {gpu_wants}")
+        env_wants = want["envVars"]
+        changes += env_changes(
+            {str(e.get("name")): str(e.get("value")) for e in have.get("envVars") or []},
+            {str(e["name"]): str(e["value"]) for e in env_wants}
+            if isinstance(env_wants, list)
+            else {},
+        )
+        if needs_recreate(have, want):
+            changes.append("the cache volume or access mode")
+        return changes
 
     def explain_failure(self, deployment: Deployment) -> Exception:
         """The error to report when the app ended FAILED or ERROR."""

@@ -129,6 +129,7 @@ class RunpodProvider(Provider):
             created_at=parse_time(endpoint.get("createdAt")),
             running_since=self.oldest_worker,
             detail=detail or describe(summary),
+            image=endpoint.get("image"),
         )
 
     # -- the Provider contract ---------------------------------------------------------------
@@ -240,11 +241,18 @@ class RunpodProvider(Provider):
 
     # -- what the lifecycle asks of this provider -----------------------------------------------
 
-    def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
-        """A key the endpoint was deployed with (it travels in the endpoint's env)."""
+    def deployed_env(self, deployment_id: str) -> dict[str, str]:
         endpoint = self._find(deployment_id)
-        value = ((endpoint or {}).get("env") or {}).get(env_name)
-        return str(value) if value else None
+        return {str(k): str(v) for k, v in ((endpoint or {}).get("env") or {}).items() if v}
+
+    def log_hint(self, deployment: Deployment) -> str | None:
+        endpoint = self._find(deployment.name)
+        if endpoint is None:
+            return None
+        return (
+            f"the RunPod console: Serverless, endpoint {endpoint['id']}, Logs "
+            f"(https://www.runpod.io/console/serverless/user/endpoint/{endpoint['id']})"
+        )
 
     def gateway_headers(self) -> dict[str, str]:
         """RunPod's gateway takes the account key in Authorization; ours goes in X-API-Key."""

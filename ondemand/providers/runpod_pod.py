@@ -97,6 +97,7 @@ class RunpodPodProvider(Provider):
             created_at=parse_time(pod.get("createdAt")),
             running_since=parse_time(pod.get("startedAt")) if status is Status.RUNNING else None,
             detail=detail,
+            image=pod.get("image") or pod.get("imageName"),
         )
 
     def stopped_note(self) -> str:
@@ -182,11 +183,17 @@ class RunpodPodProvider(Provider):
         if pod is not None:
             self.runpod.send("terminate the pod", "DELETE", f"/v2/pods/{pod['id']}")
 
-    def stored_secret(self, deployment_id: str, env_name: str) -> str | None:
-        """A key the pod was deployed with (it travels in the pod's env)."""
+    def deployed_env(self, deployment_id: str) -> dict[str, str]:
         pod = self._find(deployment_id)
-        value = ((pod or {}).get("env") or {}).get(env_name)
-        return str(value) if value else None
+        return {str(k): str(v) for k, v in ((pod or {}).get("env") or {}).items() if v}
+
+    def log_hint(self, deployment: Deployment) -> str | None:
+        pod = self._find(deployment.name)
+        if pod is None:
+            return None
+        return (
+            f"the RunPod console: Pods, pod {pod['id']}, Logs (https://www.runpod.io/console/pods)"
+        )
 
     def explain_failure(self, deployment: Deployment) -> Exception:
         return CapacityError(

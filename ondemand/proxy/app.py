@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ondemand import __version__
-from ondemand.asgi import Receive, Scope, Send, header, send_bytes, send_json
+from ondemand.asgi import Headers, Message, Receive, Scope, Send, header, send_bytes, send_json
 from ondemand.proxy.activity import Activity
 from ondemand.proxy.auth import AuthFailure, Identity, KeyStore, keystore_from_env
 from ondemand.proxy.context import RequestContext
 from ondemand.proxy.exchange import Exchange
-from ondemand.proxy.lease_routes import drain_route, lease_route
+from ondemand.proxy.lease_routes import AddModels, drain_route, lease_route, models_route
 from ondemand.proxy.leases import LeaseBook
 from ondemand.proxy.limits import Limits
 from ondemand.proxy.metrics import CONTENT_TYPE, Metrics
 from ondemand.proxy.responses import family_of, send_error
 from ondemand.proxy.routes import Access, BadPath, resolve
+from ondemand.proxy.runkeys import RunKeys, run_key_secret
 from ondemand.proxy.settings import scaled_clock
 from ondemand.proxy.upstream import Upstream, UpstreamClient, UpstreamUnavailable
 from ondemand.proxy.usage import Ledger, UsageRecord
@@ -84,6 +85,7 @@ class ProxyApp:
         upstream: UpstreamClient | None = None,
         health: HealthCheck | None = None,
         status_extra: StatusExtra | None = None,
+        add_models: AddModels | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
@@ -94,7 +96,9 @@ class ProxyApp:
         # One clock for idle time and lease expiry (tests pass a fake one).
         self.clock = clock or scaled_clock(settings.clock_scale)
         self.activity = Activity(self.clock)
-        self.leases = LeaseBook(self.clock)
+        self.leases = LeaseBook(self.clock, RunKeys(run_key_secret(settings.env)))
+        self.replica = settings.replica_id
+        self._replica_header = [(b"x-ondemand-replica", self.replica.encode())]
         self.limits = Limits(settings.max_inflight)
         self.ledger = Ledger()
         self.metrics = Metrics(
@@ -104,6 +108,7 @@ class ProxyApp:
         # supervisor knows better (starting, warming, a failed preload) and says so.
         self.health: HealthCheck = health or self._upstream_health
         self.status_extra = status_extra
+        self.add_models = add_models
         self.webhook: WebhookSender | None = None
         if settings.webhook is not None:
             from ondemand.proxy.webhook import WebhookSender
@@ -195,7 +200,7 @@ class ProxyApp:
             await self._preflight(send, ctx)
             return
         try:
-            identity = self.keys.authenticate(scope["headers"], self.leases.key_entries())
+            identity = self.keys.authenticate(scope["headers"], self.leases.run_key)
         except AuthFailure as failure:
             self.metrics.auth_failures.labels(failure.reason).inc()
             ctx.detail = f"credentials {failure.reason}"
@@ -247,6 +252,10 @@ class ProxyApp:
         family: str,
     ) -> None:
         method = scope["method"]
+        if raw_path.startswith(b"/ondemand/"):
+            # Which replica answered: a client reaching every replica behind one URL
+            # (taking a lease on each) counts them by this.
+            send = _with_headers(send, self._replica_header)
         if raw_path == b"/ondemand/status" and method in ("GET", "HEAD"):
             await send_json(send, 200, await self._status(identity))
         elif raw_path == b"/ondemand/leases" or raw_path.startswith(b"/ondemand/leases/"):
@@ -259,6 +268,11 @@ class ProxyApp:
                 await send_error(send, family, 403, "/ondemand/drain needs an admin key")
                 return
             await drain_route(self.leases, method, self.activity_now, receive, send)
+        elif raw_path == b"/ondemand/models":
+            if not identity.admin:
+                await send_error(send, family, 403, "/ondemand/models needs an admin key")
+                return
+            await models_route(self.add_models, method, receive, send)
         elif raw_path == b"/metrics" and method in ("GET", "HEAD"):
             if not identity.admin:
                 await send_error(send, family, 403, "/metrics needs an admin key")
@@ -273,6 +287,7 @@ class ProxyApp:
             "status": body.get("status", "starting") if code != 204 else "starting",
             "ready": code == 200,
             "version": __version__,
+            "replica": self.replica,
             "key": identity.name,
             "admin": identity.admin,
             **self.activity.snapshot(self.limits.inflight),
@@ -330,6 +345,15 @@ class ProxyApp:
         except UpstreamUnavailable:
             return False
         return status == 200
+
+
+def _with_headers(send: Send, extra: Headers) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return sending
 
 
 def _mtime(path: Path | None) -> int | None:

@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +56,8 @@ class Identity:
 
 
 ANONYMOUS_ADMIN = Identity(name="anonymous", admin=True)
+# Keys that are checked, not looked up: the per-run keys of leases (signed, see runkeys.py).
+SignedKeys = Callable[[bytes], KeyEntry | None]
 
 
 class AuthFailure(Exception):
@@ -95,10 +97,10 @@ class KeyStore:
         return [e.name for e in self.entries] + [b.name for b in self._basic]
 
     def authenticate(
-        self, headers: list[tuple[bytes, bytes]], extra: Sequence[KeyEntry] = ()
+        self, headers: list[tuple[bytes, bytes]], signed: SignedKeys | None = None
     ) -> Identity:
-        """Return the caller's identity or raise ``AuthFailure``. ``extra`` are keys that
-        come and go at run time (the per-run keys of live leases).
+        """Return the caller's identity or raise ``AuthFailure``. ``signed`` checks keys
+        that come and go at run time (the per-run keys of live leases).
 
         ``X-API-Key`` wins over ``Authorization`` because on RunPod's load balancer the
         gateway owns ``Authorization`` (it carries the RunPod key, not ours).
@@ -113,7 +115,7 @@ class KeyStore:
             elif name == b"authorization" and authorization is None:
                 authorization = value
         if api_key is not None:
-            return self._match_key(api_key.strip(), extra)
+            return self._match_key(api_key.strip(), signed)
         if authorization is None:
             raise AuthFailure("missing")
         if len(authorization) > MAX_CREDENTIAL_BYTES:
@@ -122,24 +124,26 @@ class KeyStore:
         credentials = credentials.strip()
         scheme = scheme.lower()
         if scheme == b"bearer":
-            return self._match_key(credentials, extra)
+            return self._match_key(credentials, signed)
         if scheme == b"basic":
-            return self._match_basic(credentials, extra)
+            return self._match_basic(credentials, signed)
         raise AuthFailure("malformed")
 
-    def _match_key(self, key: bytes, extra: Sequence[KeyEntry]) -> Identity:
+    def _match_key(self, key: bytes, signed: SignedKeys | None) -> Identity:
         if not key or len(key) > MAX_CREDENTIAL_BYTES or b" " in key:
             raise AuthFailure("malformed")
         presented = digest(key)
         found: KeyEntry | None = None
-        for entry in (*self.entries, *extra):
+        for entry in self.entries:
             if hmac.compare_digest(presented, entry.digest) and found is None:
                 found = entry
+        if found is None and signed is not None:
+            found = signed(key)
         if found is None:
             raise AuthFailure("invalid")
         return Identity(found.name, found.admin, found)
 
-    def _match_basic(self, credentials: bytes, extra: Sequence[KeyEntry]) -> Identity:
+    def _match_basic(self, credentials: bytes, signed: SignedKeys | None) -> Identity:
         try:
             decoded = base64.b64decode(credentials, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -157,7 +161,7 @@ class KeyStore:
         if found is not None:
             return Identity(found.name, admin=False)
         # Tools that only speak Basic send the API key as the password.
-        return self._match_key(password, extra)
+        return self._match_key(password, signed)
 
 
 def _env_keys(env: Mapping[str, str]) -> list[KeyEntry]:

@@ -14,22 +14,33 @@ either got its lease before the decision (and the stop is called off) or is told
 is going away (and starts it again once it has stopped). A drain lasts until the server is
 stopped or ``ttl`` passes, so a cleanup killed between deciding and stopping blocks nobody
 for long.
+
+With several replicas behind one URL each replica keeps its own book, and the client takes
+and releases a lease on every replica under one id it chose (docs/safety.md, "Several
+replicas"); so acquiring an id that is live renews it, and releasing an id this replica
+never saw still records it as released, for the per-run key that names it.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ondemand.modelnames import canonical
 from ondemand.proxy.activity import iso_utc
-from ondemand.proxy.auth import KeyEntry, digest
+from ondemand.proxy.auth import KeyEntry
+from ondemand.proxy.runkeys import RunKeyClaim, RunKeys
 
 MAX_TTL_SECONDS = 7 * 24 * 3600
 MAX_HOLDER_LENGTH = 200
 MAX_RUN_KEY_MODELS = 64
+# Released lease ids are remembered (so their per-run keys stay dead) for this long, and
+# at most this many: a client cannot grow the book without bound.
+MAX_RELEASED = 10_000
+LEASE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 class LeaseError(ValueError):
@@ -46,8 +57,8 @@ class Lease:
     holder: str
     acquired_at: float
     expires_at: float
-    # A per-run key lives exactly as long as its lease; only its digest is kept.
-    key: KeyEntry | None = field(default=None, repr=False)
+    keyed: bool = False  # a per-run key was minted with it (the key itself is not kept)
+    models: frozenset[str] | None = None  # what its key may use; None: every model
 
     def view(self, now: float) -> dict[str, object]:
         view: dict[str, object] = {
@@ -56,15 +67,20 @@ class Lease:
             "acquired_at": iso_utc(self.acquired_at),
             "expires_at": iso_utc(self.expires_at),
             "expires_in_seconds": round(max(0.0, self.expires_at - now), 3),
+            "held_seconds": round(max(0.0, now - self.acquired_at), 3),
         }
-        if self.key is not None:
-            view["key_name"] = self.key.name
-            view["key_models"] = None if self.key.models is None else sorted(self.key.models)
+        if self.keyed:
+            view["key_name"] = _key_name(self.holder)
+            view["key_models"] = None if self.models is None else sorted(self.models)
         return view
 
     def released_view(self, now: float) -> dict[str, object]:
         """The lease as it was when released, with how long it was held (a run's share)."""
-        return {**self.view(now), "held_seconds": round(now - self.acquired_at, 3)}
+        return self.view(now)
+
+
+def _key_name(holder: str) -> str:
+    return "lease:" + holder[:64]
 
 
 @dataclass
@@ -95,6 +111,7 @@ class DrainDecision:
     holders: list[str] = field(default_factory=list)
     # The released leases as they were, with how long each was held (the server's clock).
     released_leases: list[dict[str, object]] = field(default_factory=list)
+    leases: list[dict[str, object]] = field(default_factory=list)  # the live ones left
 
     def view(self) -> dict[str, object]:
         return {
@@ -103,6 +120,7 @@ class DrainDecision:
             "released_leases": self.released_leases,
             "remaining": self.remaining,
             "holders": self.holders,
+            "leases": self.leases,
             "inflight": self.inflight,
             "idle_seconds": round(self.idle_seconds, 3),
             "reason": self.reason,
@@ -111,9 +129,13 @@ class DrainDecision:
 
 
 class LeaseBook:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, run_keys: RunKeys | None = None
+    ) -> None:
         self.clock = clock
+        self.run_keys = run_keys or RunKeys(secrets.token_bytes(32))
         self._leases: dict[str, Lease] = {}
+        self._released: dict[str, float] = {}  # lease id -> until when it is remembered
         self._drain: Drain | None = None
 
     def live(self) -> list[Lease]:
@@ -123,14 +145,19 @@ class LeaseBook:
         return sorted(self._leases.values(), key=lambda lease: lease.acquired_at)
 
     def acquire(
-        self, holder: object, ttl_seconds: object, run_key: object = None
+        self, holder: object, ttl_seconds: object, run_key: object = None, lease_id: object = None
     ) -> tuple[Lease, str | None]:
         """A new lease, and the per-run key minted with it when ``run_key`` asks for one
-        (``true`` or ``{"models": [...]}``); the key is shown here only."""
+        (``true`` or ``{"models": [...]}``); the key is shown here only. With ``lease_id``
+        (the client's, the same on every replica), a live lease of that id is renewed."""
         if not isinstance(holder, str) or not holder.strip():
             raise LeaseError("holder: give a non-empty string naming who holds the lease")
         if len(holder) > MAX_HOLDER_LENGTH:
             raise LeaseError(f"holder: at most {MAX_HOLDER_LENGTH} characters")
+        if lease_id is not None and not (
+            isinstance(lease_id, str) and LEASE_ID.fullmatch(lease_id)
+        ):
+            raise LeaseError("id: 8 to 64 letters, digits, '_' or '-'")
         ttl = _ttl(ttl_seconds)
         wants_key, models = _run_key_models(run_key)
         drain = self.draining()
@@ -139,17 +166,23 @@ class LeaseBook:
                 f"the server is being stopped ({drain.reason}); start it again and take a "
                 "lease then"
             )
+        if lease_id is not None and self._is_released(lease_id):
+            raise LeaseError(f"id: lease {lease_id} was released; take a new one")
         now = self.clock()
-        lease = Lease("lse_" + secrets.token_urlsafe(12), holder.strip(), now, now + ttl)
+        known = next((x for x in self.live() if x.id == lease_id), None)
+        if known is not None and known.holder != holder.strip():
+            raise LeaseError(f"id: lease {lease_id} is held by someone else")
+        lease = known or Lease(
+            lease_id if isinstance(lease_id, str) else "lse_" + secrets.token_urlsafe(12),
+            holder.strip(),
+            now,
+            now + ttl,
+        )
+        lease.expires_at = now + ttl
         key: str | None = None
         if wants_key:
-            key = "odk_run_" + secrets.token_urlsafe(24)
-            lease.key = KeyEntry(
-                "lease:" + lease.holder[:64],
-                digest(key),
-                models=models,
-                source=f"lease {lease.id}",
-            )
+            lease.keyed, lease.models = True, models
+            key = self.run_keys.mint(RunKeyClaim(lease.id, lease.holder, models, lease.expires_at))
         self._leases[lease.id] = lease
         return lease, key
 
@@ -168,13 +201,38 @@ class LeaseBook:
         live = {lease.id: lease for lease in self.live()}
         lease = live.pop(lease_id, None)
         self._leases.pop(lease_id, None)
+        self._remember_released([lease_id])
         if lease is None:
             return None, len(live)
         return lease.released_view(now), len(live)
 
-    def key_entries(self) -> list[KeyEntry]:
-        """The per-run keys of live leases, for authentication."""
-        return [lease.key for lease in self.live() if lease.key is not None]
+    def run_key(self, presented: bytes) -> KeyEntry | None:
+        """The identity of a per-run key, while its lease lives: live in this book (renewals
+        count), or not yet ended by the key's own clock and never released here (a replica
+        that did not see the lease taken)."""
+        claim = self.run_keys.read(presented)
+        if claim is None or self._is_released(claim.lease_id):
+            return None
+        live = any(lease.id == claim.lease_id for lease in self.live())
+        if not live and claim.expires_at <= self.clock():
+            return None
+        return KeyEntry(
+            _key_name(claim.holder), b"", models=claim.models, source=f"lease {claim.lease_id}"
+        )
+
+    def _remember_released(self, lease_ids: Iterable[str]) -> None:
+        now = self.clock()
+        for stale in [i for i, until in self._released.items() if until <= now]:
+            del self._released[stale]
+        for lease_id in lease_ids:
+            if len(self._released) >= MAX_RELEASED:
+                oldest = min(self._released, key=self._released.__getitem__)
+                del self._released[oldest]
+            self._released[lease_id] = now + MAX_TTL_SECONDS
+
+    def _is_released(self, lease_id: str) -> bool:
+        until = self._released.get(lease_id)
+        return until is not None and until > self.clock()
 
     # -- draining -----------------------------------------------------------------------
 
@@ -186,26 +244,31 @@ class LeaseBook:
     def drain(
         self,
         *,
-        release: str | None = None,
+        release: str | Iterable[str] = (),
         holder: str | None = None,
         inflight: int,
         last_activity: float,
         idle_seconds: float | None = None,
         ttl_seconds: object = 900,
         reason: str = "no live lease and nothing in flight",
+        wait_inflight: bool = False,
     ) -> DrainDecision:
-        """Release ``release`` (or every lease of ``holder``), then drain if nothing is left:
-        no live lease, nothing in flight and, when ``idle_seconds`` is given, no request for
-        that long. One step: nothing can take a lease between the count and the decision."""
+        """Release the leases ``release`` names (and every lease of ``holder``), then drain
+        if nothing is left: no live lease, nothing in flight (unless ``wait_inflight``: the
+        caller waits for those requests itself, the drain refusing new leases meanwhile)
+        and, when ``idle_seconds`` is given, no request for that long. One step: nothing can
+        take a lease between the count and the decision."""
         ttl = _ttl(ttl_seconds)
         now = self.clock()
+        named = {release} if isinstance(release, str) else set(release)
         released = [
             lease
             for lease in self.live()
-            if lease.id == release or (holder is not None and lease.holder == holder)
+            if lease.id in named or (holder is not None and lease.holder == holder)
         ]
         for lease in released:
             del self._leases[lease.id]
+        self._remember_released(named | {lease.id for lease in released})
         live = self.live()
         idle = max(0.0, now - last_activity) if not inflight else 0.0
         decision = DrainDecision(
@@ -217,10 +280,11 @@ class LeaseBook:
             "",
             holders=[x.holder for x in live],
             released_leases=[lease.released_view(now) for lease in released],
+            leases=[x.view(now) for x in live],
         )
         if live:
             decision.reason = f"{len(live)} live lease(s): " + ", ".join(decision.holders)
-        elif inflight:
+        elif inflight and not wait_inflight:
             decision.reason = f"{inflight} request(s) in flight"
         elif idle_seconds is not None and idle < idle_seconds:
             decision.reason = f"idle {idle:.0f}s, less than {idle_seconds:.0f}s"

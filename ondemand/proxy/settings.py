@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import secrets
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -105,6 +107,16 @@ def scaled_clock(scale: float) -> Callable[[], float]:
     return clock
 
 
+def replica_name(env: Mapping[str, str]) -> str:
+    """``ONDEMAND_REPLICA_ID``, else the host name (a replica's pod name) and a token of
+    this process: a replica that restarted, with an empty memory, is a new replica."""
+    given = env.get("ONDEMAND_REPLICA_ID", "").strip()
+    if given:
+        return given[:100]
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:60] or "server"
+    return f"{host}-{secrets.token_hex(3)}"
+
+
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     upstream: str
@@ -123,6 +135,8 @@ class ProxySettings:
     # Rehearsal only: the server's lease and idle clock runs this many times faster than
     # real time, so a day of CI replays against the sandbox in minutes (bench/cost.py).
     clock_scale: float = 1.0
+    # Names this server among the replicas behind one URL (answered on /ondemand/*).
+    replica_id: str = field(default_factory=lambda: replica_name({}))
     # Kept to rebuild the key store when the keys file changes; holds secrets, so no repr.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -154,5 +168,6 @@ class ProxySettings:
             cors_origins=_origins(env.get("ONDEMAND_CORS_ORIGINS", "")),
             webhook=WebhookSettings.from_env(env),
             clock_scale=_float(env, "ONDEMAND_CLOCK_SCALE", 1.0),
+            replica_id=replica_name(env),
             env=dict(env),
         )

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from ondemand.modelnames import canonical
 from ondemand.proxy.app import HealthApp, ProxyApp
-from ondemand.serve.models import ModelState
+from ondemand.serve.models import ModelState, Phase
 from ondemand.serve.preload import Preloader
 from ondemand.serve.supervisor import Supervisor
 from ondemand.serving import bind, embedded_server
@@ -98,6 +99,7 @@ class Serve:
         )
         self.state.supervisor = self.supervisor
         self._preload: asyncio.Task[None] | None = None
+        self._added: set[asyncio.Task[None]] = set()
         self.env = env
         self.proxy: ProxyApp | None = None
 
@@ -146,12 +148,50 @@ class Serve:
         state.ready_after = time.monotonic() - state.started
         log.info("ready: %d model(s) warm after %.1fs", len(state.models), state.ready_after)
 
+    async def add_models(self, names: list[str]) -> Mapping[str, object]:
+        """More models for the running server (``up`` with a longer model list): pulled and
+        warmed beside the others, ``/ping`` staying 200 for the models already warm. One
+        that fails is dropped from the list a restart preloads, so it cannot take the
+        server down with it; its error stays in the status until the next try."""
+        state = self.state
+        have = {m.key for m in state.models if m.phase is not Phase.FAILED}
+        fresh = [ModelState(n) for n in dict.fromkeys(names) if canonical(n) not in have]
+        if fresh:
+            fresh_keys = {m.key for m in fresh}
+            state.models = [m for m in state.models if m.key not in fresh_keys] + fresh
+            state.names = (*(n for n in state.names if canonical(n) not in fresh_keys),
+                           *(m.name for m in fresh))  # fmt: skip
+            log.info("adding %d model(s): %s", len(fresh), ", ".join(m.name for m in fresh))
+            if state.phase == READY:
+                task = asyncio.ensure_future(self._warm_added(fresh))
+                self._added.add(task)
+                task.add_done_callback(self._added.discard)
+            # Otherwise the preload under way, or the next one after Ollama restarts,
+            # includes them.
+        wanted = {canonical(n) for n in names}
+        return {"models": [m.view() for m in state.models if m.key in wanted]}
+
+    async def _warm_added(self, models: list[ModelState]) -> None:
+        try:
+            problems = await Preloader(self.supervisor.url, models, self.settings.policy).run()
+        except httpx.HTTPError as exc:
+            log.warning("adding models interrupted: %s", exc)
+            return  # Ollama went away: its restart preloads them with the rest
+        failed = {m.key for m in models if m.phase is Phase.FAILED}
+        if failed:
+            self.state.names = tuple(n for n in self.state.names if canonical(n) not in failed)
+        for problem in problems:
+            log.error("model not added: %s", problem)
+
     async def run(self) -> int:
         settings = self.settings
         # Bind before anything starts, so a taken port fails at once with a clear message.
         main_sock = bind(settings.host, settings.port)
         proxy = ProxyApp(
-            settings.proxy, health=self.state.health, status_extra=self.state.status_extra
+            settings.proxy,
+            health=self.state.health,
+            status_extra=self.state.status_extra,
+            add_models=self.add_models,
         )
         self.proxy = proxy
         proxy.activity.mark_ready(False)
@@ -204,6 +244,8 @@ class Serve:
         await asyncio.wait(serving, timeout=settings.drain_timeout + 5)
         if self._preload is not None:
             self._preload.cancel()
+        for task in self._added:
+            task.cancel()
         if watching is not None:
             watching.cancel()
         await self.supervisor.stop()

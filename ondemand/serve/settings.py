@@ -32,6 +32,18 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return int(raw)
 
 
+def _duration(text: str, name: str) -> float:
+    """A duration as the CLI writes it (``2m``): ONDEMAND_DRAIN_TIMEOUT is also 'down''s."""
+    from ondemand.configtypes import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be a number of seconds or a duration like 90s or 2m, got {text!r}"
+        ) from None
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip().removesuffix("s")
     if not raw:
@@ -39,7 +51,7 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {env[name]!r}") from None
+        value = _duration(env[name], name)
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {env[name]!r}")
     return value

@@ -209,12 +209,12 @@ def test_an_app_stuck_queued_times_out_with_exit_6_and_the_last_state(
     assert code == 6, err
     assert "timed out after 2s" in err
     assert "QUEUED" in err
-    # Nothing was left billing by the failed start? It is queued: 'down' stops it.
+    # The failed up stopped what it had started, and says where the server's log is.
+    assert "Afterwards: stopped ollama-ondemand again: this up had started it" in err
+    assert "check the server log ('ovhai app logs " in err
     code, out, _ = run(["down"], capsys)
     assert code == 0
-    assert out.strip() == (
-        "stopped ollama-ondemand (it is QUEUED, not serving yet, so no job can hold a lease on it)"
-    )
+    assert out.strip() == "ollama-ondemand was already stopped"
 
 
 def test_delete_of_a_running_app(

@@ -92,7 +92,8 @@ def test_run_key_models_are_checked() -> None:
     _, key = book.acquire("job", 60, {"models": ["llama3.2"]})
     assert key is not None
     assert key.startswith("odk_run_")
-    [entry] = book.key_entries()
+    entry = book.run_key(key.encode())
+    assert entry is not None
     assert entry.models == frozenset({"llama3.2:latest"})
 
 
