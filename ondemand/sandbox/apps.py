@@ -207,6 +207,12 @@ class AppRunner:
             del self.processes[key]
         return code
 
+    def kill(self, key: str) -> int | None:
+        """SIGKILL its process group now, as a container is killed rather than stopped;
+        the exit status, None when nothing ran."""
+        process = self.processes.pop(key, None)
+        return process.finish() if process is not None else None
+
     async def stop_all(self, grace: float | None = None) -> None:
         await asyncio.gather(*(self.stop(key, grace) for key in list(self.processes)))
 

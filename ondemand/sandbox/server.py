@@ -5,7 +5,8 @@ Mount table (``Sandbox.mounts``)::
     /ovh        OVHcloud AI Deploy's AI API (a client's base URL is <sandbox>/ovh)
     /runpod     RunPod's REST v2 (<sandbox>/runpod/v2/...) and its data planes
     /ollama     the Ollama API emulator, to rehearse against a bare Ollama
-    /_sandbox   control routes (not part of any cloud): health, faults, apps
+    /_sandbox   control routes (not part of any cloud): health, faults, apps, and
+                POST /_sandbox/ovh/apps/<id>/replicas/<index>/restart
 
 In process (tests)::
 
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
@@ -33,7 +35,7 @@ from ondemand.asgi import ClientDisconnected, read_body, send_json, serve_lifesp
 from ondemand.sandbox.apps import AppRunner
 from ondemand.sandbox.faults import SandboxFaults
 from ondemand.sandbox.ollama import EmulatorConfig, create_app
-from ondemand.sandbox.ovh import OvhApi, create_emulator
+from ondemand.sandbox.ovh import ApiError, OvhApi, create_emulator
 from ondemand.sandbox.runpod import RunPodApi
 from ondemand.sandbox.runpod import create_emulator as create_runpod
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 DEFAULT_OPERATOR_TOKEN = "sandbox-operator"
 DEFAULT_READ_TOKEN = "sandbox-read"
 CONTROL = "/_sandbox"
+_RESTART = re.compile(r"ovh/apps/(?P<id>[^/]+)/replicas/(?P<index>[0-9]{1,4})/restart")
 
 
 class Sandbox:
@@ -185,6 +188,10 @@ class Sandbox:
 
     async def _control(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         method: str = scope["method"]
+        replica = _RESTART.fullmatch(name)
+        if replica is not None:
+            await self._restart_replica(scope, receive, send, replica["id"], replica["index"])
+            return
         allowed = {"health": ("GET",), "apps": ("GET",), "faults": ("GET", "POST", "DELETE")}
         if name not in allowed:
             await send_json(send, 404, {"message": f"no such control route: {CONTROL}/{name}"})
@@ -219,6 +226,23 @@ class Sandbox:
                 self.faults.clear()
             await send_json(send, 200, self.faults.to_json())
 
+    async def _restart_replica(
+        self, scope: Scope, receive: Receive, send: Send, app_id: str, index: str
+    ) -> None:
+        if scope["method"] != "POST":
+            await send_json(send, 405, {"message": f"{scope['method']} is not allowed here"})
+            return
+        try:
+            await read_body(receive, limit=1 << 20)
+        except ClientDisconnected:
+            return
+        try:
+            replica = self.ovh.engine.restart_replica(app_id, int(index))
+        except ApiError as exc:
+            await send_json(send, exc.status, {"message": exc.message})
+            return
+        await send_json(send, 200, {"id": app_id, **replica.to_json()})
+
     def apps(self) -> list[dict[str, Any]]:
         """Every app (OVH apps, RunPod workers and pods) with what only the sandbox knows:
         its process, log, model store and (OVH) billed time."""
@@ -226,6 +250,7 @@ class Sandbox:
         out: list[dict[str, Any]] = []
         for record in engine.apps.values():
             process = self.runner.get(record.id)
+            group = engine.groups.get(record.id)
             out.append(
                 {
                     "api": "ovh",
@@ -237,6 +262,8 @@ class Sandbox:
                     "log": str(engine.app_dir(record.id) / "serve.log"),
                     "models": str(engine.models_dir(record)),
                     "billed_seconds": round(record.billed_seconds(), 3),
+                    "balancer": group is not None and group.balancer is not None,
+                    "replicas": [r.to_json() for r in group.members()] if group else [],
                 }
             )
         out.extend(self._runpod_apps())

@@ -1,15 +1,19 @@
-"""The model store: pull progress, tags, copy, delete and persistence under OLLAMA_MODELS."""
+"""The model store: pull progress, tags, copy, delete, persistence under OLLAMA_MODELS, and
+several emulators sharing one store (an app's replicas)."""
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ondemand.sandbox.ollama import Emulator, EmulatorConfig
+from ondemand.sandbox.ollama.config import ModelSpec
+from ondemand.sandbox.ollama.store import ModelStore
 from tests.sandbox.conftest import Serve, fast_config
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -138,3 +142,41 @@ def test_models_persist_under_ollama_models(tmp_path: Path, serve: Serve) -> Non
     after = {m["name"]: m for m in httpx.get(url2 + "/api/tags").json()["models"]}
     assert list(after) == ["bartowski/tiny:q4"]
     assert after["bartowski/tiny:q4"] == before["bartowski/tiny:q4"]
+
+
+def test_replicas_sharing_a_store_never_read_half_a_model(tmp_path: Path) -> None:
+    """Replicas share the app's model store: while one writes a manifest (a pull), another
+    starting up must find the model whole, never a file half written."""
+    name = "llama3.2:latest"
+    writers = [
+        ModelStore(EmulatorConfig(models={name: ModelSpec(size=100_000)}, models_dir=tmp_path))
+        for _ in range(2)
+    ]
+    stop = threading.Event()
+
+    def write(store: ModelStore, base: int) -> None:
+        turn = 0
+        while not stop.is_set():
+            turn += 1
+            store.config.models[name].size = base + turn % 2  # a new manifest every time
+            store.sync_disk()
+
+    threads = [
+        threading.Thread(target=write, args=(store, 100_000 + 10 * i))
+        for i, store in enumerate(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    misses = reads = 0
+    try:
+        while reads < 300:
+            fresh = ModelStore(EmulatorConfig(models={}, models_dir=tmp_path))
+            reads += 1
+            misses += fresh.find(name) is None
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert misses == 0, f"{misses} of {reads} fresh stores missed the model"
+    manifests = tmp_path / "manifests"
+    assert [p.name for p in manifests.rglob("*") if p.is_file()] == ["latest"]

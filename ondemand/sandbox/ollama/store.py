@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,23 @@ def build_manifest(origin: str, kind: str, thinking: bool, size: int) -> Manifes
     return Manifest(tuple(layers), config_blob, body, hashlib.sha256(body).hexdigest(), details)
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Several emulators may share one store (an app's replicas, apps mounting one bucket):
+    one starting up while another pulls must read a whole file or none, never half of one.
+    The temporary name starts with a dot, which no model name part may, so a reader skips
+    it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        Path(tmp).replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise
+
+
 class ModelStore:
     """Present models, looked up the way Ollama does (every name part case-insensitive)."""
 
@@ -218,13 +236,13 @@ class ModelStore:
             path = self._manifest_path(root, stored.parsed)
             wanted.add(path)
             if not path.is_file() or path.read_bytes() != stored.manifest.body:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(stored.manifest.body)
                 blob_hex = hashlib.sha256(stored.manifest.config_blob).hexdigest()
-                blob = root / "blobs" / f"sha256-{blob_hex}"
-                blob.parent.mkdir(parents=True, exist_ok=True)
-                blob.write_bytes(stored.manifest.config_blob)
-            os.utime(path, (stored.modified_at, stored.modified_at))
+                # The blob first: a manifest another emulator reads names a blob that is there.
+                _write_atomic(root / "blobs" / f"sha256-{blob_hex}", stored.manifest.config_blob)
+                _write_atomic(path, stored.manifest.body)
+            # Another emulator on this store may have deleted it since.
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(path, (stored.modified_at, stored.modified_at))
         for path in self._written - wanted:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -14,16 +14,18 @@ Routes (``Authorization: Bearer <token>``; errors are ``{"message": "..."}``):
 - ``GET|PUT|DELETE /v1/app/{id}`` (PUT takes the flat UpdateInput; DELETE ``?force=true``)
   → 200 App / 204. ``PUT /v1/app/{id}/start|stop`` → 204. ``PUT .../label`` ``{name,
   value?}`` → 204 (no value removes). ``PUT .../scalingstrategy`` (one of ``fixed`` /
-  ``automatic``) → 204. ``PUT .../image`` ``{url}`` → 200 text. ``GET .../log?tail=N`` →
-  the server's log as text.
+  ``automatic``) → 204. ``PUT .../image`` ``{url}`` → 200 text. ``GET
+  .../log?tail=N&replica=I`` → replica I's server log as text; without ``replica``, every
+  replica's, replica 0 first.
 - ``GET /v1/me``, ``GET /v1/capabilities/flavor[/{id}]``.
 
 States follow §2.5 of the reference: a create or start walks QUEUED → INITIALIZING →
 SCALING → RUNNING; stop (from QUEUED, INITIALIZING, SCALING or RUNNING) walks STOPPING →
 STOPPED; start is accepted from STOPPED and FAILED; delete needs STOPPED, FAILED or ERROR
 unless ``force=true``, then DELETING → gone (404). Illegal transitions are 400. Apps keep
-their URL (``http://127.0.0.1:<port>``) across stop and start. Faults: see
-``ondemand.sandbox.faults``.
+their URL (``http://127.0.0.1:<port>``) across stop and start. An app with N replicas runs N
+servers; with more than one they sit behind a per-request load balancer on that URL
+(``replicas.py``, ``balancer.py``). Faults: see ``ondemand.sandbox.faults``.
 """
 
 from __future__ import annotations

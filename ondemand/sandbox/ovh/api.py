@@ -213,7 +213,9 @@ async def set_image(engine: OvhEngine, request: Request) -> Answer:
 async def app_log(engine: OvhEngine, request: Request) -> Answer:
     tail = request.one("tail")
     lines = _int_param(request, "tail", 100, 1, 100_000) if tail is not None else None
-    return 200, engine.log_text(request.params["id"], lines)
+    raw = request.one("replica")
+    replica = _int_param(request, "replica", 0, 0, 1000) if raw not in (None, "") else None
+    return 200, engine.log_text(request.params["id"], lines, replica)
 
 
 async def me(engine: OvhEngine, request: Request) -> Answer:

@@ -7,6 +7,7 @@ sandbox finds its apps; those that were up are queued again and walk back to RUN
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import uuid
@@ -32,6 +33,7 @@ from ondemand.sandbox.ovh.model import (
     iso,
     now,
 )
+from ondemand.sandbox.ovh.replicas import log_index, log_name
 from ondemand.sandbox.statefile import read_json, write_json_atomic
 
 log = logging.getLogger("ondemand.sandbox")
@@ -74,9 +76,13 @@ class OvhEngine(Machine):
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("skipping an unreadable app in %s: %s", self.state_file, exc)
                 continue
-            if record.pid is not None and reap_orphan(record.pid, record.port):
-                log.warning("stopped app %s's server left by a previous sandbox", record.id)
-            record.pid = None
+            for index, (pid, port) in sorted(record.replicas.items()):
+                if reap_orphan(pid, port):
+                    log.warning(
+                        "stopped app %s's server (replica %d) left by a previous sandbox",
+                        record.id, index,
+                    )  # fmt: skip
+            record.replicas.clear()
             if record.state == DELETING:
                 shutil.rmtree(self.app_dir(record.id), ignore_errors=True)
                 continue
@@ -116,9 +122,12 @@ class OvhEngine(Machine):
         self.closed = True
         await cancel_and_wait(list(self._tasks.values()))
         self._tasks.clear()
+        groups = list(self.groups.values())
+        self.groups.clear()
+        await asyncio.gather(*(group.close(None) for group in groups), return_exceptions=True)
         await self.runner.stop_all()
         for record in self.apps.values():
-            record.pid = None
+            record.replicas.clear()
         self.save()
 
     def kill(self) -> None:
@@ -128,9 +137,12 @@ class OvhEngine(Machine):
         self.closed = True
         for task in self._tasks.values():
             task.cancel()
+        for group in self.groups.values():
+            group.abandon()
+        self.groups.clear()
         self.runner.kill_all()
         for record in self.apps.values():
-            record.pid = None
+            record.replicas.clear()
         self.save()
 
     # -- operations (the API's handlers call these) ---------------------------------------
@@ -226,15 +238,34 @@ class OvhEngine(Machine):
             self._rescale.add(app_id)
         self.save()
 
-    def log_text(self, app_id: str, tail: int | None) -> str:
-        self.find(app_id)
-        path = self.app_dir(app_id) / "serve.log"
-        if tail is not None:
-            return log_tail(path, lines=tail, chars=1_000_000) + "\n"
-        try:
-            return path.read_text(errors="replace")
-        except OSError:
-            return ""
+    def log_text(self, app_id: str, tail: int | None, replica: int | None = None) -> str:
+        """One replica's log, or every replica's, replica 0 first. Replicas stopped by a
+        rescale keep theirs until the app is deleted."""
+        record = self.find(app_id)
+        logs = self.replica_logs(record)
+        if replica is not None and replica not in logs:
+            raise ApiError(400, f"app {app_id} has no replica {replica} (replicas: 0-{max(logs)})")
+        text = ""
+        for index in sorted(logs) if replica is None else [replica]:
+            if text and not text.endswith("\n"):
+                text += "\n"
+            if tail is not None:
+                text += log_tail(logs[index], lines=tail, chars=1_000_000) + "\n"
+                continue
+            with contextlib.suppress(OSError):
+                text += logs[index].read_text(errors="replace")
+        return text
+
+    def replica_logs(self, record: AppRecord) -> dict[int, Path]:
+        """The log of each replica the app has, or had since it was created."""
+        directory = self.app_dir(record.id)
+        logs = {index: directory / log_name(index) for index in range(record.desired_replicas())}
+        with contextlib.suppress(OSError):
+            for path in directory.iterdir():
+                index = log_index(path.name)
+                if index is not None:
+                    logs.setdefault(index, path)
+        return logs
 
     def _editable(self, app_id: str) -> AppRecord:
         record = self.find(app_id)

@@ -69,12 +69,19 @@ class AppRecord:
     history: list[dict[str, str]] = field(default_factory=list)
     info: dict[str, str] = field(default_factory=dict)
     available_replicas: int = 0
-    pid: int | None = None
-    """The server process of this sandbox run, so a restarted sandbox can find an orphan."""
+    replicas: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Each replica's server process of this sandbox run, as index → (pid, port), so a
+    restarted sandbox can find the orphans of one that was killed."""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Replica 0's server (the only one of a one-replica app)."""
+        first = self.replicas.get(0)
+        return first[0] if first else None
 
     @property
     def name(self) -> str:
@@ -165,21 +172,34 @@ class AppRecord:
             "history": self.history,
             "info": self.info,
             "availableReplicas": self.available_replicas,
+            # Kept for a sandbox of an older version on this state directory.
             "pid": self.pid,
+            "replicas": [
+                {"index": index, "pid": pid, "port": port}
+                for index, (pid, port) in sorted(self.replicas.items())
+            ],
         }
 
     @classmethod
     def from_store(cls, data: dict[str, Any]) -> AppRecord:
+        port = int(data["port"])
+        replicas = {
+            int(entry["index"]): (int(entry["pid"]), int(entry["port"]))
+            for entry in data.get("replicas") or []
+        }
+        if not replicas and data.get("pid"):
+            # Written before replicas: one server, on the app's port.
+            replicas[0] = (int(data["pid"]), port)
         return cls(
             id=str(data["id"]),
             spec=dict(data["spec"]),
             user=str(data["user"]),
-            port=int(data["port"]),
+            port=port,
             created_at=str(data["createdAt"]),
             updated_at=str(data["updatedAt"]),
             state=str(data["state"]),
             history=list(data.get("history") or []),
             info=dict(data.get("info") or {}),
             available_replicas=int(data.get("availableReplicas") or 0),
-            pid=int(data["pid"]) if data.get("pid") else None,
+            replicas=replicas,
         )

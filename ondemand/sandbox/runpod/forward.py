@@ -1,8 +1,9 @@
 """Forwarding one request to a worker or a pod, streaming the answer back chunk by chunk.
 
-Used by the load balancer stand-in and the pod proxy stand-in: nothing is buffered, so an
-Ollama NDJSON stream reaches the client line by line as the server writes it. A client that
-goes away closes the upstream response, so the server sees the disconnect too.
+Used by RunPod's load balancer and pod proxy stand-ins, and by the OVH apps' balancer:
+nothing is buffered, so an Ollama NDJSON stream reaches the client line by line as the
+server writes it. A client that goes away closes the upstream response, so the server sees
+the disconnect too.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ _SAFE = "/:@!$&'()*+,;=-._~%"
 class Unreachable(Exception):
     """Nothing answered at the target (refused, reset before the response started)."""
 
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+        """No connection was made, so nothing of the request was sent: a balancer may try
+        another target with it."""
+
 
 def new_client() -> httpx.AsyncClient:
     """No read timeout (a stream may be silent while a model loads); the callers bound the
@@ -48,8 +55,14 @@ def target_url(port: int, path: str, scope: Scope) -> str:
     return f"{url}?{query.decode('latin-1')}" if query else url
 
 
-def request_headers(scope: Scope, drop: Iterable[bytes]) -> list[tuple[str, str]]:
-    dropped = HOP_BY_HOP | {b"host", b"content-length", *drop}
+def request_headers(
+    scope: Scope, drop: Iterable[bytes], *, host: bool = False
+) -> list[tuple[str, str]]:
+    """The client's headers to send on, without the hop-by-hop ones. ``Host`` becomes the
+    target's own unless ``host``: an ingress passes the client's on, as the app's URL."""
+    dropped = HOP_BY_HOP | {b"content-length", *drop}
+    if not host:
+        dropped |= {b"host"}
     return [
         (bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
         for k, v in scope.get("headers", ())
@@ -79,7 +92,8 @@ async def forward(
         async with asyncio.timeout(start_timeout):
             response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
-        raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+        refused = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        raise Unreachable(f"{type(exc).__name__}: {exc}", refused=refused) from None
     try:
         out: Headers = [
             (key.lower(), value)
