@@ -12,9 +12,9 @@ took:
   target of this user, so ``X=$(ondemand up)`` in one shell and ``ondemand down`` in
   another match.
 
-Outside a holder's name, ``up`` also writes each lease it takes to this machine's state
-directory (``leases/<provider>/<name>.json``), and ``down`` releases those too: a lease
-taken under one ``--holder`` is not forgotten by a ``down`` that names none.
+``up`` also writes each lease it takes, with its holder, to this machine's state directory
+(``leases/<provider>/<name>.json``), and ``down`` releases the holder's leases by id as
+well as by name: the cost share and "that lease had expired" are told per lease.
 """
 
 from __future__ import annotations
@@ -90,9 +90,15 @@ class LeaseRecords:
                 {"id": lease_id, "holder": holder, "until": round(now + expires_in_seconds)}
             )
 
-    def ids(self) -> list[str]:
+    def ids(self, holder: str) -> list[str]:
+        """The live leases ``holder`` took from here (another holder's are its own to
+        release: two sessions that set different holders stay apart)."""
         now = time.time()
-        return [str(r["id"]) for r in self._read() if float(r.get("until") or 0) > now]
+        return [
+            str(r["id"])
+            for r in self._read()
+            if float(r.get("until") or 0) > now and r.get("holder") == holder
+        ]
 
     def forget(self, lease_ids: list[str]) -> None:
         if not lease_ids or not self.path.exists():

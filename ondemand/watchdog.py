@@ -81,6 +81,7 @@ def watch_once(
     older_than_seconds: float | None = None,
     dry_run: bool = False,
     now: Now = _utcnow,
+    before_stop: Callable[[str], None] | None = None,
 ) -> Verdict:
     """Look at one deployment once; stop it when it is idle with no live lease (or, for
     the reaper, older than ``older_than_seconds`` with no live lease), or past its max
@@ -129,6 +130,8 @@ def watch_once(
     if dry_run:
         verdict.action, verdict.reason = "would stop", reason
         return verdict
+    if before_stop is not None:
+        before_stop(reason)  # a server stopping itself may not live to tell afterwards
     with stopping_after(api):
         stop_and_verify(resolved, provider, name)
     verdict.action, verdict.reason = "stopped", reason

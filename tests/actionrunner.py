@@ -225,15 +225,23 @@ class JobRun:
 
 
 def run_workflow_job(
-    runner: Runner, workflow: Path, job: str, replace: Mapping[str, str] | None = None
+    runner: Runner,
+    workflow: Path,
+    job: str,
+    replace: Mapping[str, str] | None = None,
+    *,
+    inputs: Mapping[str, str] | None = None,
+    this_action: str = "./",
 ) -> JobRun:
-    """Run one job of a workflow: ``run:`` steps in bash, ``uses: ./`` as this action (with
-    its ``with:`` as inputs), other ``uses:`` through the runner's stubs. ``replace`` gives a
+    """Run one job of a workflow: ``run:`` steps in bash, ``uses: ./`` (or ``this_action``,
+    e.g. the ``org/ollama-ondemand@v1`` that ``init`` writes) as this action (with its
+    ``with:`` as inputs), other ``uses:`` through the runner's stubs. ``replace`` gives a
     step (by name) another script, for what a test cannot do here (install from an index).
-    ``if:`` may be ``always()``, ``failure()`` or ``success()``, as in this repository."""
+    ``inputs`` are the workflow's (a ``workflow_dispatch`` form). ``if:`` may be
+    ``always()``, ``failure()`` or ``success()``, as in this repository."""
     data: dict[str, Any] = YAML(typ="safe").load(workflow.read_text())
     steps_outputs: dict[str, dict[str, str]] = {}
-    context: dict[str, Any] = {"inputs": {}, "steps": steps_outputs}
+    context: dict[str, Any] = {"inputs": dict(inputs or {}), "steps": steps_outputs}
     results: list[tuple[str, str]] = []
     log: list[str] = []
     failed = False
@@ -245,7 +253,7 @@ def run_workflow_job(
             results.append((name, "skipped"))
             continue
         outputs: dict[str, str] = {}
-        if step.get("uses") == "./":
+        if step.get("uses") in ("./", this_action):
             with_ = {k: runner._evaluate(scalar(v), context) for k, v in step["with"].items()}
             action = runner.run(with_)
             log.append(action.log)

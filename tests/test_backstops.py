@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from ondemand.errors import ReadyTimeoutError
+from ondemand.fleet import Fleet
 from ondemand.leasing import StopCheck, check_stop
+from ondemand.lifecycle import admin_key
 from ondemand.processes import free_port
 from ondemand.providers.base import Deployment, Status
 from ondemand.sandbox.server import SandboxServer
@@ -222,3 +224,60 @@ def test_an_up_that_fails_after_taking_its_lease_gives_it_back(
     # It had started the server itself, so it stopped it again: nothing is left billing.
     assert "Afterwards: stopped slow again: this up had started it" in str(failed.value)
     assert not _billable(env, "slow")
+
+
+def test_an_idle_replica_does_not_stop_the_app_while_another_serves(
+    start_sandbox: StartSandbox, tmp_path: Path
+) -> None:
+    """Two replicas, each with its own in-server idle stop: one sits idle while the other
+    streams an answer to a client without a lease. The idle one asks every replica through
+    the app's URL before it stops anything, so the app runs until the stream ends."""
+    slow = {"OLLAMA_EMULATOR_TOKENS_PER_SECOND": "40", "OLLAMA_EMULATOR_RESPONSE_TOKENS": "160"}
+    running, _ = start_sandbox(
+        tmp_path / "pair", app_env={**FAST_APPS, **slow, "ONDEMAND_CLOCK_SCALE": str(SCALE)}
+    )
+    env = job_env(
+        running, "pair", ONDEMAND_SELF_STOP="true", ONDEMAND_IDLE_TIMEOUT="60s",
+        ONDEMAND_OVH_REPLICAS="2",
+    )  # fmt: skip
+    job = Job(env, "org/repo/7/test/1")
+    result = job.up()
+    assert result.lease is not None
+    deadline = time.monotonic() + 20
+    while (replicas := _deployment(env, "pair").replicas) != 2:
+        assert time.monotonic() < deadline, replicas
+        time.sleep(0.05)
+    lines: list[str] = []
+    with httpx.stream(
+        "POST", result.url + "/api/chat", headers={"X-API-Key": result.api_key or ""},
+        json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}, timeout=30,
+    ) as stream:  # fmt: skip
+        chunks = stream.iter_lines()
+        lines.append(next(chunks))
+        # The lease goes (from every replica): only the stream keeps the app now, on one of
+        # the two replicas; the other is idle at once (60 s of server time is 0.1 s here).
+        with lifecycle_of(env) as (resolved, provider):
+            key = admin_key(resolved, provider, "pair") or ""
+        lease_id = result.lease.id
+        with Fleet(result.url, key, replicas=2) as fleet:
+            released = fleet.each(lambda api: api.release(lease_id))
+        assert released.complete
+        for line in chunks:
+            lines.append(line)
+            # Not even asked to stop while the answer streams (STOPPING would let it finish,
+            # as the server drains, but the idle replica must not have decided to stop).
+            if not json.loads(line)["done"]:
+                assert _deployment(env, "pair").status is Status.RUNNING
+    # All 160 tokens (4 s), not cut short by the idle replica.
+    assert len(lines) > 160
+    assert json.loads(lines[-1])["done"] is True
+    _wait_stopped(env, "pair")
+    apps = httpx.get(running.url + "/_sandbox/apps", timeout=5).json()["apps"]
+    [app] = [a for a in apps if a["name"] == "pair"]
+    logs = "".join(log.read_text() for log in Path(app["log"]).parent.glob("serve*.log"))
+    assert "(every replica)" in logs
+
+
+def _deployment(env: dict[str, str], name: str) -> Deployment:
+    with lifecycle_of(env) as (_, provider):
+        return provider.status(name)

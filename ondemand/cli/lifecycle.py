@@ -294,8 +294,8 @@ def down(
         # The job's own lease, by id: nothing else of a holder that another run shares.
         lease_ids, release_holder = [lease_id], None
     else:
-        lease_ids = [] if holder else records.ids()
         release_holder = holder or holder_name(app.env, name)
+        lease_ids = records.ids(release_holder)
     result = lifecycle.down(
         resolved,
         provider,
@@ -371,6 +371,14 @@ def _status_text(report: Mapping[str, object]) -> str:
             if server.get("draining"):
                 text += " (draining: being stopped, new leases are refused)"
             lines.append(text)
+    replicas = report.get("replicas")
+    if isinstance(replicas, list) and replicas:
+        lines.append(f"  replicas: {len(replicas)}")
+        for view in replicas:
+            lines.append(
+                f"    {view.get('replica')}: {'ready' if view.get('ready') else 'not ready'}, "
+                f"in flight {view.get('inflight')}, requests {view.get('requests')}"
+            )
     return "\n".join(lines)
 
 

@@ -114,10 +114,12 @@ def add_models(
             return  # the servers cannot say: leave them as they are
         removed = sorted({m for models in servers.values() for m in models} - set(wanted))
         if removed:
-            result.notes.append(
+            note = (
                 f"no longer configured: {', '.join(removed)}: loaded until {name} stops; "
                 "its next start preloads only the configured models"
             )
+            progress(note)
+            result.notes.append(note)
         missing = [m for k, m in wanted.items() if any(k not in s for s in servers.values())]
         if not missing:
             return

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ondemand.lifecycle.deployment import user_key
+from ondemand.lifecycle.deployment import admin_key, user_key
 from ondemand.lifecycle.down import run_cost
 from ondemand.lifecycle.readiness import read_readiness
 from ondemand.providers.base import Status
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
-    from ondemand.providers.base import Provider
+    from ondemand.providers.base import Deployment, Provider
 
 
 def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:
@@ -50,4 +50,36 @@ def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:
         report["ready"] = ready.ping == 200
         if ready.status:
             report["server"] = ready.status
+        if deployment.replicas:
+            report["replicas"] = _replicas(resolved, provider, deployment)
     return report
+
+
+def _replicas(
+    resolved: ResolvedConfig, provider: Provider, deployment: Deployment
+) -> list[dict[str, Any]]:
+    """Each replica's own activity: one answers each request, so one view is not all."""
+    from ondemand.fleet import Fleet
+
+    key = admin_key(resolved, provider, resolved.config.name)
+    if key is None or deployment.url is None:
+        return []
+    with Fleet(
+        deployment.url, key, provider.gateway_headers(), replicas=deployment.replicas
+    ) as fleet:
+        sweep = fleet.each(lambda api: api.status())
+    views = []
+    for replica, answer in sorted(sweep.latest().items()):
+        body = answer.body
+        leases = body.get("leases") if isinstance(body.get("leases"), dict) else {}
+        views.append(
+            {
+                "replica": replica,
+                "ready": body.get("ready"),
+                "inflight": body.get("inflight"),
+                "requests": body.get("requests"),
+                "leases": (leases or {}).get("live"),
+                "draining": body.get("draining"),
+            }
+        )
+    return views

@@ -6,6 +6,10 @@ live lease, or has run longer than its max lifetime.
 It decides with the same drain step as ``down`` (so a job taking a lease at that moment
 wins), and it needs no runner, cron or network path to the server: the one backstop that
 still works when every CI job was cancelled.
+
+With several replicas, one replica's quiet says nothing about its siblings' requests and
+leases: an idle replica then asks them all through the deployment's public URL, as the
+watchdog does (``watch_once``), and the deployment stops only if every one agrees.
 """
 
 from __future__ import annotations
@@ -26,6 +30,39 @@ log = logging.getLogger("ondemand.serve")
 Stopper = Callable[[], None]
 
 
+class Deployment:
+    """This server's deployment, through the provider credentials in its environment."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        from ondemand.config import load_config
+        from ondemand.lifecycle import make_provider
+
+        self.resolved = load_config(path=None, env=env, flags={}, cwd=None)
+        self.provider = make_provider(self.resolved, env)
+        self.name = self.resolved.config.name
+
+    def stop(self) -> None:
+        self.provider.stop(self.name)
+
+    def replicas(self) -> int:
+        return self.provider.status(self.name).replicas or 1
+
+    def stop_if_every_replica_is_idle(self, idle_seconds: float) -> str | None:
+        """The watchdog's check over every replica; the reason when it stopped."""
+        from ondemand.watchdog import watch_once
+
+        def telling(reason: str) -> None:
+            log.warning("stopping this deployment through the provider: %s (every replica)",
+                        reason)  # fmt: skip
+
+        verdict = watch_once(
+            self.resolved, self.provider, idle_seconds=idle_seconds,
+            max_lifetime_seconds=self.resolved.config.max_lifetime.total_seconds(),
+            before_stop=telling,
+        )  # fmt: skip
+        return f"{verdict.reason} (every replica)" if verdict.action == "stopped" else None
+
+
 def _duration(env: Mapping[str, str], name: str) -> float | None:
     raw = env.get(name, "").strip()
     if not raw:
@@ -37,24 +74,15 @@ def _duration(env: Mapping[str, str], name: str) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def provider_stopper(env: Mapping[str, str]) -> Stopper | None:
-    """Stop this deployment (``ONDEMAND_NAME`` on ``ONDEMAND_PROVIDER``) with the provider
-    credentials in the server's environment; None on this machine (``local``), where there
-    is no bill to stop. Built at start-up, so a missing credential is a start-up error,
-    not a surprise at 3 a.m."""
+def this_deployment(env: Mapping[str, str]) -> Deployment | None:
+    """``ONDEMAND_NAME`` on ``ONDEMAND_PROVIDER``; None on this machine (``local``), where
+    there is no bill to stop. Built at start-up, so a missing credential is a start-up
+    error, not a surprise at 3 a.m."""
     from ondemand.config import load_config
-    from ondemand.lifecycle import make_provider
 
-    resolved = load_config(path=None, env=env, flags={}, cwd=None)
-    if resolved.config.provider == "local":
+    if load_config(path=None, env=env, flags={}, cwd=None).config.provider == "local":
         return None
-    provider = make_provider(resolved, env)
-    name = resolved.config.name
-
-    def stop() -> None:
-        provider.stop(name)
-
-    return stop
+    return Deployment(env)
 
 
 class SelfStop:
@@ -63,6 +91,7 @@ class SelfStop:
         proxy: ProxyApp,
         stopper: Stopper,
         *,
+        deployment: Deployment | None = None,
         idle_seconds: float | None,
         max_lifetime_seconds: float | None,
         interval: float = 30.0,
@@ -70,6 +99,7 @@ class SelfStop:
     ) -> None:
         self.proxy = proxy
         self.stopper = stopper
+        self.deployment = deployment
         self.idle_seconds = idle_seconds
         self.max_lifetime_seconds = max_lifetime_seconds
         self.interval = interval
@@ -82,8 +112,8 @@ class SelfStop:
         lifetime = _duration(env, "ONDEMAND_MAX_LIFETIME")
         if idle is None and lifetime is None:
             return None
-        stopper = provider_stopper(env)
-        if stopper is None:
+        deployment = this_deployment(env)
+        if deployment is None:
             log.warning(
                 "ONDEMAND_IDLE_STOP / ONDEMAND_MAX_LIFETIME are ignored: ONDEMAND_PROVIDER does "
                 "not name a cloud deployment this server could stop"
@@ -95,7 +125,8 @@ class SelfStop:
         interval = max(0.05, min(30.0, shortest / 10) / proxy.settings.clock_scale)
         return cls(
             proxy,
-            stopper,
+            deployment.stop,
+            deployment=deployment,
             idle_seconds=idle,
             max_lifetime_seconds=lifetime,
             interval=interval,
@@ -126,6 +157,9 @@ class SelfStop:
             )
             if not decision.draining:
                 return None
+            if self.deployment is not None and await _has_siblings(self.deployment):
+                proxy.leases.cancel_drain()  # the check over every replica drains this one too
+                return await self._stop_if_all_idle(self.deployment, self.idle_seconds)
             drained = True
             reason = f"idle {decision.idle_seconds:.0f}s with no live lease"
         else:
@@ -140,3 +174,21 @@ class SelfStop:
             return None
         self.stopped_because = reason
         return reason
+
+    async def _stop_if_all_idle(self, deployment: Deployment, idle: float) -> str | None:
+        try:
+            reason = await asyncio.to_thread(deployment.stop_if_every_replica_is_idle, idle)
+        except Exception as exc:
+            log.error("could not check or stop this deployment (will try again): %s", exc)
+            return None
+        if reason is not None:
+            self.stopped_because = reason
+        return reason
+
+
+async def _has_siblings(deployment: Deployment) -> bool:
+    try:
+        return await asyncio.to_thread(deployment.replicas) > 1
+    except Exception as exc:  # the provider cannot say: ask them all, which may fail too
+        log.error("could not count this deployment's replicas: %s", exc)
+        return True

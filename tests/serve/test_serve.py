@@ -224,3 +224,46 @@ def test_a_port_in_use_exits_2(serve: Serve) -> None:
         assert "cannot listen on 127.0.0.1" in served.log.read_text()
     finally:
         holder.close()
+
+
+ADMIN_KEY = "odk_serve_test_admin_0123456789"
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
+
+def test_models_added_while_it_serves_are_warmed_with_ping_staying_200(serve: Serve) -> None:
+    served = serve(
+        "llama3.2",
+        ONDEMAND_ADMIN_KEY=ADMIN_KEY,
+        OLLAMA_EMULATOR_PULL_SECONDS="0.5",
+        OLLAMA_EMULATOR_PULL_FAIL="no-such-model:7b",
+    )
+    served.wait_ping(200)
+    answer = httpx.post(
+        served.url + "/ondemand/models", headers=ADMIN,
+        json={"models": ["llama3.2", "qwen3:0.6b", "no-such-model:7b"]},
+    )  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    phases = {m["name"]: m["phase"] for m in answer.json()["models"]}
+    assert phases["llama3.2"] == "warm"  # already there: untouched
+    assert phases["qwen3:0.6b"] in ("pending", "pulling")
+    deadline = time.monotonic() + 20
+    while {_models(served)[m]["phase"] for m in ("qwen3:0.6b", "no-such-model:7b")} & {
+        "pending",
+        "pulling",
+        "loading",
+    }:
+        # The models already warm stay in service: the server never stops being ready.
+        assert served.ping() == 200
+        assert time.monotonic() < deadline, served.log.read_text()[-2000:]
+        time.sleep(0.05)
+    models = _models(served)
+    assert models["qwen3:0.6b"]["phase"] == "warm"
+    assert models["no-such-model:7b"]["phase"] == "failed"
+    assert "file does not exist" in str(models["no-such-model:7b"]["error"])
+    assert served.ping() == 200
+    # An Ollama restart preloads what was added, but not what failed to be added, so a bad
+    # name given once cannot make the server unhealthy later.
+    os.kill(_ollama_pid(served), signal.SIGKILL)
+    served.wait_ping(503, timeout=5)
+    served.wait_ping(200, timeout=20)
+    assert sorted(_models(served)) == ["llama3.2", "qwen3:0.6b"]
