@@ -104,6 +104,8 @@ class Runner:
     github: dict[str, str] = field(default_factory=lambda: dict(GITHUB_CONTEXT))
     exported: dict[str, str] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
+    # The repository's secrets; one that is not set is empty, as on GitHub.
+    secrets: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.temp.mkdir(parents=True, exist_ok=True)
@@ -201,6 +203,8 @@ class Runner:
                 return str(context["inputs"][parts[1]])
             if parts[0] == "steps" and len(parts) == 4 and parts[2] == "outputs":
                 return str(context["steps"].get(parts[1], {}).get(parts[3], ""))
+            if parts[0] == "secrets" and len(parts) == 2:
+                return self.secrets.get(parts[1], "")
             if expression == "github.token":
                 return self.token
             if expression == "github.action_path":

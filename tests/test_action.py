@@ -13,7 +13,14 @@ from pathlib import Path
 import ollama
 import pytest
 
-from tests.actionrunner import ROOT, ActionRun, Runner, load_action, run_workflow_job
+from tests.actionrunner import (
+    ROOT,
+    ActionRun,
+    JobRun,
+    Runner,
+    load_action,
+    run_workflow_job,
+)
 from tests.cloud import FAST_APPS, StartSandbox
 from tests.github_fake import REPOSITORY, TOKEN, FakeGitHub
 
@@ -294,3 +301,45 @@ def test_the_backstops_run_once_from_a_scheduled_step(sandbox_job: Runner) -> No
     reap = _ok(sandbox_job.run({"command": "reap", "provider": "sandbox"}))
     assert "### ollama-ondemand: reap" in reap.summary
     assert "| (none) |" in reap.summary
+
+
+# -- the manual workflow `init` writes ------------------------------------------------------
+
+
+def test_a_manual_down_days_later_stops_what_a_manual_up_started(
+    sandbox_job: Runner, github: FakeGitHub, tmp_path: Path
+) -> None:
+    """Run workflow: up. Days later, another run of the same workflow: down. Each run is
+    its own job, with its own runner and run id; the later down must release the earlier
+    up's lease and stop the server, not keep it for a holder that will never come back."""
+    from ondemand.scaffold.workflows import ACTION, manual
+
+    workflow = tmp_path / "ollama-manual.yml"
+    workflow.write_text(manual("sandbox", "ollama-ondemand"))
+
+    def dispatched(run_id: str, command: str) -> JobRun:
+        runner = Runner(
+            temp=tmp_path / f"run-{run_id}", env=dict(sandbox_job.env),
+            uses={**sandbox_job.uses, "actions/checkout": lambda _: {}},
+        )  # fmt: skip
+        _installed(runner.temp)
+        _in_repository(runner, github)
+        runner.env |= {
+            "GITHUB_RUN_ID": run_id, "GITHUB_JOB": "ollama", "GITHUB_RUN_ATTEMPT": "1",
+            "GITHUB_EVENT_NAME": "workflow_dispatch", "GITHUB_WORKFLOW": "ollama manual",
+            "ONDEMAND_PROVIDER": "sandbox", "ONDEMAND_MODELS": "llama3.2",
+        }  # fmt: skip
+        return run_workflow_job(
+            runner, workflow, "ollama", inputs={"command": command}, this_action=ACTION
+        )
+
+    up = dispatched("1001", "up")
+    assert up.succeeded, up.log
+    assert "lease lse_" in up.log
+    down = dispatched("1077", "down")
+    assert down.succeeded, down.log
+    assert "stopped ollama-ondemand (no live lease and nothing in flight)" in down.log
+    status = dispatched("1078", "status")
+    assert "ollama-ondemand (sandbox): stopped" in status.log
+    [deployment] = github.deployments
+    assert github.states(deployment["id"])[0] == "inactive"

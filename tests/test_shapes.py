@@ -286,3 +286,35 @@ def test_global_options_work_after_the_command_and_up_takes_deploys_options(
     down = shaped.ondemand("down", "--name", "after", "--provider", shell.provider)
     assert down.returncode == 0, down.stderr
     assert down.stdout.startswith("stopped after")
+
+
+def test_a_stopped_app_starts_from_its_own_image_when_the_config_names_none(
+    tmp_path: Path, start_sandbox: StartSandbox
+) -> None:
+    """The seed's flow on OVH: deploy once with an image, then up and down every day with
+    no image in the daily job's config."""
+    running, api = start_sandbox(tmp_path / "own-image")
+    env = {
+        "PATH": f"{_launcher(tmp_path)}:/usr/bin:/bin", "HOME": str(tmp_path),
+        "ONDEMAND_STATE_DIR": str(tmp_path / "state"), "ONDEMAND_PROVIDER": "ovh",
+        "ONDEMAND_NAME": "daily", "ONDEMAND_MODELS": "llama3.2", "ONDEMAND_TIMEOUT": "60s",
+        "OVH_AI_API_URL": running.env["OVH_AI_API_URL"],
+        "OVH_AI_TOKEN": running.env["OVH_AI_TOKEN"],
+    }  # fmt: skip
+    shell = Shell("ovh", env, tmp_path)
+    image = "registry.example.com/team/ollama-ondemand:1"
+    deployed = shell.ondemand("deploy", "--image", image)
+    assert deployed.returncode == 0, deployed.stderr
+    assert "created, then stopped" in deployed.stdout
+    for _ in range(2):  # two days
+        up = shell.ondemand("up")
+        assert up.returncode == 0, up.stderr
+        down = shell.ondemand("down")
+        assert down.returncode == 0, down.stderr
+    [app] = [a for a in api.http.get("/v1/app").json()["items"] if a["spec"]["name"] == "daily"]
+    assert app["spec"]["image"] == image
+    # Nothing to start from: the error says how to give one.
+    shell.ondemand("delete")
+    missing = shell.ondemand("up")
+    assert missing.returncode == 2
+    assert "no image to deploy" in missing.stderr

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,14 +19,36 @@ from tests.cloud import APP_KEY, FAST_APPS, group_alive
 KEYS = ["ONDEMAND_SANDBOX_URL", "OVH_AI_API_URL", "OVH_AI_TOKEN", "OLLAMA_HOST"]
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_sandbox_left() -> Iterator[None]:
+    """A test that fails half-way must not leave its sandbox (and its apps) running: the
+    sandbox stops its apps on SIGTERM."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.communicate()
+
+
 def _start(state_dir: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ONDEMAND_", "OLLAMA_"))}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "ondemand", "sandbox", "--transition-seconds", "0.05",
          "--state-dir", str(state_dir), *args],
         env={**base, **FAST_APPS, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+    _STARTED.append(proc)
+    return proc
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
