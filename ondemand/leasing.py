@@ -310,9 +310,9 @@ def describe_leases(leases: list[dict[str, Any]]) -> str:
         if lease.get("id") and str(lease["id"]).startswith("lse_"):
             facts.append(f"lease {lease['id']}")
         if lease.get("held_seconds") is not None:
-            facts.append(f"held {_span(float(lease['held_seconds']))}")
+            facts.append(f"held {span(float(lease['held_seconds']))}")
         if lease.get("expires_in_seconds") is not None:
-            facts.append(f"ends in {_span(float(lease['expires_in_seconds']))}")
+            facts.append(f"ends in {span(float(lease['expires_in_seconds']))}")
         parts.append(f"{text} ({', '.join(facts)})" if facts else text)
     return (
         f"{len(leases)} live lease(s): " + "; ".join(parts) + "; to stop it anyway: "
@@ -320,7 +320,8 @@ def describe_leases(leases: list[dict[str, Any]]) -> str:
     )
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
+    """A duration as people read it in a message: 40s, 12 min, 2.5 h."""
     if seconds < 60:
         return f"{seconds:.0f}s"
     if seconds < 3600:

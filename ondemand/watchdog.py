@@ -86,7 +86,7 @@ def watch_once(
     """Look at one deployment once; stop it when it is idle with no live lease (or, for
     the reaper, older than ``older_than_seconds`` with no live lease), or past its max
     lifetime."""
-    from ondemand.leasing import check_drain, stopping_after
+    from ondemand.leasing import check_drain, span, stopping_after
     from ondemand.lifecycle import admin_key, run_cost, stop_and_verify
 
     name = name or resolved.config.name
@@ -103,7 +103,7 @@ def watch_once(
     expires = parse_time(deployment.labels.get(LABEL_EXPIRES_AT))
     api: Fleet | None = None
     if age is not None and age > max_lifetime_seconds:
-        reason = f"past its max lifetime: running {_hours(age)} > {_hours(max_lifetime_seconds)}"
+        reason = f"past its max lifetime: running {span(age)} > {span(max_lifetime_seconds)}"
     elif expires is not None and now() > expires:
         reason = f"past its {LABEL_EXPIRES_AT} label ({expires.isoformat()})"
     elif deployment.status is not Status.RUNNING or not deployment.url:
@@ -111,7 +111,7 @@ def watch_once(
         return verdict
     else:
         if older_than_seconds is not None and (age is None or age <= older_than_seconds):
-            verdict.reason = f"running {_hours(age or 0)}, not past {_hours(older_than_seconds)}"
+            verdict.reason = f"running {span(age or 0)}, not past {span(older_than_seconds)}"
             return verdict
         idle = None if older_than_seconds is not None else idle_seconds
         drained, why, api = check_drain(
@@ -167,11 +167,3 @@ def reap(
 def _age(deployment: Deployment, now: Now) -> float | None:
     since = deployment.running_since
     return None if since is None else max(0.0, (now() - since).total_seconds())
-
-
-def _hours(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
