@@ -13,8 +13,17 @@ Policies, over the same trace:
 3. per-job start/stop without leases (replayed): each job runs ``up`` without a lease and
    its cleanup stops the deployment unconditionally (``down --force``);
 4. ours (replayed): each job runs ``up`` (takes a lease) and its cleanup runs ``down``
-   (releases it; the server stops only with no live lease and nothing in flight), plus a
-   watchdog check every 5 simulated minutes (idle threshold 10 min) for dead runners.
+   (releases it; the server stops once no lease is left, requests in flight getting the
+   drain timeout to end), plus a watchdog check every 5 simulated minutes (idle threshold
+   10 min) for dead runners;
+5. ours on an app of 2 replicas behind the sandbox's round-robin balancer (replayed).
+
+Besides CI jobs (one ``up`` step, one ``down`` step), the trace has jobs in the shapes
+people also run: "script" (``X=$(ondemand up)`` in one shell and ``ondemand down`` in
+another: no lease id, the user's holder), "manual" (a ``workflow_dispatch`` up, then a
+later run's down), "cancelled_up" (cancelled while its up waits; its cleanup still runs)
+and "stream" (its down runs with a stream still open, which must run to its end). The
+report gives each shape's jobs, kills, and minutes.
 
 The trace (deterministic from ``--seed``): pushes arrive at uniform random times in working
 blocks (08:00-12:00: 8 pushes, 13:30-17:15: 7, 18:15-19:00: 2), which leaves a lunch gap and
@@ -51,7 +60,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -65,36 +73,40 @@ from typing import Any
 
 import httpx
 
+from bench.cost_report import account, report
 from bench.cost_trace import (
     DAY,
     HOUR,
     LEASE_TTL,
     MINUTE,
     MORNING,
+    WATCHDOG_EVERY,
     Job,
     hhmm,
     make_trace,
-    shared,
     summarise,
-    total,
-    union,
 )
 from ondemand.config import ResolvedConfig, load_config
-from ondemand.lifecycle import admin_key, down, opened_provider, up
+from ondemand.holders import holder_name
+from ondemand.lifecycle import UpResult, admin_key, down, opened_provider, up
 from ondemand.providers.base import Provider
 from ondemand.sandbox.background import background_sandbox
 from ondemand.watchdog import watch_once
 
-DAY_MINUTES = 1440.0
 MODEL = "llama3.2"
 CLOCK_SCALE = "ONDEMAND_CLOCK_SCALE"
 IDLE = 10 * MINUTE
-WATCHDOG_EVERY = 5 * MINUTE
 MAX_LIFETIME = 12 * HOUR
-NIGHTLY_STOP = 20 * HOUR
 # A job's tests send a chat this often (simulated).
 CHAT_EVERY = 1 * MINUTE
-CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+# One token: answered at once. A "stream" job's last request streams a whole answer (200
+# tokens at 200 a second: 1 real second) and is still open when its cleanup runs.
+CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False,
+             "options": {"num_predict": 1}}  # fmt: skip
+STREAM_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+MANUAL_HOLDER = "org/repo/manual/ollama manual"
+# down's --drain-timeout: 2 simulated minutes, in real seconds (whole seconds, at least 1).
+DRAIN_TIMEOUT = 2 * MINUTE
 
 # -- the sandbox ---------------------------------------------------------------------------
 
@@ -112,7 +124,8 @@ def sandbox(state: Path, scale: float) -> Iterator[dict[str, str]]:
         {
             CLOCK_SCALE: f"{scale:g}",
             "OLLAMA_EMULATOR_LOAD_TIME": "0",
-            "OLLAMA_EMULATOR_TOKENS_PER_SECOND": "0",
+            "OLLAMA_EMULATOR_TOKENS_PER_SECOND": "200",
+            "OLLAMA_EMULATOR_RESPONSE_TOKENS": "200",
             "OLLAMA_EMULATOR_TTFT": "0",
             "OLLAMA_EMULATOR_PULL_SECONDS": "0.05",
         }
@@ -129,6 +142,7 @@ class Setup:
     verbose: bool
 
     def env(self, name: str) -> dict[str, str]:
+        replicas = "2" if name.endswith("-2r") else "1"
         return {
             **bare_env(),
             "ONDEMAND_PROVIDER": "sandbox",
@@ -143,6 +157,8 @@ class Setup:
             "ONDEMAND_LEASE_TTL": f"{LEASE_TTL / MINUTE:g}m",
             "ONDEMAND_IDLE_TIMEOUT": f"{IDLE / MINUTE:g}m",
             "ONDEMAND_MAX_LIFETIME": f"{MAX_LIFETIME / HOUR:g}h",
+            "ONDEMAND_DRAIN_TIMEOUT": f"{max(1, round(DRAIN_TIMEOUT / self.scale))}s",
+            "ONDEMAND_OVH_REPLICAS": replicas,
         }
 
     def config(self, name: str) -> tuple[ResolvedConfig, dict[str, str]]:
@@ -191,6 +207,19 @@ def one_line(exc: BaseException) -> str:
 # -- the replay ------------------------------------------------------------------------------
 
 
+class _Cancelled(KeyboardInterrupt):
+    """A workflow run cancelled while its up waits (the runner sends SIGINT)."""
+
+
+def _cancel_while_waiting(line: str) -> None:
+    if "waiting until it is ready" in line or "already running" in line:
+        raise _Cancelled
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Clock:
     """Simulated seconds since midnight against real ``time.time()``."""
@@ -222,6 +251,8 @@ class Run:
     cold: bool = False
     chats: int = 0
     failure: str | None = None  # the request or call that failed
+    cancelled_up: bool = False  # cancelled while its up waited (the "cancelled_up" shape)
+    stream_done: bool = False  # its last stream ran to its end (the "stream" shape)
     stopped_under: str | None = None  # filled in from the app's history
     cleanup: str = ""
 
@@ -238,7 +269,7 @@ class Run:
 @dataclass
 class Replay:
     setup: Setup
-    policy: str  # "per_job" or "ours"
+    policy: str  # "per_job", "ours", or "ours_2r" (ours on an app of 2 replicas)
     name: str
     jobs: Sequence[Job]
     clock: Clock
@@ -250,7 +281,7 @@ class Replay:
 
     @property
     def leased(self) -> bool:
-        return self.policy == "ours"
+        return self.policy.startswith("ours")
 
     def say(self, text: str) -> None:
         # Once interrupted, what the jobs see is the sandbox going away: not news.
@@ -269,39 +300,56 @@ class Replay:
         with self.setup.provider(self.name) as (resolved, provider):
             self.work(run, resolved, provider)
 
+    def holder(self, job: Job) -> str:
+        """Who holds the job's lease, as the CLI names it in that shape."""
+        if job.shape == "script":
+            return holder_name({}, self.name)  # the user on this host, from any shell
+        return MANUAL_HOLDER if job.shape == "manual" else job.name
+
     def work(self, run: Run, resolved: ResolvedConfig, provider: Provider) -> None:
         job, scale = run.job, self.setup.scale
         run.up_start = time.time()
         lease_id: str | None = None
+        result: UpResult | None = None
         try:
-            result = up(resolved, provider, lease=self.leased, holder=job.name)
+            result = up(
+                resolved, provider, lease=self.leased, holder=self.holder(job),
+                progress=_cancel_while_waiting if job.shape == "cancelled_up" else _quiet,
+            )  # fmt: skip
             run.cold = not result.reused
-            key = result.api_key
             if result.lease is not None:
                 lease_id = result.lease.id
             elif self.leased:
                 run.failure = f"up took no lease: {result.lease_problem}"
+        except _Cancelled:
+            run.cancelled_up = True  # the run was cancelled: its cleanup step still runs
         except Exception as exc:  # any failure of 'up' fails the job
             run.failure = f"up failed: {type(exc).__name__}: {one_line(exc)}"
-            key = None
+        key = result.api_key if result is not None else None
         run.up_end = time.time()
         self.say(
             f"{job.name} up in {(run.up_end - run.up_start) * scale / MINUTE:.1f} min"
             + (" (cold)" if run.cold else "")
             + (f": {run.failure}" if run.failure else "")
         )
-        if run.failure is None and job.fate == "lost" and lease_id is not None:
+        if result is not None and run.failure is None and job.fate == "lost" and lease_id:
             run.lease_expiry = self.lease_expiry(resolved, provider, result.url, lease_id)
-        if run.failure is None:
+        if result is not None and run.failure is None:
             self.tests(run, result.url, key or "")
         run.tests_end = time.time()
+        streaming: threading.Thread | None = None
+        if result is not None and run.failure is None and job.shape == "stream":
+            streaming = self.open_stream(run, result.url, key or "")
         if not job.cleans_up:
             self.say(f"{job.name}: runner lost, no cleanup")
             return
         if self.stop.is_set():
             return
         try:
-            if self.leased:
+            if self.leased and job.shape in ("script", "manual"):
+                # Another shell, or a later run: no lease id, the holder's name only.
+                ended = down(resolved, provider, holder=self.holder(job))
+            elif self.leased:
                 ended = down(
                     resolved, provider, lease_ids=[lease_id] if lease_id else None,
                     holder=None if lease_id else job.name,
@@ -314,7 +362,35 @@ class Replay:
         except Exception as exc:  # a failed cleanup is reported, not fatal to the day
             run.cleanup = f"failed: {type(exc).__name__}: {one_line(exc)}"
         run.cleanup_end = time.time()
-        self.say(f"{job.name} cleanup ({job.fate}): {run.cleanup}")
+        if streaming is not None:
+            streaming.join(30)
+            if not run.stream_done and run.failure is None:
+                run.failure = "its stream was cut before its end"
+        self.say(f"{job.name} cleanup ({job.fate}, {job.shape}): {run.cleanup}")
+
+    def open_stream(self, run: Run, url: str, key: str) -> threading.Thread:
+        """A stream the job's last test leaves open: its cleanup runs while it streams."""
+        first = threading.Event()
+
+        def stream() -> None:
+            try:
+                with httpx.stream(
+                    "POST", url + "/api/chat", json=STREAM_BODY,
+                    headers={"X-API-Key": key}, timeout=30,
+                ) as answer:  # fmt: skip
+                    for line in answer.iter_lines():
+                        first.set()
+                        if line and json.loads(line).get("done"):
+                            run.stream_done = True
+            except (httpx.HTTPError, ValueError) as exc:
+                run.failure = f"stream failed: {type(exc).__name__}: {exc}"
+            finally:
+                first.set()
+
+        thread = threading.Thread(target=stream, daemon=True)
+        thread.start()
+        first.wait(30)
+        return thread
 
     def tests(self, run: Run, url: str, key: str) -> None:
         job, scale = run.job, self.setup.scale
@@ -339,11 +415,10 @@ class Replay:
         """When the lease ends, read from the server itself (its clock is the scaled one)."""
         admin = admin_key(resolved, provider, self.name) or ""
         asked = time.time()
-        answer = httpx.get(url + "/ondemand/leases", headers={"X-API-Key": admin}, timeout=10)
-        for lease in answer.json().get("leases") or []:
-            if lease.get("id") == lease_id:
-                return asked + float(lease["expires_in_seconds"]) / self.setup.scale
-        return None
+        lease = lease_view(url, admin, lease_id)
+        if lease is None:
+            return None
+        return asked + float(lease["expires_in_seconds"]) / self.setup.scale
 
     def watch(self) -> None:
         """A cron running ``ondemand watchdog`` every interval."""
@@ -369,6 +444,17 @@ class Replay:
                 self.watchdog.append(f"{hhmm(self.clock.now())} failed: {one_line(exc)}")
 
 
+def lease_view(url: str, admin: str, lease_id: str) -> dict[str, Any] | None:
+    """A lease as a server holding it shows it. With replicas, the one that answers may be
+    one that started after the lease was taken: ask a few times."""
+    for _ in range(6):
+        answer = httpx.get(url + "/ondemand/leases", headers={"X-API-Key": admin}, timeout=10)
+        for lease in answer.json().get("leases") or []:
+            if lease.get("id") == lease_id:
+                return dict(lease)
+    return None
+
+
 def warm_up(setup: Setup, name: str, leased: bool) -> dict[str, float]:
     """Create the app and fill its model cache (a real cloud keeps it on a volume), and for
     leased runs check that the server's clock does run at the scale."""
@@ -378,11 +464,11 @@ def warm_up(setup: Setup, name: str, leased: bool) -> dict[str, float]:
         if leased:
             admin = admin_key(resolved, provider, name) or ""
             read: list[tuple[float, float]] = []
+            lease_id = result.lease.id if result.lease else ""
             for _ in range(2):
-                answer = httpx.get(
-                    result.url + "/ondemand/leases", headers={"X-API-Key": admin}, timeout=10
-                )
-                lease = answer.json()["leases"][0]
+                lease = lease_view(result.url, admin, lease_id)
+                if lease is None:
+                    raise SystemExit(f"the warm-up's lease {lease_id} is on no replica")
                 read.append((time.time(), float(lease["expires_in_seconds"])))
                 time.sleep(0.5)
             (t1, left1), (t2, left2) = read
@@ -393,7 +479,8 @@ def warm_up(setup: Setup, name: str, leased: bool) -> dict[str, float]:
 
 def replay(setup: Setup, policy: str, jobs: Sequence[Job], stop: threading.Event) -> dict[str, Any]:
     name = f"cost-{policy.replace('_', '-')}"
-    seen = warm_up(setup, name, leased=policy == "ours")
+    ours = policy.startswith("ours")
+    seen = warm_up(setup, name, leased=ours)
     scale = setup.scale
     if "server_clock_scale" in seen and abs(seen["server_clock_scale"] / scale - 1) > 0.2:
         raise SystemExit(
@@ -406,7 +493,7 @@ def replay(setup: Setup, policy: str, jobs: Sequence[Job], stop: threading.Event
     run = Replay(setup, policy, name, jobs, clock, stop)
     run.runs = [Run(job) for job in jobs]
     threads = [threading.Thread(target=run.job, args=(r,), daemon=True) for r in run.runs]
-    if policy == "ours":
+    if ours:
         threads.append(threading.Thread(target=run.watch, daemon=True))
     for thread in threads:
         thread.start()
@@ -416,7 +503,7 @@ def replay(setup: Setup, policy: str, jobs: Sequence[Job], stop: threading.Event
     # The day ends when every job is done, every lost lease has expired and a watchdog
     # past the idle threshold has had its chance (or, for ours, once the app stopped).
     latest = max([time.time()] + [r.lease_expiry or 0.0 for r in run.runs])
-    horizon = latest + (IDLE + 2 * WATCHDOG_EVERY) / scale if policy == "ours" else time.time()
+    horizon = latest + (IDLE + 2 * WATCHDOG_EVERY) / scale if ours else time.time()
     while time.time() < horizon and not stop.is_set():
         state = setup.app(name)["status"]["state"]
         if state == "STOPPED" and time.time() > latest:
@@ -436,169 +523,6 @@ def replay(setup: Setup, policy: str, jobs: Sequence[Job], stop: threading.Event
         with setup.provider(name) as (resolved, provider):
             down(resolved, provider, force=True)
     return figures
-
-
-def account(
-    run: Replay,
-    states: Sequence[tuple[str, float]],
-    billed_real: float,
-    ended: float,
-    still_running: bool,
-) -> dict[str, Any]:
-    clock, scale = run.clock, run.setup.scale
-    began = clock.real(clock.origin)
-    window = [(state, at) for state, at in states if at >= began]
-    stopping = [at for state, at in window if state == "STOPPING"]
-    for r in run.runs:
-        if r.up_end == 0.0 or r.failure is not None:
-            continue
-        hit = [at for at in stopping if r.up_end <= at <= r.tests_end]
-        if hit:
-            r.stopped_under = f"went STOPPING at {hhmm(clock.sim(hit[0]))} during its tests"
-    starts, stops = latencies(window)
-    busy = union([r.needs() for r in run.runs if r.up_start])
-    billing = billed_spans(window, ended)
-    common = shared(billing, busy)
-    billed_min = billed_real * scale / MINUTE
-    note = ""
-    if still_running:
-        # Nothing is left to stop it before the next day: it bills until midnight.
-        rest = max(0.0, DAY_MINUTES - clock.sim(ended) / MINUTE)
-        billed_min += rest
-        note = f"still running at {hhmm(clock.sim(ended))}: +{rest:.0f} min to midnight"
-    killed = [r for r in run.runs if r.killed]
-    return {
-        "billed_minutes": round(billed_min, 1),
-        "busy_minutes": round(total(busy) * scale / MINUTE, 1),
-        "busy_periods": [f"{hhmm(clock.sim(a))}-{hhmm(clock.sim(b))}" for a, b in busy],
-        # Billed while no job needed it, and needed (waiting for a start, or for its
-        # cleanup's stop to finish) while not billed: from the app's own history.
-        "billed_not_busy_minutes": round((total(billing) - common) * scale / MINUTE, 1),
-        "busy_not_billed_minutes": round((total(busy) - common) * scale / MINUTE, 1),
-        "billed_periods": [f"{hhmm(clock.sim(a))}-{hhmm(clock.sim(b))}" for a, b in billing],
-        "starts": sum(1 for state, _ in window if state == "QUEUED"),
-        "start_latency_minutes": _median_minutes(starts, scale),
-        "stop_latency_minutes": _median_minutes(stops, scale),
-        "cold_ups": sum(1 for r in run.runs if r.cold),
-        "killed": len(killed),
-        "killed_jobs": {
-            r.job.name: {
-                "fate": r.job.fate,
-                "up_start": hhmm(clock.sim(r.up_start)),
-                "tests_end": hhmm(clock.sim(r.tests_end)),
-                "why": r.failure or r.stopped_under,
-            }
-            for r in killed
-        },
-        "watchdog_stops": run.watchdog,
-        "cleanups_failed": [r.job.name for r in run.runs if r.cleanup.startswith("failed")],
-        "chats": sum(r.chats for r in run.runs),
-        "note": note,
-        "replay_seconds": round(ended - began, 1),
-    }
-
-
-def billed_spans(states: Sequence[tuple[str, float]], until: float) -> list[tuple[float, float]]:
-    """When the app was SCALING or RUNNING, the states the sandbox bills."""
-    ends = [at for _, at in states[1:]] + [until]
-    return union([(at, end) for (state, at), end in zip(states, ends, strict=True)
-                  if state in ("SCALING", "RUNNING")])  # fmt: skip
-
-
-def latencies(states: Sequence[tuple[str, float]]) -> tuple[list[float], list[float]]:
-    """Real seconds from QUEUED to RUNNING (a start) and STOPPING to STOPPED (a stop)."""
-    starts: list[float] = []
-    stops: list[float] = []
-    since: dict[str, float] = {}
-    for state, at in states:
-        if state in ("QUEUED", "STOPPING"):
-            since[state] = at
-        elif state == "RUNNING" and "QUEUED" in since:
-            starts.append(at - since.pop("QUEUED"))
-        elif state == "STOPPED" and "STOPPING" in since:
-            stops.append(at - since.pop("STOPPING"))
-    return starts, stops
-
-
-def _median_minutes(seconds: Sequence[float], scale: float) -> float:
-    return round(statistics.median(seconds) * scale / MINUTE, 1) if seconds else 0.0
-
-
-# -- the report ------------------------------------------------------------------------------
-
-
-def report(jobs: Sequence[Job], figures: Mapping[str, Any], scale: float) -> dict[str, Any]:
-    ours, per_job = figures["ours"], figures["per_job"]
-    busy = ours["busy_minutes"]
-    first = jobs[0].arrival
-    rows = {
-        "always_on": {"billed_minutes": DAY_MINUTES, "killed": 0},
-        "nightly_stop": {"billed_minutes": round((NIGHTLY_STOP - first) / MINUTE, 1), "killed": 0},
-        "per_job": per_job,
-        "ours": ours,
-    }
-    labels = {
-        "always_on": "always-on (24 h)",
-        "nightly_stop": f"nightly stop ({hhmm(first)}-{hhmm(NIGHTLY_STOP)})",
-        "per_job": "per-job start/stop, no lease",
-        "ours": "ours: leases + watchdog",
-    }
-    print()
-    print(
-        f"{'policy':<34}{'billed GPU-min':>15}{'× busy':>8}{'starts':>8}{'billed idle':>13}"
-        f"{'jobs killed':>13}"
-    )
-    for key, row in rows.items():
-        ratio = row["billed_minutes"] / busy if busy else float("nan")
-        row["ratio_to_busy"] = round(ratio, 2)
-        starts = str(row.get("starts", "-"))
-        idle = row.get("billed_not_busy_minutes")
-        print(
-            f"{labels[key]:<34}{row['billed_minutes']:>15.1f}{ratio:>8.2f}{starts:>8}"
-            f"{'-' if idle is None else f'{idle:.1f}':>13}{row['killed']:>13}"
-        )
-    print(f"{'busy time (replay of ours)':<34}{busy:>15.1f}")
-    print(
-        f"billed idle: billed while no job needed the server. Lease clock of ours' server: "
-        f"{ours.get('server_clock_scale', 0):g}x real time (asked: {scale:g}x)"
-    )
-    for key in ("per_job", "ours"):
-        if rows[key].get("note"):
-            print(f"  {labels[key]}: {rows[key]['note']}")
-    tolerance = (
-        WATCHDOG_EVERY / MINUTE + ours["start_latency_minutes"] + ours["stop_latency_minutes"]
-    )
-    excess = ours["billed_minutes"] - busy
-    checks = {
-        "ours_kills_zero_jobs": ours["killed"] == 0,
-        "ours_bills_within_tolerance_of_busy": excess <= tolerance,
-    }
-    verdict = {True: "PASS", False: "FAIL"}
-    print()
-    print(
-        f"check: ours kills zero jobs: {verdict[checks['ours_kills_zero_jobs']]} "
-        f"({ours['killed']} of {len(jobs)} killed)"
-    )
-    within = verdict[checks["ours_bills_within_tolerance_of_busy"]]
-    print(
-        f"check: ours bills at most busy + one watchdog interval + start/stop latency: "
-        f"{within} (billed {ours['billed_minutes']:.1f} - busy {busy:.1f} = {excess:+.1f} "
-        f"min; allowed +{tolerance:.1f} = {WATCHDOG_EVERY / MINUTE:g} + start "
-        f"{ours['start_latency_minutes']:.1f} + stop {ours['stop_latency_minutes']:.1f}; "
-        f"billed idle {ours['billed_not_busy_minutes']:.1f}, needed but not billed "
-        f"{ours['busy_not_billed_minutes']:.1f})"
-    )
-    for key in ("per_job", "ours"):
-        for job, why in rows[key]["killed_jobs"].items():
-            print(f"  killed under {labels[key]}: {job} ({why['fate']}): {why['why']}")
-    return {
-        "scale": scale,
-        "policies": rows,
-        "busy_minutes": busy,
-        "tolerance_minutes": round(tolerance, 1),
-        "excess_minutes": round(excess, 1),
-        "checks": checks,
-    }
 
 
 def main() -> None:
@@ -633,7 +557,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp, sandbox(Path(tmp) / "sandbox", scale) as printed:
             setup = Setup(printed, Path(tmp), scale, args.verbose)
             try:
-                for policy in ("per_job", "ours"):
+                for policy in ("per_job", "ours", "ours_2r"):
                     began = time.monotonic()
                     print(f"replaying {policy} ...", flush=True)
                     figures[policy] = replay(setup, policy, jobs, stop)

@@ -13,6 +13,10 @@ MINUTE = 60.0
 HOUR = 3600.0
 # Every lease lives this long (simulated), longer than any job of the trace.
 LEASE_TTL = 45 * MINUTE
+DAY_MINUTES = 1440.0
+# The watchdog's cron (ours), and the nightly stop's (a policy of its own).
+WATCHDOG_EVERY = 5 * MINUTE
+NIGHTLY_STOP = 20 * HOUR
 
 Block = tuple[str, str, int]  # start "HH:MM", end "HH:MM", pushes
 DAY: tuple[Block, ...] = (("08:00", "12:00", 8), ("13:30", "17:15", 7), ("18:15", "19:00", 2))
@@ -20,6 +24,13 @@ MORNING: tuple[Block, ...] = (("08:00", "09:30", 4), ("10:30", "11:15", 3))
 
 
 # -- the trace ---------------------------------------------------------------------------
+
+
+# How a job runs its up and down, besides a CI job's one step each (docs/benchmarks.md):
+# "script" (up captured by $(...) in one shell, down from another, no lease id), "manual"
+# (a workflow_dispatch up, then a later run's down), "cancelled_up" (cancelled while its
+# up waits; its cleanup still runs), "stream" (its down runs with a stream still open).
+SHAPES = ("ci", "script", "manual", "cancelled_up", "stream")
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class Job:
     tests: float  # planned test time, simulated seconds
     fate: str  # "done", "cancelled", "lost"
     runs: float  # test time actually run: all of it unless cancelled or lost
+    shape: str = "ci"
 
     @property
     def cleans_up(self) -> bool:
@@ -62,6 +74,7 @@ def make_trace(seed: int, blocks: Sequence[Block], lost: tuple[int, int]) -> lis
     lost_ones = set(rng.sample(range(count), rng.randint(*lost)))
     others = [i for i in range(count) if i not in lost_ones]
     cancelled = set(rng.sample(others, max(1, round(count / 10))))
+    shapes = _shapes(rng, planned, [i for i in others if i not in cancelled])
     jobs = []
     for index, (push, arrival, tests) in enumerate(planned):
         fate, runs = "done", tests
@@ -69,8 +82,39 @@ def make_trace(seed: int, blocks: Sequence[Block], lost: tuple[int, int]) -> lis
             fate, runs = "lost", tests * rng.uniform(0.3, 0.9)
         elif index in cancelled:
             fate, runs = "cancelled", tests * rng.uniform(0.2, 0.8)
-        jobs.append(Job(f"job-{index + 1:02d}", push, arrival, tests, fate, runs))
+        shape = shapes.get(index, "ci")
+        if shape == "manual":
+            # A session someone opened by hand, within its lease (LEASE_TTL).
+            runs = rng.uniform(30 * MINUTE, 40 * MINUTE)
+        jobs.append(Job(f"job-{index + 1:02d}", push, arrival, tests, fate, runs, shape))
     return jobs
+
+
+def _shapes(
+    rng: random.Random, planned: Sequence[tuple[int, float, float]], done: Sequence[int]
+) -> dict[int, str]:
+    """About one job in twelve of each shape but the CI one (at least one each), taken
+    from jobs that run to their end. Jobs of the shapes with a shared holder ("script": one
+    person's shells; "manual": one workflow's runs) never overlap one another."""
+    each = max(1, len(planned) // 12)
+    pool = list(done)
+    rng.shuffle(pool)
+    chosen: dict[int, str] = {}
+    for shape in ("script", "cancelled_up", "stream"):
+        picked: list[int] = []
+        for index in pool:
+            if len(picked) == each:
+                break
+            if index in chosen:
+                continue
+            start = planned[index][1]
+            if shape == "script" and any(abs(start - planned[p][1]) < 40 * MINUTE for p in picked):
+                continue
+            picked.append(index)
+        chosen.update(dict.fromkeys(picked, shape))
+    manual = next(i for i in pool if i not in chosen)
+    chosen[manual] = "manual"
+    return chosen
 
 
 def union(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -121,6 +165,7 @@ def summarise(jobs: Sequence[Job]) -> dict[str, Any]:
         "overlap_another_push": across,
         "most_at_once": most,
         "cancelled": sum(1 for j in jobs if j.fate == "cancelled"),
+        "shapes": {s: [j.name for j in jobs if j.shape == s] for s in SHAPES[1:]},
         "lost": [j.name for j in jobs if j.fate == "lost"],
         "test_minutes": round(sum(j.runs for j in jobs) / MINUTE, 1),
         "busy_minutes": round(total(busy) / MINUTE, 1),
