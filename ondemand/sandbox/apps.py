@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ondemand.processes import dies_with_parent, free_port
 
@@ -284,6 +285,30 @@ def _command_line(pid: int) -> list[str]:
         check=False,
     )  # fmt: skip
     return shown.stdout.split()
+
+
+def cancel_once(tasks: Iterable[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """Cancel each task that is not being cancelled already; all of them, to wait for.
+
+    A second cancel would interrupt the first one's clean-up wherever it awaits: httpcore
+    closes the connection of a cancelled request under an anyio shield, which a task's own
+    ``cancel()`` goes through, so that connection would be left open."""
+    running = list(tasks)
+    for task in running:
+        if not task.done() and not task.cancelling():
+            task.cancel()
+    return running
+
+
+async def finish(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """``cancel_once`` and wait until every task has ended, whatever it raised. Unlike
+    ``cancel_and_wait``, the caller's own cancellation is not swallowed."""
+    running = cancel_once(tasks)
+    if running:
+        await asyncio.wait(running)
+        for task in running:
+            if not task.cancelled():
+                task.exception()  # retrieved: the task was ended on purpose
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[object] | None]) -> None:

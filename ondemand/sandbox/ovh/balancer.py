@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ondemand.asgi import BodyTooLarge, ClientDisconnected, read_body, send_text
+from ondemand.sandbox.apps import cancel_once, finish
 from ondemand.sandbox.runpod.forward import (
     Unreachable,
     forward,
@@ -54,9 +55,18 @@ class Balancer:
         self._server: Any = None
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._requests: set[asyncio.Task[Any]] = set()
+        """The server's tasks running this app now: ``close`` waits for every one before it
+        closes the client, as a request still connecting would keep a connection the closed
+        client no longer knows of."""
+        self.closed = False
 
     @property
     def client(self) -> httpx.AsyncClient:
+        if self.closed:
+            # One made now would never be closed: nothing goes to a replica after ``close``.
+            raise RuntimeError("the balancer is closed")
         if self._client is None:
             self._client = new_client()
         return self._client
@@ -68,31 +78,81 @@ class Balancer:
         # The replica's own Date header is the one the client gets: the ingress adds none.
         server.config.date_header = False
         self._sock, self._server = sock, server
-        self._task = asyncio.get_running_loop().create_task(
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(
             server.serve(sockets=[sock]), name=f"ovh-balancer-{port}"
         )
 
     async def close(self) -> None:
-        """Stop listening; requests in flight get ``grace`` seconds to finish."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        self._task = None
-        self._close_socket()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        """Stop listening; requests in flight get ``grace`` seconds to finish.
+
+        Cancelled meanwhile (the sandbox shutting down cuts an app's stop short), it ends
+        them at once instead, and still releases everything before the cancellation goes
+        on: nothing of the balancer (its listener, its connections either way, its client)
+        outlives ``close``. Calling it again is harmless."""
+        self._stop_listening()
+        try:
+            if self._task is not None:
+                # Shielded: cancelling ``close`` must not cancel the server in the middle of
+                # its shutdown, which would leave its connections open for good.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            self._hurry()
+            raise
+        finally:
+            await self._release()
+
+    async def abort(self) -> None:
+        """``close`` without the grace: requests in flight end now."""
+        self._stop_listening()
+        self._hurry()
+        await self._release()
 
     def kill(self) -> None:
-        """The blocking twin of ``close``, for when the event loop is gone."""
-        if self._server is not None:
-            self._server.should_exit = True
+        """The blocking twin of ``close``, from any thread: with its event loop still
+        running, ``abort`` is started on it (only the loop can close what it opened); with
+        the loop gone, the listener is all that is left to close."""
+        loop = self._loop
+        if loop is not None and loop.is_running() and not loop.is_closed():
+            aborting = self.abort()
+            try:
+                asyncio.run_coroutine_threadsafe(aborting, loop)
+                return
+            except RuntimeError:  # the loop closed meanwhile
+                aborting.close()
+        self._stop_listening()
         if self._task is not None:
             with contextlib.suppress(RuntimeError):  # its loop may be closed already
                 self._task.cancel()
         self._close_socket()
+
+    def _stop_listening(self) -> None:
+        self.closed = True
+        if self._server is not None:
+            self._server.should_exit = True
+
+    def _hurry(self) -> None:
+        """End the requests in flight now; the server then stops waiting for them."""
+        if self._server is not None:
+            self._server.force_exit = True
+        cancel_once(self._requests)
+
+    async def _release(self) -> None:
+        task = self._task
+        if task is not None:
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: a server that failed must not be logged twice
+            self._task = None
+        # Requests still running are those the server gave up on (it cancels what outlasts
+        # the grace without waiting) or ``_hurry`` ended: they end before the client closes.
+        while self._requests:
+            await finish(self._requests)
+        self._close_socket()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -113,6 +173,17 @@ class Balancer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - uvicorn runs each request in a task
+            await self._serve(scope, receive, send)
+            return
+        self._requests.add(task)
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self._requests.discard(task)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             body = await read_body(receive, limit=BODY_LIMIT)
         except BodyTooLarge:
@@ -154,7 +225,8 @@ class Balancer:
         path = raw.decode("latin-1")
         headers = request_headers(scope, drop=(), host=True)
         tried: set[int] = set()
-        while (target := self.pick(tried)) is not None:
+        # Once closed, no replica takes traffic: as with none ready, 503.
+        while not self.closed and (target := self.pick(tried)) is not None:
             index, port = target
             tried.add(index)
             try:

@@ -7,6 +7,7 @@ sandbox finds its apps; those that were up are queued again and walk back to RUN
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ondemand.processes import free_port
-from ondemand.sandbox.apps import AppRunner, cancel_and_wait, log_tail, reap_orphan
+from ondemand.sandbox.apps import AppRunner, cancel_and_wait, finish, log_tail, reap_orphan
 from ondemand.sandbox.faults import FaultSet
 from ondemand.sandbox.ovh import validate
 from ondemand.sandbox.ovh.edits import apply_update, models_dir
@@ -37,6 +38,9 @@ from ondemand.sandbox.ovh.replicas import log_index, log_name
 from ondemand.sandbox.statefile import read_json, write_json_atomic
 
 log = logging.getLogger("ondemand.sandbox")
+# How long ``kill`` waits for the loop to close the groups' sockets: a loop too busy to
+# must not hold up killing the processes.
+_ABORT_WAIT = 5.0
 
 
 class OvhEngine(Machine):
@@ -122,8 +126,15 @@ class OvhEngine(Machine):
         self.closed = True
         await cancel_and_wait(list(self._tasks.values()))
         self._tasks.clear()
-        groups = list(self.groups.values())
+        # The closes the apps' tasks had begun are cut short, as the tasks were: their
+        # processes get the runner's grace below, as every other app's do. Each close still
+        # closes its group's sockets before it ends.
+        closing = [group.closing for group in self.closing if group.closing is not None]
+        groups = [*self.groups.values(), *(g for g in self.closing if g.closing is None)]
+        self.closing.clear()
         self.groups.clear()
+        with contextlib.suppress(asyncio.CancelledError):
+            await finish(closing)
         await asyncio.gather(*(group.close(None) for group in groups), return_exceptions=True)
         await self.runner.stop_all()
         for record in self.apps.values():
@@ -137,9 +148,13 @@ class OvhEngine(Machine):
         self.closed = True
         for task in self._tasks.values():
             task.cancel()
-        for group in self.groups.values():
-            group.abandon()
+        aborting = [group.abandon() for group in [*self.groups.values(), *self.closing]]
         self.groups.clear()
+        self.closing.clear()
+        # Blocking, as ``kill`` is: with the loop running on another thread, what only it
+        # can close (the groups' sockets) is closed before this returns, unless the loop is
+        # too busy to; on the loop's own thread that happens once this returns.
+        concurrent.futures.wait([f for f in aborting if f is not None], timeout=_ABORT_WAIT)
         self.runner.kill_all()
         for record in self.apps.values():
             record.replicas.clear()

@@ -73,6 +73,10 @@ class Machine:
         self.apps: dict[str, AppRecord] = {}
         self.groups: dict[str, ReplicaSet] = {}
         """The replicas of each app that is up in this run."""
+        self.closing: set[ReplicaSet] = set()
+        """Groups taken out of ``groups`` whose close may still run: it goes on when the
+        task that began it is cancelled, so the app's next transition and ``aclose`` wait
+        for it (see ``ReplicaSet.close``)."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -374,7 +378,15 @@ class Machine:
     async def _close_group(self, record: AppRecord, grace: float | None) -> None:
         group = self.groups.pop(record.id, None)
         if group is not None:
-            await group.close(grace)
+            self.closing.add(group)
+        # Also a close begun by a task since cancelled (a stop replaced by a forced
+        # delete): the app's next state must not come before its replicas are down.
+        for closing in [other for other in self.closing if other.record.id == record.id]:
+            try:
+                await closing.close(grace)
+            finally:
+                if closing.closing is not None and closing.closing.done():
+                    self.closing.discard(closing)
         record.replicas.clear()
 
     async def _stopping(self, record: AppRecord) -> None:

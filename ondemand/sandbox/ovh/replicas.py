@@ -14,6 +14,7 @@ is unready after three failures in a row, and ready again after one success.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import re
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from ondemand.sandbox.apps import AppProcess, AppRunner, cancel_and_wait
+from ondemand.sandbox.apps import AppProcess, AppRunner, cancel_once, finish
 from ondemand.sandbox.ovh.balancer import Balancer
 from ondemand.sandbox.ovh.model import AppRecord
 
@@ -106,6 +107,15 @@ class ReplicaSet:
         self.replicas: dict[int, Replica] = {}
         self.balancer: Balancer | None = None
         self._client: httpx.AsyncClient | None = None
+        self._loop = asyncio.get_running_loop()
+        self._probes: set[asyncio.Task[None]] = set()
+        """Every probe task not ended yet, also those cancelled (a replica restarted or
+        removed): the client closes only once none of them can use it any more."""
+        self.closing: asyncio.Task[None] | None = None
+        """The close, once begun (see ``close``)."""
+        self.closed = False
+        """Set when the close begins (or ``abandon``): no probe starts any more."""
+        self._released = False
 
     # -- what the machine, the API and the control routes read ---------------------------
 
@@ -201,47 +211,102 @@ class ReplicaSet:
         return balancer
 
     async def close(self, grace: float | None) -> None:
-        """Stop every replica and the balancer, together, as a deployment is deleted."""
+        """Stop every replica and the balancer, together, as a deployment is deleted.
+
+        The close runs in a task of its own (``closing``), which the caller's cancellation
+        does not stop: a stop replaced by a forced delete must not leave the group half
+        closed, its replicas running and its sockets open with nothing left to close them.
+        A later call waits for the same close. Cancelling ``closing`` itself (the sandbox
+        shutting down) cuts the grace short, yet the probes' client and the balancer are
+        closed all the same; the processes left are then the runner's to stop."""
+        if self.closing is None:
+            self.closing = self._loop.create_task(
+                self._close(grace), name=f"ovh-close-{self.record.id}"
+            )
+        await asyncio.shield(self.closing)
+
+    async def _close(self, grace: float | None) -> None:
+        self.closed = True
         members = self.members()
         for replica in members:
             replica.stopping = True
             replica.ready = False
-        await cancel_and_wait([replica.probing for replica in members])
         balancer, self.balancer = self.balancer, None
-        await asyncio.gather(
-            *(self.runner.stop(replica.key, grace) for replica in members),
-            *([balancer.close()] if balancer is not None else []),
-        )
+        try:
+            await finish(self._probes)
+            await asyncio.gather(
+                *(self.runner.stop(replica.key, grace) for replica in members),
+                *([balancer.close()] if balancer is not None else []),
+            )
+        finally:
+            await self._release(balancer)
         for replica in members:
             replica.process = None
         self.replicas.clear()
         self.record.replicas.clear()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
-    def abandon(self) -> None:
-        """The blocking part of ``close`` for when the event loop is gone: the runner kills
-        the processes itself."""
-        for replica in self.members():
-            if replica.probing is not None:
-                with contextlib.suppress(RuntimeError):  # its loop may be closed already
-                    replica.probing.cancel()
+    async def _release(self, balancer: Balancer | None) -> None:
+        # Runs when cut short too (in a ``finally``), so without the grace: ``abort`` ends a
+        # balancer whose close was cancelled midway or never began, and does nothing more
+        # after a close that ended.
+        if balancer is not None:
+            await balancer.abort()
+        while self._probes:
+            await finish(self._probes)
+        self._released = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def abandon(self) -> concurrent.futures.Future[None] | None:
+        """The blocking part of ``close``, from any thread, for when the event loop is gone
+        or cannot be waited for: the runner kills the processes itself. With the loop still
+        running, the probes' client and the balancer are closed on it (only the loop can
+        close what it opened), a close under way cut short first: the future of that, for
+        a caller on another thread to wait for."""
+        if self._loop.is_running() and not self._loop.is_closed():
+            aborting = self._abort()
+            try:
+                future = asyncio.run_coroutine_threadsafe(aborting, self._loop)
+            except RuntimeError:  # the loop closed meanwhile
+                aborting.close()
+            else:
+                return None if _running_loop() is self._loop else future
+        with contextlib.suppress(RuntimeError):  # the loop may be closed already
+            cancel_once(self._probes)
+            if self.closing is not None:
+                cancel_once([self.closing])
         if self.balancer is not None:
             self.balancer.kill()
             self.balancer = None
+        return None
+
+    async def _abort(self) -> None:
+        self.closed = True
+        if self.closing is not None:
+            await finish([self.closing])
+        # Whatever a close cut short left, or everything when none had begun.
+        balancer, self.balancer = self.balancer, None
+        if balancer is not None:
+            await balancer.abort()
+        await self._release(None)
 
     # -- readiness ------------------------------------------------------------------------
 
     def probe_due(self, period: float) -> None:
         """Start the probes that are due, each in a task of its own: a replica that hangs
         must not delay the verdict on the others."""
+        if self.closed:
+            return  # its client is closed, or about to be
         now = time.monotonic()
         for replica in self.members():
             if replica.probing is None and replica.alive() and now >= replica.next_probe:
-                replica.probing = asyncio.get_running_loop().create_task(
+                task = self._loop.create_task(
                     self._probe(replica, period), name=f"ovh-probe-{replica.key}"
                 )
+                replica.probing = task
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
 
     async def _probe(self, replica: Replica, period: float) -> None:
         process = replica.process
@@ -265,8 +330,19 @@ class ReplicaSet:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            if self._released:
+                # One made now would never be closed: no probe runs after the close.
+                raise RuntimeError("the replica set is closed")
             self._client = httpx.AsyncClient(timeout=2.0, trust_env=False)
         return self._client
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop running in this thread, if any: it cannot be waited for from here."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _cancel(replica: Replica) -> None:
