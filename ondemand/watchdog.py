@@ -82,6 +82,7 @@ def watch_once(
     dry_run: bool = False,
     now: Now = _utcnow,
     before_stop: Callable[[str], None] | None = None,
+    verify: bool = True,
 ) -> Verdict:
     """Look at one deployment once; stop it when it is idle with no live lease (or, for
     the reaper, older than ``older_than_seconds`` with no live lease), or past its max
@@ -133,7 +134,10 @@ def watch_once(
     if before_stop is not None:
         before_stop(reason)  # a server stopping itself may not live to tell afterwards
     with stopping_after(api):
-        stop_and_verify(resolved, provider, name)
+        if verify:
+            stop_and_verify(resolved, provider, name)
+        else:
+            provider.stop(name)
     verdict.action, verdict.reason = "stopped", reason
     return verdict
 
