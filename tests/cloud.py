@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -17,6 +17,7 @@ import pytest
 from ondemand.sandbox.apps import AppProcess
 from ondemand.sandbox.server import Sandbox, SandboxServer
 
+T = TypeVar("T")
 APP_KEY = "odk_sandbox_app_key_0123456789"
 FAST_APPS = {
     "OLLAMA_EMULATOR_TOKENS_PER_SECOND": "0",
@@ -117,6 +118,18 @@ class Launched:
     def assert_all_gone(self) -> None:
         left = [pid for pid in self.pids if group_alive(pid)]
         assert not left, f"app processes left behind: {left}"
+
+
+def wait(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 30) -> T:
+    """Poll ``read`` until ``done`` holds; the last value seen is in the failure."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting after {timeout}s; last seen: {value}")
+        time.sleep(0.05)
+        value = read()
+    return value
 
 
 StartSandbox = Callable[..., tuple[SandboxServer, Ovh]]

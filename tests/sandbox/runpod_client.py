@@ -3,20 +3,18 @@ with the waits the tests need."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from ondemand.sandbox.server import SandboxServer
-from tests.cloud import APP_KEY
+from tests.cloud import APP_KEY, wait
 
 # What a load-balancing worker needs to be found by the health probe: both ports set
 # explicitly, and the port exposed.
 LB_ENV = {"PORT": "11434", "PORT_HEALTH": "11434", "AUTHORIZATION_APIKEY": APP_KEY}
 PROBLEM = "application/problem+json"
-T = TypeVar("T")
 
 
 def lb_body(**fields: Any) -> dict[str, Any]:
@@ -126,18 +124,6 @@ class RunPod:
     def faults(self, document: dict[str, Any]) -> None:
         answer = self.plain.post(self.running.url + "/_sandbox/faults", json={"runpod": document})
         assert answer.status_code == 200, answer.text
-
-
-def wait(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 20) -> T:
-    """Poll ``read`` until ``done`` holds; the last value seen is in the failure."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting after {timeout}s; last seen: {value}")
-        time.sleep(0.05)
-        value = read()
-    return value
 
 
 def problem(answer: httpx.Response, status: int) -> dict[str, Any]:

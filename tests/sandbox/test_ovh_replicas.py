@@ -14,33 +14,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from ondemand.processes import free_port, port_free
 from ondemand.sandbox.ollama import write_standin
 from ondemand.sandbox.server import SandboxServer, sandbox_server
-from tests.cloud import APP_KEY, FAST_APPS, Ovh, StartSandbox, group_alive
+from tests.cloud import APP_KEY, FAST_APPS, Ovh, StartSandbox, group_alive, wait
 
-T = TypeVar("T")
 KEY = [{"name": "AUTHORIZATION_APIKEY", "value": APP_KEY}]
 AUTH = {"Authorization": f"Bearer {APP_KEY}"}
 SCALING, RUNNING = "SCALING", "RUNNING"
-
-
-def wait(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 30) -> T:
-    """Poll ``read`` until ``done`` holds; the last value seen is in the failure."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting after {timeout}s; last seen: {value}")
-        time.sleep(0.05)
-        value = read()
-    return value
 
 
 def listed(running: SandboxServer, app_id: str) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from ondemand.processes import free_port, port_free
 from ondemand.sandbox.ovh.balancer import Balancer
 from ondemand.sandbox.server import sandbox_server
 from ondemand.serving import BackgroundServer
-from tests.cloud import FAST_APPS, Launched, Ovh
+from tests.cloud import FAST_APPS, Launched, Ovh, wait
 from tests.sandbox.test_ovh_balancer import Backend
-from tests.sandbox.test_ovh_replicas import AUTH, KEY, listed, until_available, wait, warm
+from tests.sandbox.test_ovh_replicas import AUTH, KEY, listed, until_available, warm
 
 # 20 tokens a second for 200 tokens: stopped, the replica that streams drains for its
 # ONDEMAND_DRAIN_TIMEOUT (5 s), so the app's stop is under way for seconds.

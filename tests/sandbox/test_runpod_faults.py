@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.cloud import StartSandbox, group_alive
-from tests.sandbox.runpod_client import RunPod, wait
+from tests.cloud import StartSandbox, group_alive, wait
+from tests.sandbox.runpod_client import RunPod
 
 
 def test_throttled_workers_never_start_until_the_pools_widen(start_sandbox: StartSandbox) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud import APP_KEY, StartSandbox
-from tests.sandbox.runpod_client import LB_ENV, RunPod, wait
+from tests.cloud import APP_KEY, StartSandbox, wait
+from tests.sandbox.runpod_client import LB_ENV, RunPod
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import re
 
 import httpx
 
-from tests.cloud import APP_KEY, StartSandbox, group_alive
-from tests.sandbox.runpod_client import RunPod, pod_body, problem, wait
+from tests.cloud import APP_KEY, StartSandbox, group_alive, wait
+from tests.sandbox.runpod_client import RunPod, pod_body, problem
 
 KEY = {"Authorization": f"Bearer {APP_KEY}"}
 
