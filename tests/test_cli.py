@@ -61,6 +61,23 @@ def test_a_duration_that_is_not_one_is_a_usage_error(capsys: pytest.CaptureFixtu
     code, _, err = run(["watchdog", "--once", "--idle", "banana"], capsys)
     assert code == 2
     assert "--idle: 'banana' is not a duration" in err
+    code, _, err = run(["down", "--drain-timeout", "banana"], capsys)
+    assert code == 2
+    assert "--drain-timeout: invalid duration 'banana'" in err
+
+
+def test_every_command_takes_the_global_options_after_its_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(["keys", "new", "--json", "--name", "ci"], capsys)
+    assert code == 0
+    assert json.loads(out)["name"] == "ci"  # keys new's own --name: the key's
+    code, out, _ = run(["config", "--provider", "sandbox", "--name", "late", "--json"], capsys)
+    assert code == 0
+    shown = json.loads(out)
+    settings = shown["settings"]
+    assert (settings["provider"]["value"], settings["name"]["value"]) == ("sandbox", "late")
+    assert run(["status", "--provider", "azure"], capsys)[0] == 2
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
