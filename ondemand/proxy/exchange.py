@@ -191,6 +191,12 @@ class Exchange:
         except UpstreamUnavailable as exc:
             self.proxy.metrics.upstream_errors.labels("unavailable").inc()
             log.warning("upstream unavailable for %s: %s", self.route.path, exc)
+            if (await self.proxy.health())[0] == 204:
+                # Still starting: a platform whose probe counts 204 as healthy routes
+                # traffic here already. Not a gateway failure, and clients retry a 503.
+                retry = [(b"retry-after", b"2")]
+                await self.error(503, "Ollama is still starting; retry shortly", headers=retry)
+                return
             await self.error(502, "upstream Ollama is unavailable")
             return
         try:

@@ -92,6 +92,7 @@ def test_create_walks_to_running_serves_stops_and_starts_on_the_same_url(
     assert status["info"]["code"] == "APP_RUNNING"
     assert status["url"] == url
     assert httpx.get(url + "/ping", trust_env=False).status_code in (200, 204)
+    _wait_warm(url)
     answer = _chat(url, APP_KEY)
     assert answer.status_code == 200, answer.text
     assert answer.json()["done"] is True
@@ -192,7 +193,9 @@ def test_apps_resume_after_a_sandbox_restart(start_sandbox: StartSandbox, tmp_pa
     assert resumed["status"]["url"] == up["status"]["url"]
     assert _states(resumed) == ["QUEUED", "INITIALIZING", "SCALING", "RUNNING"] * 2
     assert resumed["spec"] == up["spec"]
-    assert _chat(resumed["status"]["url"], APP_KEY).status_code == 200
+    _wait_warm(resumed["status"]["url"])  # RUNNING comes as soon as /ping answers 204
+    answer = _chat(resumed["status"]["url"], APP_KEY)
+    assert answer.status_code == 200, answer.text
     assert client.state(down["id"]) == "STOPPED"
     assert client.get(down["id"])["status"]["url"] == down["status"]["url"]
 

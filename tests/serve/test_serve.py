@@ -196,6 +196,34 @@ def test_no_models_means_ready_as_soon_as_ollama_answers(serve: Serve) -> None:
     assert served.server()["models"] == []
 
 
+def test_a_request_while_ollama_starts_gets_503_with_retry_after_then_succeeds(
+    serve: Serve, tmp_path: Path
+) -> None:
+    # Ollama starts only once the gate exists: the request meets the server still starting,
+    # as one routed by a platform whose probe counts /ping's 204 as healthy does.
+    gate = tmp_path / "gate"
+    gated = tmp_path / "gated-ollama"
+    standin = tmp_path / "bin" / "ollama"
+    wait = f'while [ ! -e "{gate}" ]; do sleep 0.02; done'
+    gated.write_text(f'#!/bin/sh\n{wait}\nexec "{standin}" "$@"\n')
+    gated.chmod(0o755)
+    served = serve(OLLAMA_BIN=str(gated))
+    assert served.ping() == 204
+    chat = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    early = httpx.post(served.url + "/api/chat", headers={"X-API-Key": KEY}, json=chat)
+    assert early.status_code == 503
+    assert early.headers["retry-after"] == "2"
+    assert early.json() == {"error": "Ollama is still starting; retry shortly"}
+    openai = httpx.post(served.url + "/v1/chat/completions", headers={"X-API-Key": KEY}, json=chat)
+    assert openai.status_code == 503
+    assert openai.json()["error"]["message"] == "Ollama is still starting; retry shortly"
+
+    gate.touch()
+    served.wait_ping(200)
+    answer = httpx.post(served.url + "/api/chat", headers={"X-API-Key": KEY}, json=chat)
+    assert answer.status_code == 200
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
