@@ -40,9 +40,11 @@ def test_pod_lifecycle_and_proxy(start_sandbox: StartSandbox) -> None:
     assert isinstance(ports[22]["public"], int)
     assert up["startedAt"] is not None
 
-    # RUNNING is the container, not the service: 502 until the server listens.
+    # RUNNING is the container, not the service: 502 until the server listens, then 503
+    # until its Ollama does.
     seen = wait(
-        lambda: runpod.plain.get(proxy + "/api/tags", headers=KEY), lambda r: r.status_code != 502
+        lambda: runpod.plain.get(proxy + "/api/tags", headers=KEY),
+        lambda r: r.status_code not in (502, 503),
     )
     assert seen.status_code == 200, seen.text
     assert "llama3.2:latest" in seen.text
@@ -83,7 +85,8 @@ def test_pod_lifecycle_and_proxy(start_sandbox: StartSandbox) -> None:
     assert runpod.action(pod_id, "start").status_code == 200
     runpod.wait_pod(pod_id, "RUNNING")
     again = wait(
-        lambda: runpod.plain.get(proxy + "/api/tags", headers=KEY), lambda r: r.status_code != 502
+        lambda: runpod.plain.get(proxy + "/api/tags", headers=KEY),
+        lambda r: r.status_code not in (502, 503),
     )
     assert again.status_code == 200
 
