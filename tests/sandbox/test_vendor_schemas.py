@@ -74,7 +74,8 @@ def test_runpod_checks_query_and_every_body_route(runpod: RunPod) -> None:
     ("body", "failure"),
     [
         ({"image": "x", "envVars": [{"name": "A"}]}, "$.envVars[0]: missing properties 'value'"),
-        ({"image": "x", "probe": {"port": "8080"}}, "$.probe.port: expected an integer, got a string"),
+        ({"image": "x", "probe": {"port": "8080"}},
+         "$.probe.port: expected an integer, got a string"),
         ({"image": "x", "scalingStrategy": {"automatic": {"replicasMin": 1, "replicasMax": 2,
           "resourceType": "GPU", "averageUsageTarget": 50}}},
          "$.scalingStrategy.automatic.resourceType: value must be one of 'CPU', 'RAM', got 'GPU'"),
@@ -88,3 +89,25 @@ def test_ovh_answers_what_its_document_refuses_with_a_400_message(
     assert answer.status_code == 400
     assert answer.json() == {"message": f"request validation failed: {failure}"}
     assert "page" in client.http.get("/v1/app", params={"page": "x"}).json()["message"]
+
+
+def test_where_the_document_and_the_old_rules_disagreed_the_document_wins(runpod: RunPod) -> None:
+    outside = lb_body(gpu={"pools": ["ADA_24"], "excludedTypes": ["NVIDIA L4"]})
+    assert (
+        "not in gpu.pools"
+        in problem(runpod.http.post("/v2/serverless", json=outside), 400)["detail"]
+    )
+    created = runpod.create_endpoint(
+        gpu={"pools": ["ADA_24", "AMPERE_24"], "excludedTypes": ["NVIDIA GeForce RTX 4090"]},
+        workers={"max": 0},
+    )
+    url = f"/v2/serverless/{created['id']}"
+    # UpdateEndpointGpuConfig: pools optional; omitted, the selection and exclusions stay.
+    patched = runpod.http.patch(url, json={"gpu": {"count": 2}})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["gpu"]["pools"] == ["ADA_24", "AMPERE_24"]
+    assert patched.json()["gpu"]["excludedTypes"] == ["NVIDIA GeForce RTX 4090"]
+    assert patched.json()["gpu"]["count"] == 2
+    alone = runpod.http.patch(url, json={"gpu": {"excludedTypes": ["NVIDIA L4"]}})
+    assert "missing properties 'pools'" in problem(alone, 422)["detail"]
+    assert runpod.http.delete(url).status_code == 204
