@@ -101,7 +101,8 @@ class Dialect:
     key: Callable[[Scope], str | None] = field(default=lambda _scope: None)
     """The caller's key from the request (Bearer token)."""
     headers: Callable[[], Headers] = field(default=lambda: [])
-    """Headers on every authenticated answer (RunPod's rate headers)."""
+    """Headers on every authenticated answer (RunPod's rate headers); raising an HttpError
+    refuses the call before it is routed (a rate limit's 429)."""
     translate: Callable[[Exception], HttpError | None] = field(default=lambda _exc: None)
     """The HttpError for an exception the engine raises in its own type, else None."""
 
@@ -126,7 +127,11 @@ class FrontEnd(Generic[E]):
         if role is None:
             await dialect.render(send, HttpError(401, dialect.unauthorized(key)), [])
             return
-        headers = dialect.headers()
+        try:
+            headers = dialect.headers()
+        except HttpError as exc:  # a rate limit refusing the call, say (429)
+            await dialect.render(send, exc, exc.headers)
+            return
         try:
             found = await self._request(scope, receive, method, path, role, base)
             if found is None:
