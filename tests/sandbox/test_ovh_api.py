@@ -60,29 +60,31 @@ def test_tokens_operator_manages_read_only_reads(parked: tuple[SandboxServer, Ov
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({}, "image is required"),
-        ({"image": 3}, "image must be a non-empty string"),
+        ({}, "$: missing properties 'image'"),
+        ({"image": 3}, "$.image: expected a string, got a number"),
         ({"image": "x", "imagee": "y"}, "unknown field(s) in AppSpec: imagee"),
         ({"image": "x", "region": "GRA"}, "region"),
-        ({"image": "x", "defaultHttpPort": "8080"}, "defaultHttpPort must be an integer"),
+        ({"image": "x", "defaultHttpPort": "8080"}, "$.defaultHttpPort: expected an integer"),
         ({"image": "x", "defaultHttpPort": 70000}, "defaultHttpPort must be between 1 and 65535"),
-        ({"image": "x", "unsecureHttp": "yes"}, "unsecureHttp must be true or false"),
+        ({"image": "x", "unsecureHttp": "yes"}, "$.unsecureHttp: expected a boolean"),
         ({"image": "x", "resources": {"flavor": "b300-1-gpu"}}, "unknown flavor 'b300-1-gpu'"),
         ({"image": "x", "resources": {"gpu": 5}}, "resources.gpu must be between 0 and 4"),
-        ({"image": "x", "resources": {"gpu": True}}, "resources.gpu must be an integer"),
+        ({"image": "x", "resources": {"gpu": True}}, "$.resources.gpu: expected an integer"),
         ({"image": "x", "resources": {"flavor": "ai1-1-cpu", "gpu": 1}}, "has no GPU"),
         ({"image": "x", "resources": {"flavor": "l4-1-gpu", "gpu": 0}}, "GPU flavor"),
         ({"image": "x", "resources": {"flavor": "l4-1-gpu", "gpuModel": "H100"}}, "gpuModel"),
-        ({"image": "x", "envVars": {"A": "b"}}, "envVars must be a list"),
-        ({"image": "x", "envVars": [{"name": "A", "value": 1}]}, "envVars[0].value must be a"),
+        ({"image": "x", "envVars": {"A": "b"}}, "$.envVars: expected an array"),
+        ({"image": "x", "envVars": [{"name": "A", "value": 1}]}, "$.envVars[0].value: expected"),
         ({"image": "x", "envVars": [{"name": "1A B", "value": "x"}]}, "not a valid variable"),
         ({"image": "x", "labels": {"team": "a b"}}, "not a valid label value"),
         ({"image": "x", "labels": {"bad key": "a"}}, "not a valid label name"),
-        ({"image": "x", "command": "serve"}, "command must be a list of strings"),
+        ({"image": "x", "command": "serve"}, "$.command: expected an array"),
         ({"image": "x", "probe": {"path": "ping"}}, "probe.path must start with '/'"),
         (
-            {"image": "x", "scalingStrategy": {"fixed": {"replicas": 1},
-                                               "automatic": {"replicasMin": 1}}},
+            {"image": "x", "scalingStrategy": {
+                "fixed": {"replicas": 1},
+                "automatic": {"replicasMin": 1, "replicasMax": 2, "resourceType": "CPU",
+                              "averageUsageTarget": 75}}},
             "exactly one of 'fixed' or 'automatic' (both were given)",
         ),
         ({"image": "x", "scalingStrategy": {"fixed": {"replicas": 11}}}, "between 1 and 10"),
@@ -100,7 +102,7 @@ def test_tokens_operator_manages_read_only_reads(parked: tuple[SandboxServer, Ov
          "got dataStore, publicGit"),
         ({"image": "x", "volumes": [{"mountPath": "/d", "permission": "RO",
                                      "dataStore": {"alias": "GRA"}}]},
-         "volumes[0].dataStore.container must be a non-empty string"),
+         "$.volumes[0].dataStore: missing properties 'container'"),
     ],
 )  # fmt: skip
 def test_create_refuses_what_a_strict_server_refuses(
@@ -114,7 +116,7 @@ def test_create_refuses_what_a_strict_server_refuses(
 def test_create_refuses_a_body_that_is_not_json(idle_ovh: tuple[SandboxServer, Ovh]) -> None:
     _, client = idle_ovh
     assert "not valid JSON" in _error(client.http.post("/v1/app", content=b"{image"), 400)
-    assert "must be a JSON object" in _error(client.http.post("/v1/app", json=["x"]), 400)
+    assert "$: expected an object" in _error(client.http.post("/v1/app", json=["x"]), 400)
 
 
 def test_create_echoes_the_spec_with_the_platform_defaults(
@@ -210,7 +212,8 @@ def test_illegal_transitions_are_400(parked: tuple[SandboxServer, Ovh]) -> None:
     app_id = client.create()["id"]
     assert "only a STOPPED or FAILED" in _error(client.http.put(f"/v1/app/{app_id}/start"), 400)
     assert "stop it before" in _error(client.http.delete(f"/v1/app/{app_id}"), 400)
-    assert "force must be" in _error(client.http.delete(f"/v1/app/{app_id}?force=yes"), 400)
+    forced = client.http.delete(f"/v1/app/{app_id}?force=yes")
+    assert "query.force: expected a boolean" in _error(forced, 400)
     assert client.http.put(f"/v1/app/{app_id}/stop").status_code == 204
     assert client.state(app_id) == "STOPPING"
     assert "only a running app" in _error(client.http.put(f"/v1/app/{app_id}/stop"), 400)

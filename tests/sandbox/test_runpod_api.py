@@ -103,10 +103,16 @@ def test_endpoint_validation(
 
 
 def test_required_fields(runpod: RunPod) -> None:
-    for name in ("name", "type", "gpu", "scaling", "image"):
+    for name in ("name", "type", "scaling", "image"):
         body = lb_body()
         del body[name]
         assert f"'{name}'" in problem(runpod.http.post("/v2/serverless", json=body), 422)["detail"]
+    # The document does not require gpu (a CPU endpoint sends cpu): its absence is a rule.
+    no_gpu = {k: v for k, v in lb_body().items() if k != "gpu"}
+    assert (
+        "GPU endpoints only"
+        in problem(runpod.http.post("/v2/serverless", json=no_gpu), 400)["detail"]
+    )
     assert problem(runpod.http.post("/v2/serverless", content=b"{"), 400)
 
 

@@ -138,7 +138,7 @@ def test_unexposed_or_implicit_ports_leave_workers_never_ready(start_sandbox: St
 
 
 def test_workers_min_keeps_workers_and_zero_max_stops_them(runpod: RunPod) -> None:
-    endpoint = runpod.create_endpoint(workers={"min": 1, "max": 2, "idleTimeout": 0})
+    endpoint = runpod.create_endpoint(workers={"min": 1, "max": 2, "idleTimeout": 1})
     runpod.wait_workers(endpoint["id"], lambda s: s["idle"] == 1)
     time.sleep(0.5)  # idle longer than idleTimeout, but min is 1
     assert runpod.workers(endpoint["id"])["summary"]["total"] == 1
@@ -157,7 +157,7 @@ def test_a_network_volume_caches_models_for_the_next_worker(runpod: RunPod) -> N
     ).json()
     env = {**LB_ENV, "OLLAMA_PRELOAD_MODELS": "qwen3:0.6b"}
     endpoint = runpod.create_endpoint(
-        env=env, networkVolumes=[volume["id"]], workers={"min": 0, "max": 1, "idleTimeout": 0}
+        env=env, networkVolumes=[volume["id"]], workers={"min": 0, "max": 1, "idleTimeout": 1}
     )
     first = runpod.gateway(endpoint, "/api/tags")
     assert "qwen3:0.6b" in first.text

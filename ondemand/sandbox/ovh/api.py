@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
-from ondemand.asgi import (
-    BodyTooLarge,
-    ClientDisconnected,
-    header,
-    match_route,
-    read_body,
-    send_json,
-    send_text,
-    serve_lifespan,
-)
+from ondemand.asgi import header, send_json, serve_lifespan
+from ondemand.sandbox.http import Answer, Dialect, FrontEnd, Headers, HttpError, Request, Route
 from ondemand.sandbox.ovh import validate
 from ondemand.sandbox.ovh.engine import OvhEngine
 from ondemand.sandbox.ovh.flavors import FLAVORS
 from ondemand.sandbox.ovh.machine import ApiError
 from ondemand.sandbox.ovh.model import STATES, AppRecord, parse_iso
+from ondemand.sandbox.vendor.openapi import OVHAI, document
 
 if TYPE_CHECKING:
     from ondemand.asgi import Receive, Scope, Send
     from ondemand.sandbox.faults import FaultSet
 
 OPERATOR, READ = "operator", "read"
-_BODY_LIMIT = 1 << 20
 _SORTS: dict[str, Callable[[AppRecord], Any]] = {
     "createdAt": lambda r: r.created_at,
     "updatedAt": lambda r: r.updated_at,
@@ -40,33 +30,6 @@ _SORTS: dict[str, Callable[[AppRecord], Any]] = {
     "status.state": lambda r: r.state,
     "status.lastTransitionDate": lambda r: r.last_transition,
 }
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    root: str
-    params: dict[str, str]
-    query: dict[str, list[str]]
-    body: bytes
-    role: str
-
-    def json(self) -> Any:
-        if not self.body.strip():
-            raise ApiError(400, "a JSON request body is required")
-        try:
-            return json.loads(self.body)
-        except ValueError as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-
-    def one(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[-1] if values else None
-
-
-Answer = tuple[int, Any]
-Handler = Callable[[OvhEngine, Request], Awaitable[Answer]]
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -126,7 +89,7 @@ async def list_apps(engine: OvhEngine, request: Request) -> Answer:
     if page < pages:
         query = {k: v for k, v in request.query.items() if k != "page"}
         query["page"] = [str(page + 1)]
-        links["next"] = f"{request.root}{request.path}?{urlencode(query, doseq=True)}"
+        links["next"] = f"{request.base}{request.path}?{urlencode(query, doseq=True)}"
     metadata = {"currentPage": page, "pageCount": pages, "total": total, "links": links}
     return 200, {"items": items, "metadata": metadata}
 
@@ -138,7 +101,7 @@ async def create_app(engine: OvhEngine, request: Request) -> Answer:
         raise ApiError(400, str(exc)) from None
     record = engine.create(spec)
     if engine.faults.take_created_then_500():
-        return 500, {"message": "Internal server error"}
+        raise ApiError(500, "Internal server error")
     return 200, record.to_api()
 
 
@@ -233,20 +196,36 @@ async def flavor(_engine: OvhEngine, request: Request) -> Answer:
     return 200, found.to_json()
 
 
-_ID = r"(?P<id>[^/]+)"
-ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-    (re.compile(r"/v1/app"), {"GET": list_apps, "POST": create_app}),
-    (re.compile(rf"/v1/app/{_ID}"), {"GET": get_app, "PUT": update_app, "DELETE": delete_app}),
-    (re.compile(rf"/v1/app/{_ID}/start"), {"PUT": start_app}),
-    (re.compile(rf"/v1/app/{_ID}/stop"), {"PUT": stop_app}),
-    (re.compile(rf"/v1/app/{_ID}/label"), {"PUT": set_label}),
-    (re.compile(rf"/v1/app/{_ID}/scalingstrategy"), {"PUT": set_scaling}),
-    (re.compile(rf"/v1/app/{_ID}/image"), {"PUT": set_image}),
-    (re.compile(rf"/v1/app/{_ID}/log"), {"GET": app_log}),
-    (re.compile(r"/v1/me"), {"GET": me}),
-    (re.compile(r"/v1/capabilities/flavor"), {"GET": flavors}),
-    (re.compile(rf"/v1/capabilities/flavor/{_ID}"), {"GET": flavor}),
+ROUTES: list[Route[OvhEngine]] = [
+    Route("/v1/app", GET=list_apps, POST=create_app),
+    Route("/v1/app/{id}", GET=get_app, PUT=update_app, DELETE=delete_app),
+    Route("/v1/app/{id}/start", PUT=start_app),
+    Route("/v1/app/{id}/stop", PUT=stop_app),
+    Route("/v1/app/{id}/label", PUT=set_label),
+    Route("/v1/app/{id}/scalingstrategy", PUT=set_scaling),
+    Route("/v1/app/{id}/image", PUT=set_image),
+    Route("/v1/app/{id}/log", GET=app_log),
+    Route("/v1/me", GET=me),
+    Route("/v1/capabilities/flavor", GET=flavors),
+    Route("/v1/capabilities/flavor/{id}", GET=flavor),
 ]
+
+
+async def _render(send: Send, error: HttpError, headers: Headers) -> None:
+    # The SDK's Error model: {"message": ...} (ovhai/models/error.py).
+    await send_json(send, error.status, {"message": error.text}, headers)
+
+
+def _translate(exc: Exception) -> HttpError | None:
+    return HttpError(exc.status, exc.message) if isinstance(exc, ApiError) else None
+
+
+def _bearer(scope: Scope) -> str | None:
+    raw = header(scope, b"authorization")
+    if raw is None:
+        return None
+    scheme, _, token = raw.decode("latin-1").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 class OvhApi:
@@ -258,7 +237,30 @@ class OvhApi:
     ) -> None:
         self.engine = engine
         self.faults = faults
-        self.tokens = {operator_token: OPERATOR, read_token: READ}
+        self.front = FrontEnd(
+            engine,
+            ROUTES,
+            Dialect(
+                roles={operator_token: OPERATOR, read_token: READ},
+                render=_render,
+                # The AI API answers a refused body with 400 {"message"} (the SDK documents
+                # no 422); its published shape is the SDK-derived document.
+                document=document(OVHAI),
+                invalid_status=400,
+                unauthorized=lambda _key: (
+                    "missing or invalid token: send 'Authorization: Bearer <AI token>'"
+                ),
+                read_only_text=(
+                    "this token has the read role: it can read apps but not manage them "
+                    "(an operator token can)"
+                ),
+                not_allowed_text=lambda method, allowed: (
+                    f"{method} is not allowed here ({', '.join(allowed)})"
+                ),
+                key=_bearer,
+                translate=_translate,
+            ),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -277,62 +279,4 @@ class OvhApi:
             headers = [(b"retry-after", retry.encode())] if retry is not None else []
             await send_json(send, fault.status, {"message": fault.text}, headers)
             return
-        role = self._role(scope)
-        if role is None:
-            await send_json(
-                send,
-                401,
-                {"message": "missing or invalid token: send 'Authorization: Bearer <AI token>'"},
-            )
-            return
-        methods, params = match_route(ROUTES, path)
-        if methods is None:
-            await send_json(send, 404, {"message": f"no such route: {method} {path}"})
-            return
-        handler = methods.get(method)
-        if handler is None:
-            allowed = ", ".join(sorted(methods))
-            await send_json(send, 405, {"message": f"{method} is not allowed here ({allowed})"})
-            return
-        if role == READ and method != "GET":
-            await send_json(
-                send,
-                403,
-                {
-                    "message": "this token has the read role: it can read "
-                    "apps but not manage them (an operator token can)"
-                },
-            )
-            return
-        try:
-            body = await read_body(receive, limit=_BODY_LIMIT)
-        except BodyTooLarge:
-            await send_json(send, 413, {"message": "request body too large"})
-            return
-        except ClientDisconnected:
-            return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        root = str(scope.get("root_path", ""))
-        request = Request(method, path, root, params, query, body, role)
-        try:
-            status, payload = await handler(self.engine, request)
-        except ApiError as exc:
-            await send_json(send, exc.status, {"message": exc.message})
-            return
-        if status == 204:
-            # No Content-Length or Content-Type: a 204 has no body to describe.
-            await send({"type": "http.response.start", "status": 204, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
-        elif isinstance(payload, str):
-            await send_text(send, status, payload)
-        else:
-            await send_json(send, status, payload)
-
-    def _role(self, scope: Scope) -> str | None:
-        raw = header(scope, b"authorization")
-        if raw is None:
-            return None
-        scheme, _, token = raw.decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return self.tokens.get(token.strip())
+        await self.front(scope, receive, send, path, str(scope.get("root_path", "")))

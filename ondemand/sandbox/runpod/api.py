@@ -8,58 +8,28 @@ spec; the quota is generous and not enforced (an ``http`` fault rehearses a 429)
 
 from __future__ import annotations
 
-import json
-import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
-from ondemand.asgi import BodyTooLarge, ClientDisconnected, match_route, read_body, send_json
-from ondemand.sandbox.runpod import catalog, schema
+from ondemand.sandbox.http import Answer, Dialect, FrontEnd, Request, Route
+from ondemand.sandbox.runpod import catalog
 from ondemand.sandbox.runpod.gateway import bearer
-from ondemand.sandbox.runpod.model import POD_ACTIONS, TERMINATED
-from ondemand.sandbox.runpod.problems import ApiError, send_problem
+from ondemand.sandbox.runpod.model import TERMINATED
+from ondemand.sandbox.runpod.problems import ApiError, render
+from ondemand.sandbox.vendor.openapi import RUNPOD, document
 
 if TYPE_CHECKING:
     from ondemand.asgi import Receive, Scope, Send
     from ondemand.sandbox.runpod.engine import RunPodEngine
 
 OPERATOR, READ = "operator", "read"
-_BODY_LIMIT = 1 << 20
+_NOT_ALLOWED = "The requested method is not allowed for this path."
 _WINDOWS = (("minute", 60, 1000), ("hour", 3600, 30000), ("day", 86400, 500000))
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    params: dict[str, str]
-    query: dict[str, list[str]]
-    body: bytes
-    base: str
-    """The sandbox's URL for ``/runpod``: what stands in for the platform's hosts."""
-
-    def json(self) -> Any:
-        if not self.body.strip():
-            raise ApiError(400, "a JSON request body is required")
-        try:
-            return json.loads(self.body)
-        except ValueError as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-
-    def listed(self, name: str) -> list[str]:
-        return [v for raw in self.query.get(name, []) for v in raw.split(",") if v]
-
-
-Answer = tuple[int, Any]
-Handler = Callable[["RunPodEngine", Request], Awaitable[Answer]]
 
 
 def _created(engine: RunPodEngine, payload: Any) -> Answer:
     if engine.faults.take("created_then_500"):
-        return 500, None
+        raise ApiError(500, "internal server error")
     return 201, payload
 
 
@@ -126,8 +96,8 @@ async def delete_pod(engine: RunPodEngine, request: Request) -> Answer:
 
 async def pod_action(engine: RunPodEngine, request: Request) -> Answer:
     engine.find_pod(request.params["id"])
-    data = schema.obj(request.json(), "$", ("action",), ("action",))
-    action = schema.enum(data["action"], "$.action", POD_ACTIONS)
+    # The vendor's PodActionRequest has been checked: ``action`` is one of its PodAction.
+    action: str = request.json()["action"]
     pod = engine.pod_action(request.params["id"], action)
     return (204, None) if action == "terminate" else (200, pod.to_api())
 
@@ -193,26 +163,19 @@ async def get_data_center(_engine: RunPodEngine, request: Request) -> Answer:
     return 200, dc.to_api()
 
 
-_ID = r"(?P<id>[^/]+)"
-ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-    (re.compile(r"/v2/serverless"), {"GET": list_endpoints, "POST": create_endpoint}),
-    (
-        re.compile(rf"/v2/serverless/{_ID}"),
-        {"GET": get_endpoint, "PATCH": update_endpoint, "DELETE": delete_endpoint},
-    ),
-    (re.compile(rf"/v2/serverless/{_ID}/workers"), {"GET": endpoint_workers}),
-    (re.compile(r"/v2/pods"), {"GET": list_pods, "POST": create_pod}),
-    (re.compile(rf"/v2/pods/{_ID}"), {"GET": get_pod, "PATCH": update_pod, "DELETE": delete_pod}),
-    (re.compile(rf"/v2/pods/{_ID}/action"), {"POST": pod_action}),
-    (re.compile(r"/v2/network-volumes"), {"GET": list_volumes, "POST": create_volume}),
-    (
-        re.compile(rf"/v2/network-volumes/{_ID}"),
-        {"GET": get_volume, "PATCH": update_volume, "DELETE": delete_volume},
-    ),
-    (re.compile(r"/v2/catalog/gpus"), {"GET": list_gpus}),
-    (re.compile(rf"/v2/catalog/gpus/{_ID}"), {"GET": get_gpu}),
-    (re.compile(r"/v2/catalog/datacenters"), {"GET": list_data_centers}),
-    (re.compile(rf"/v2/catalog/datacenters/{_ID}"), {"GET": get_data_center}),
+ROUTES: list[Route[RunPodEngine]] = [
+    Route("/v2/serverless", GET=list_endpoints, POST=create_endpoint),
+    Route("/v2/serverless/{id}", GET=get_endpoint, PATCH=update_endpoint, DELETE=delete_endpoint),
+    Route("/v2/serverless/{id}/workers", GET=endpoint_workers),
+    Route("/v2/pods", GET=list_pods, POST=create_pod),
+    Route("/v2/pods/{id}", GET=get_pod, PATCH=update_pod, DELETE=delete_pod),
+    Route("/v2/pods/{id}/action", POST=pod_action),
+    Route("/v2/network-volumes", GET=list_volumes, POST=create_volume),
+    Route("/v2/network-volumes/{id}", GET=get_volume, PATCH=update_volume, DELETE=delete_volume),
+    Route("/v2/catalog/gpus", GET=list_gpus),
+    Route("/v2/catalog/gpus/{id}", GET=get_gpu),
+    Route("/v2/catalog/datacenters", GET=list_data_centers),
+    Route("/v2/catalog/datacenters/{id}", GET=get_data_center),
 ]
 
 
@@ -242,53 +205,28 @@ class RestApi:
 
     def __init__(self, engine: RunPodEngine, *, operator_token: str, read_token: str) -> None:
         self.engine = engine
-        self.tokens = {operator_token: OPERATOR, read_token: READ}
         self.rates = RateHeaders()
+        self.front = FrontEnd(
+            engine,
+            ROUTES,
+            Dialect(
+                roles={operator_token: OPERATOR, read_token: READ},
+                render=render,
+                # Shape errors are 422 with one string per failure in "errors" (the spec's
+                # UnprocessableEntityError and ErrorResponse).
+                document=document(RUNPOD),
+                invalid_status=422,
+                unauthorized=lambda key: (
+                    "missing bearer token" if key is None else "invalid bearer token"
+                ),
+                read_only_text="access denied: this API key is read-only",
+                not_allowed_text=lambda _m, _a: _NOT_ALLOWED,
+                key=bearer,
+                headers=self.rates.take,
+            ),
+        )
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, path: str, base: str
     ) -> None:
-        method: str = scope["method"]
-        key = bearer(scope)
-        role = self.tokens.get(key) if key is not None else None
-        if role is None:
-            detail = "missing bearer token" if key is None else "invalid bearer token"
-            await send_problem(send, 401, detail)
-            return
-        rates = self.rates.take()
-        methods, params = match_route(ROUTES, path)
-        if methods is None:
-            await send_problem(send, 404, f"no such route: {method} {path}", headers=rates)
-            return
-        handler = methods.get(method)
-        if handler is None:
-            allow = (b"allow", ", ".join(sorted(methods)).encode())
-            await send_problem(
-                send, 405, "The requested method is not allowed for this path.",
-                headers=[allow, *rates],
-            )  # fmt: skip
-            return
-        if role == READ and method != "GET":
-            await send_problem(send, 403, "access denied: this API key is read-only", headers=rates)
-            return
-        try:
-            body = await read_body(receive, limit=_BODY_LIMIT)
-        except BodyTooLarge:
-            await send_problem(send, 413, "request body too large", headers=rates)
-            return
-        except ClientDisconnected:
-            return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        request = Request(method, path, params, query, body, base)
-        try:
-            status, payload = await handler(self.engine, request)
-        except ApiError as exc:
-            await send_problem(send, exc.status, exc.detail, exc.errors, headers=rates)
-            return
-        if status == 500:
-            await send_problem(send, 500, "internal server error", headers=rates)
-        elif status == 204:
-            await send({"type": "http.response.start", "status": 204, "headers": rates})
-            await send({"type": "http.response.body", "body": b""})
-        else:
-            await send_json(send, status, payload, rates)
+        await self.front(scope, receive, send, path, base)

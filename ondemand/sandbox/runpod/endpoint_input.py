@@ -1,9 +1,16 @@
 """Bodies of ``POST /v2/serverless`` and ``PATCH /v2/serverless/{id}``.
 
-The shape is the live one the reference's §3.3 and RunPod's own live-verified notes show
-(``type`` QUEUE|LOAD_BALANCER required, ``workers.idleTimeout``, ``scaling.requestCount`` /
-``scaling.queueDelay``), which supersedes the older OpenAPI revision (``QUEUE_BASED``,
-``scaling.value``, ``scaling.idleTimeout``): see docs/sandbox.md.
+The front end has already checked each body against CreateEndpointRequest /
+UpdateEndpointRequest of the vendored document (runpod/docs api-reference-v2/openapi.json @
+a900806e, Frontdoor v2.9.0); what is left here is the rules the document states in words
+(400s) and the defaults. Where these checks and the document disagreed, the document won:
+
+- ``gpu`` is not required by the document (a CPU endpoint sends ``cpu``): a body with
+  neither, or with ``cpu``, is a 400 here (CPU endpoints are not emulated), not a 422;
+- ``cpu`` and ``templateId`` are fields of both bodies (400 here: not emulated);
+- ``workers.idleTimeout`` is 1–3600 (was 0–3600); ``timeout`` has no lower bound;
+- ``gpu.excludedTypes`` must name types of the selected pools (400), not any GPU type;
+- a PATCH's ``gpu`` may omit ``pools``: the pools and exclusions are then kept.
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ from ondemand.sandbox.runpod.problems import ApiError, Invalid
 
 UPDATE_FIELDS = (
     *CONTAINER_FIELDS, "name", "gpu", "workers", "scaling", "flashboot", "timeout",
-    "networkVolumes", "dataCenterIds",
+    "networkVolumes", "dataCenterIds", "cpu", "templateId",
 )  # fmt: skip
-CREATE_FIELDS = (*UPDATE_FIELDS, "type", "templateId")
+CREATE_FIELDS = (*UPDATE_FIELDS, "type")
 FLASHBOOT = ("OFF", "FLASHBOOT", "PRIORITY_FLASHBOOT")
 SCALER_TYPES = ("QUEUE_DELAY", "REQUEST_COUNT")
 RELEASE_FIELDS = (*CONTAINER_FIELDS, "gpu", "networkVolumes", "dataCenterIds")
@@ -36,8 +43,9 @@ WORKER_DEFAULTS = {"min": 0, "max": 3, "idleTimeout": 10}
 
 def create(body: object, volumes: Mapping[str, Volume]) -> tuple[str, str, dict[str, Any]]:
     """(name, type, config) from a create body, defaults filled in."""
-    data = schema.obj(body, "$", CREATE_FIELDS, required=("name", "type", "gpu", "scaling"))
+    data = schema.obj(body, "$", CREATE_FIELDS, required=("name", "type", "scaling"))
     no_template(data)
+    no_cpu(data)
     if "image" not in data:
         raise Invalid("$", "missing properties 'image' (required unless templateId is given)")
     name = schema.text(data["name"], "$.name", min_length=1)
@@ -50,7 +58,7 @@ def create(body: object, volumes: Mapping[str, Volume]) -> tuple[str, str, dict[
     config["workers"] = workers(data.get("workers", {}), dict(WORKER_DEFAULTS))
     config["scaling"] = scaling(data["scaling"], kind, {}, creating=True)
     config["flashboot"] = schema.enum(data.get("flashboot", "OFF"), "$.flashboot", FLASHBOOT)
-    config["timeout"] = schema.integer(data.get("timeout", 300000), "$.timeout", minimum=0)
+    config["timeout"] = schema.integer(data.get("timeout", 300000), "$.timeout")
     config["dataCenterIds"] = data_centers(data.get("dataCenterIds", []), "$.dataCenterIds")
     config["networkVolumes"] = volume_ids(data.get("networkVolumes", []), config, volumes)
     return name, kind, config
@@ -62,11 +70,14 @@ def update(
     """(new name, new config, whether it is a new release) from a PATCH body: only the
     fields present change; ``workers`` and ``scaling`` change key by key."""
     data = schema.obj(body, "$", UPDATE_FIELDS)
+    no_template(data)
+    if "cpu" in data:
+        raise ApiError(400, "the compute family of an endpoint cannot change: it has gpu")
     name = schema.text(data["name"], "$.name", min_length=1) if "name" in data else None
     config = {key: value for key, value in current.items()}
     container(data, config)
     if "gpu" in data:
-        config["gpu"] = gpu(data["gpu"])
+        config["gpu"] = gpu(data["gpu"], current.get("gpu"))
     if "workers" in data:
         config["workers"] = workers(data["workers"], dict(current["workers"]))
     if "scaling" in data:
@@ -74,7 +85,7 @@ def update(
     if "flashboot" in data:
         config["flashboot"] = schema.enum(data["flashboot"], "$.flashboot", FLASHBOOT)
     if "timeout" in data:
-        config["timeout"] = schema.integer(data["timeout"], "$.timeout", minimum=0)
+        config["timeout"] = schema.integer(data["timeout"], "$.timeout")
     if "dataCenterIds" in data:
         config["dataCenterIds"] = data_centers(data["dataCenterIds"], "$.dataCenterIds")
     if "networkVolumes" in data or "dataCenterIds" in data:
@@ -85,9 +96,22 @@ def update(
     return name, config, release
 
 
-def gpu(value: object) -> dict[str, Any]:
+def no_cpu(data: dict[str, Any]) -> None:
+    if "cpu" in data or "gpu" not in data:
+        raise ApiError(
+            400,
+            "the sandbox emulates GPU endpoints only: send gpu (CPU endpoints are not emulated)",
+        )
+
+
+def gpu(value: object, current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A create's gpu, or a PATCH's merged into ``current`` (pools and their exclusions are
+    one selection: kept when ``pools`` is absent, replaced together when it is given)."""
     allowed = ("pools", "count", "excludedTypes", "allowedCudaVersions", "minCudaVersion")
-    data = schema.obj(value, "$.gpu", allowed, required=("pools",))
+    data = schema.obj(value, "$.gpu", allowed, required=() if current else ("pools",))
+    if current and "pools" not in data:
+        kept = {k: v for k, v in current.items() if k in ("pools", "excludedTypes")}
+        data = {**kept, **data}
     pools = schema.strings(data["pools"], "$.gpu.pools", min_items=1)
     for pool in pools:
         if pool not in catalog.POOLS:
@@ -101,13 +125,14 @@ def gpu(value: object) -> dict[str, Any]:
         "count": schema.integer(data.get("count", 1), "$.gpu.count", minimum=1),
     }
     if "excludedTypes" in data:
-        excluded = schema.strings(data["excludedTypes"], "$.gpu.excludedTypes")
+        excluded = [t.strip() for t in schema.strings(data["excludedTypes"], "$.gpu.excludedTypes")]
+        in_pools = [t for pool in pools for t in catalog.POOLS[pool]]
         for type_id in excluded:
-            if type_id not in catalog.GPUS:
+            if type_id not in in_pools:
                 raise ApiError(
                     400,
-                    f"unknown GPU type {type_id!r} in gpu.excludedTypes; valid GPU types: "
-                    f"{catalog.listed(catalog.GPUS)}",
+                    f"GPU type {type_id!r} in gpu.excludedTypes is not in gpu.pools; valid GPU "
+                    f"types: {catalog.listed(in_pools)}",
                 )
         if not any(t not in excluded for pool in pools for t in catalog.POOLS[pool]):
             raise ApiError(400, "gpu.excludedTypes excludes every GPU type of gpu.pools")
@@ -133,7 +158,7 @@ def workers(value: object, merged: dict[str, Any]) -> dict[str, Any]:
         merged["max"] = schema.integer(data["max"], "$.workers.max", minimum=0)
     if "idleTimeout" in data:
         merged["idleTimeout"] = schema.integer(
-            data["idleTimeout"], "$.workers.idleTimeout", minimum=0, maximum=3600
+            data["idleTimeout"], "$.workers.idleTimeout", minimum=1, maximum=3600
         )
     if merged["min"] > merged["max"]:
         raise ApiError(

@@ -1,5 +1,11 @@
 """Bodies of ``POST /v2/pods`` and ``PATCH /v2/pods/{id}`` (the spec's CreatePodRequest and
-UpdatePodRequest, with the mount rules its Mounts schema describes)."""
+UpdatePodRequest, with the mount rules its Mounts schema describes).
+
+The front end has checked the shape against the vendored document first. Where these checks
+disagreed with it, the document won: ``startSsh`` and ``startJupyter`` are create fields
+(accepted; the emulated pods have no SSH or Jupyter), and a PATCH may carry ``templateId``
+(400 here: templates are not emulated). Mount paths must be absolute: the document is
+silent, the sandbox keeps the rule."""
 
 from __future__ import annotations
 
@@ -19,9 +25,9 @@ from ondemand.sandbox.runpod.problems import ApiError, Invalid
 
 CREATE_FIELDS = (
     *CONTAINER_FIELDS, "name", "mounts", "gpu", "cpu", "cloud", "dataCenterIds",
-    "globalNetworking", "templateId",
+    "globalNetworking", "templateId", "startSsh", "startJupyter",
 )  # fmt: skip
-UPDATE_FIELDS = (*CONTAINER_FIELDS, "name", "mounts", "locked", "globalNetworking")
+UPDATE_FIELDS = (*CONTAINER_FIELDS, "name", "mounts", "locked", "globalNetworking", "templateId")
 CLOUDS = ("SECURE", "COMMUNITY")
 
 
@@ -60,6 +66,7 @@ def create(body: object, volumes: Mapping[str, Volume]) -> tuple[str, dict[str, 
 def update(body: object, current: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """(new name, new spec): only the fields present change."""
     data = schema.obj(body, "$", UPDATE_FIELDS)
+    no_template(data)
     name = schema.text(data["name"], "$.name", min_length=1) if "name" in data else None
     spec = dict(current)
     container(data, spec)

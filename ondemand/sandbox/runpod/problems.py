@@ -12,18 +12,17 @@ import json
 from collections.abc import Iterable, Sequence
 
 from ondemand.asgi import Send, send_bytes
+from ondemand.sandbox.http import HttpError
 
 PROBLEM_TYPE = b"application/problem+json"
 
 
-class ApiError(Exception):
+class ApiError(HttpError):
     """A refused request: raised by the handlers, rendered as a problem by the API."""
 
-    def __init__(self, status: int, detail: str, errors: Sequence[str] = ()) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = list(errors)
+    @property
+    def detail(self) -> str:
+        return self.text
 
 
 class Invalid(ApiError):
@@ -32,6 +31,11 @@ class Invalid(ApiError):
     def __init__(self, where: str, problem: str) -> None:
         message = f"{where}: {problem}"
         super().__init__(422, f"request validation failed: {message}", [message])
+
+
+async def render(send: Send, error: HttpError, headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """The front end's error renderer: a problem body."""
+    await send_problem(send, error.status, error.text, error.errors, headers)
 
 
 def title(status: int) -> str:
