@@ -20,6 +20,7 @@ from ondemand.asgi import (
     serve_lifespan,
 )
 from ondemand.sandbox.ovh import validate
+from ondemand.sandbox.ovh.datasync import create_datasync
 from ondemand.sandbox.ovh.engine import OvhEngine
 from ondemand.sandbox.ovh.flavors import FLAVORS
 from ondemand.sandbox.ovh.machine import ApiError
@@ -243,6 +244,7 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
     (re.compile(rf"/v1/app/{_ID}/scalingstrategy"), {"PUT": set_scaling}),
     (re.compile(rf"/v1/app/{_ID}/image"), {"PUT": set_image}),
     (re.compile(rf"/v1/app/{_ID}/log"), {"GET": app_log}),
+    (re.compile(rf"/v1/app/{_ID}/datasync"), {"POST": create_datasync}),
     (re.compile(r"/v1/me"), {"GET": me}),
     (re.compile(r"/v1/capabilities/flavor"), {"GET": flavors}),
     (re.compile(rf"/v1/capabilities/flavor/{_ID}"), {"GET": flavor}),
