@@ -209,11 +209,14 @@ class OvhProvider(Provider):
         except ApiError as exc:
             raise self._error(what, exc) from exc
         except ApiUnreachable as exc:
-            raise CapacityError(
-                f"the OVH AI API at {self._api().base_url} could not be reached ({what}): {exc}",
-                hint="check OVH_REGION / OVH_AI_API_URL and the network; retried until the "
-                "command's time budget ran out",
-            ) from exc
+            raise self._call_unreachable(what, exc) from exc
+
+    def _call_unreachable(self, what: str, exc: ApiUnreachable) -> Exception:
+        return CapacityError(
+            f"the OVH AI API at {self._api().base_url} could not be reached ({what}): {exc}",
+            hint="check OVH_REGION / OVH_AI_API_URL and the network; retried until the "
+            "command's time budget ran out",
+        )
 
     def _error(self, what: str, exc: ApiError) -> Exception:
         text = f"OVH AI API refused to {what}: {exc.message} (HTTP {exc.status})"
@@ -354,7 +357,29 @@ class OvhProvider(Provider):
             raise ProviderError(
                 f"{deployment_id} is still stopping", hint="wait for STOPPED, then start it"
             )
-        self._call("start the app", self.client.start_app, app["id"])
+        if state == "ERROR":
+            # A platform-side failure: OVH's troubleshooting guide says to redeploy, and the
+            # API documents start only for a stopped app.
+            raise ProviderError(
+                f"{deployment_id} is in ERROR on OVH (a failure on OVH's side): it cannot be "
+                "started again",
+                hint="redeploy it: 'ondemand delete' then 'ondemand up' (the bucket keeps the "
+                "model cache); if it happens again, try another region or contact OVH support",
+            )
+        try:
+            self.client.start_app(app["id"])
+        except ApiError as exc:
+            if state == "FAILED" and exc.status == 400:
+                # Start is documented for a stopped app; a FAILED one is tried, as OVH's CLI
+                # users do, and where the API refuses, the way out is a new app.
+                raise ProviderError(
+                    f"OVH refused to start {deployment_id}, which FAILED: {exc.message}",
+                    hint="fix what failed (see 'ovhai app logs'), then 'ondemand delete' and "
+                    "'ondemand up' to create it again",
+                ) from exc
+            raise self._error("start the app", exc) from exc
+        except ApiUnreachable as exc:
+            raise self._call_unreachable("start the app", exc) from exc
         return self.status(deployment_id)
 
     def kept_after_delete(self) -> str:
