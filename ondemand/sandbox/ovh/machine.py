@@ -3,9 +3,8 @@
 QUEUED and INITIALIZING last ``transition_seconds`` each; SCALING starts the app's replicas
 (``spec.scalingStrategy``: ``fixed.replicas``, or ``automatic.replicasMin``, at least 1),
 each a server of its own, and lasts until one of them passes its readiness probe
-(``spec.probe.path``, else ``/ping``; only a 200 passes, as OVH's CLI guide says: "a successful
-response with an HTTP status code of 200 signifies a healthy state, while any other status code
-indicates an issue", ovh/docs cli_18_howto_deploy_app @66ec7dc); then RUNNING, with
+(``spec.probe.path``, else ``/ping``; 2xx or 3xx, as Kubernetes counts it: see
+``replicas.py``); then RUNNING, with
 ``availableReplicas`` the replicas ready now. One replica listens on the app's port; several
 sit behind a balancer there (``balancer.py``).
 
