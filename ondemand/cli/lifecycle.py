@@ -353,6 +353,12 @@ def _status_text(report: Mapping[str, object]) -> str:
     cost = report.get("cost")
     if isinstance(cost, dict):
         lines.append(f"  cost: {cost['estimate']}")
+    sync = report.get("cache_sync")
+    if isinstance(sync, dict):
+        text = f"  model cache push to {sync.get('to')}: {sync.get('state')}"
+        if sync.get("detail"):
+            text += f" ({sync['detail']})"
+        lines.append(text)
     server = report.get("server")
     if isinstance(server, dict):
         inner = server.get("server")

@@ -46,6 +46,7 @@ def down(
     in flight get ``drain_timeout`` to end, new leases being refused meanwhile. Verify the
     stop. Absent or stopped is success."""
     from ondemand.leasing import StopCheck, check_stop, stopping_after, wait_for_requests
+    from ondemand.lifecycle.cache import finish_cache_sync
 
     config = resolved.config
     name = config.name
@@ -86,6 +87,13 @@ def down(
     waited = ""
     with stopping_after(check.drained_via):
         waited = wait_for_requests(check, timeout=drain_seconds, progress=progress)
+        cached = (
+            finish_cache_sync(
+                provider, name, timeout=config.timeout.total_seconds(), progress=progress
+            )
+            if was_running
+            else None
+        )
         after = stop_and_verify(resolved, provider) if was_running else before
     if delete_after:
         provider.delete(name)
@@ -93,6 +101,8 @@ def down(
     message = f"stopped {name}" if was_running else f"{name} was already stopped"
     if was_running and check.message:
         message += f" ({check.message}{waited})"
+    if cached:
+        message += f"; {cached}"
     if delete_after:
         kept = provider.kept_after_delete()
         message += f"; deployment deleted ({kept})" if kept else "; deployment deleted"

@@ -39,6 +39,9 @@ def status(resolved: ResolvedConfig, provider: Provider) -> dict[str, Any]:
             "hourly": cost.hourly,
             "estimate": cost.describe(),
         }
+    sync = provider.model_cache_sync(name) if deployment.status is not Status.ABSENT else None
+    if sync is not None:
+        report["cache_sync"] = sync.to_json()
     if deployment.status is Status.RUNNING and provider.probe_would_wake(deployment):
         # Asking would start a worker and its bill: report the provider's view only.
         report["ready"] = None

@@ -134,6 +134,7 @@ class _Attempt:
         self.last: Deployment | None = None
 
     def run(self, announce: Announce) -> UpResult:
+        from ondemand.lifecycle.cache import save_after_pulls
         from ondemand.lifecycle.reconcile import add_models, redeploy_if_changed
 
         provider, name, taker = self.provider, self.name, self.taker
@@ -177,6 +178,9 @@ class _Attempt:
             result.notes += notes
             if not self.started_here:
                 add_models(self.resolved, provider, result, self.progress, self.deadline)
+            saved = save_after_pulls(provider, name, result.models, self.progress)
+            if saved:
+                result.notes.append(saved)
             return result
 
     def clean_up(self, exc: BaseException, *, keep: bool) -> None:

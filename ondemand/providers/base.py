@@ -134,6 +134,33 @@ class Deployment:
     replicas: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class CacheSync:
+    """A copy of the server's model store back to where its next start reads it from (a
+    bucket the platform copies in at start and never writes back by itself)."""
+
+    id: str
+    state: str  # the vendor's word for it
+    finished: bool
+    succeeded: bool
+    where: str  # what it copies to, for people (a bucket)
+    queued_at: datetime | None = None
+    ended_at: datetime | None = None
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "finished": self.finished,
+            "succeeded": self.succeeded,
+            "to": self.where,
+            "queued_at": self.queued_at.isoformat() if self.queued_at else None,
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "detail": self.detail,
+        }
+
+
 class Provider(abc.ABC):
     """A cloud that can run the server image.
 
@@ -262,6 +289,15 @@ class Provider(abc.ABC):
     def kept_after_delete(self) -> str:
         """What outlives a delete (the model cache); empty when nothing does."""
         return ""
+
+    def save_model_cache(self, deployment_id: str) -> CacheSync | None:
+        """Copy the running server's model store to where the next start reads it, when
+        the platform does not do so by itself; None where nothing needs copying."""
+        return None
+
+    def model_cache_sync(self, deployment_id: str) -> CacheSync | None:
+        """The last such copy, or None."""
+        return None
 
 
 def wait_until(

@@ -24,6 +24,7 @@ from ondemand.providers.base import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
     MANAGED_BY,
+    CacheSync,
     Deployment,
     Provider,
     Spec,
@@ -39,7 +40,9 @@ from ondemand.providers.ovh_spec import (
     flavor_for,
     needs_recreate,
     parse_volume,
+    update_body,
 )
+from ondemand.providers.ovh_sync import as_cache_sync, cache_volume_id, last_push, push_body
 
 if TYPE_CHECKING:
     from ondemand.config import ResolvedConfig
@@ -65,6 +68,9 @@ STATES = {
     "DELETED": Status.ABSENT,
 }
 ACTIVE = frozenset({"QUEUED", "INITIALIZING", "SCALING", "RUNNING"})
+# How long an app may take to pass its readiness probe before OVH marks it FAILED: time for
+# the first pull of large models into an empty cache (the platform's default is 600 s).
+PROGRESS_DEADLINE_SECONDS = 3 * 3600
 LABEL_SPEC = "ondemand-spec"
 _CAPACITY_WORDS = ("quota", "capacity", "no gpu", "not available", "unavailable", "insufficient")
 
@@ -128,6 +134,13 @@ class OvhClient:
 
     def delete_app(self, app_id: str, *, force: bool) -> None:
         self.api.request("DELETE", f"/v1/app/{app_id}", params={"force": str(force).lower()})
+
+    def create_datasync(self, app_id: str, body: Mapping[str, object]) -> dict[str, Any]:
+        # Not retried: a lost answer may have queued a sync, and a second is only waste.
+        sync: dict[str, Any] = self.api.request(
+            "POST", f"/v1/app/{app_id}/datasync", json=body, retry=False
+        ).json()
+        return sync
 
 
 class OvhProvider(Provider):
@@ -196,11 +209,14 @@ class OvhProvider(Provider):
         except ApiError as exc:
             raise self._error(what, exc) from exc
         except ApiUnreachable as exc:
-            raise CapacityError(
-                f"the OVH AI API at {self._api().base_url} could not be reached ({what}): {exc}",
-                hint="check OVH_REGION / OVH_AI_API_URL and the network; retried until the "
-                "command's time budget ran out",
-            ) from exc
+            raise self._call_unreachable(what, exc) from exc
+
+    def _call_unreachable(self, what: str, exc: ApiUnreachable) -> Exception:
+        return CapacityError(
+            f"the OVH AI API at {self._api().base_url} could not be reached ({what}): {exc}",
+            hint="check OVH_REGION / OVH_AI_API_URL and the network; retried until the "
+            "command's time budget ran out",
+        )
 
     def _error(self, what: str, exc: ApiError) -> Exception:
         text = f"OVH AI API refused to {what}: {exc.message} (HTTP {exc.status})"
@@ -295,20 +311,40 @@ class OvhProvider(Provider):
         if labels.get(LABEL_SPEC) == spec_digest:
             return self._deployment(spec.name, app, "unchanged")
         if needs_recreate(app.get("spec") or {}, body):
-            if _state(app) in ACTIVE or _state(app) == "STOPPING":
-                raise ProviderError(
-                    f"{spec.name}: the cache volume or the app's access mode changed, which "
-                    "OVH cannot update in place, and the app is running",
-                    hint="run 'ondemand down' (or stop) first; the app is then recreated, and "
-                    "the bucket keeps the model cache",
-                )
-            self._call("delete the old app", self.client.delete_app, app_id, force=False)
-            return self._created(spec.name, body, "recreated")
-        self._update(app_id, app.get("spec") or {}, body)
+            return self._recreate(
+                spec.name,
+                app,
+                body,
+                "the cache volume, probe or access mode changed, which OVH cannot update in place",
+            )
+        try:
+            self._update(app_id, app.get("spec") or {}, body)
+        except ProviderError as exc:
+            # Refused (a field this API does not update in place): what an update cannot
+            # do, a new app can; the bucket keeps the model cache.
+            if not isinstance(exc.__cause__, ApiError) or exc.__cause__.status != 400:
+                raise
+            log.info("the update was refused (%s); recreating the app", exc)
+            refused = exc.__cause__.message
+            return self._recreate(spec.name, app, body, f"OVH refused the update ({refused})")
         note = "updated; it takes effect at the next start" if _state(app) in ACTIVE else "updated"
         return self._deployment(
             spec.name, self._call("read the app", self.client.get_app, app_id), note
         )
+
+    def _recreate(
+        self, name: str, app: Mapping[str, Any], body: Mapping[str, object], why: str
+    ) -> Deployment:
+        """Delete the app and create it from ``body``: its volumes are buckets, which
+        outlive it. Only a stopped app: deleting a running one would cut off its users."""
+        if _state(app) in ACTIVE or _state(app) == "STOPPING":
+            raise ProviderError(
+                f"{name}: {why} changed, which OVH cannot update in place, and the app is running",
+                hint="run 'ondemand down' (or stop) first; the app is then recreated, and "
+                "the bucket keeps the model cache",
+            )
+        self._call("delete the old app", self.client.delete_app, app["id"], force=False)
+        return self._created(name, body, "recreated")
 
     def start(self, deployment_id: str) -> Deployment:
         app = self._find_app(deployment_id)
@@ -321,7 +357,29 @@ class OvhProvider(Provider):
             raise ProviderError(
                 f"{deployment_id} is still stopping", hint="wait for STOPPED, then start it"
             )
-        self._call("start the app", self.client.start_app, app["id"])
+        if state == "ERROR":
+            # A platform-side failure: OVH's troubleshooting guide says to redeploy, and the
+            # API documents start only for a stopped app.
+            raise ProviderError(
+                f"{deployment_id} is in ERROR on OVH (a failure on OVH's side): it cannot be "
+                "started again",
+                hint="redeploy it: 'ondemand delete' then 'ondemand up' (the bucket keeps the "
+                "model cache); if it happens again, try another region or contact OVH support",
+            )
+        try:
+            self.client.start_app(app["id"])
+        except ApiError as exc:
+            if state == "FAILED" and exc.status == 400:
+                # Start is documented for a stopped app; a FAILED one is tried, as OVH's CLI
+                # users do, and where the API refuses, the way out is a new app.
+                raise ProviderError(
+                    f"OVH refused to start {deployment_id}, which FAILED: {exc.message}",
+                    hint="fix what failed (see 'ovhai app logs'), then 'ondemand delete' and "
+                    "'ondemand up' to create it again",
+                ) from exc
+            raise self._error("start the app", exc) from exc
+        except ApiUnreachable as exc:
+            raise self._call_unreachable("start the app", exc) from exc
         return self.status(deployment_id)
 
     def kept_after_delete(self) -> str:
@@ -356,6 +414,25 @@ class OvhProvider(Provider):
         force = _state(app) in ACTIVE or _state(app) == "STOPPING"
         self._call("delete the app", self.client.delete_app, app["id"], force=force)
 
+    def save_model_cache(self, deployment_id: str) -> CacheSync | None:
+        """Push the model store's volume to its bucket (docs/ovh.md, "The model cache"):
+        OVH copies the bucket in at each start but never copies the volume back."""
+        volume = self.config.volume
+        app = self._find_app(deployment_id)
+        if not volume or app is None or _state(app) != "RUNNING":
+            return None
+        if parse_volume(volume).permission == "RO":
+            return None  # read-only: OVH never syncs it back, and it cannot hold new pulls
+        body = push_body(cache_volume_id(app, volume))
+        sync = self._call("push the model cache", self.client.create_datasync, app["id"], body)
+        return as_cache_sync(sync, volume)
+
+    def model_cache_sync(self, deployment_id: str) -> CacheSync | None:
+        volume = self.config.volume
+        app = self._find_app(deployment_id) if volume else None
+        pushed = last_push(app) if app is not None else None
+        return as_cache_sync(pushed, volume) if pushed is not None and volume else None
+
     def deployed_env(self, deployment_id: str) -> dict[str, str]:
         app = self._find_app(deployment_id)
         entries = ((app or {}).get("spec") or {}).get("envVars") or []
@@ -388,7 +465,7 @@ class OvhProvider(Provider):
             else {},
         )
         if needs_recreate(have, want):
-            changes.append("the cache volume or access mode")
+            changes.append("the cache volume, health probe or access mode")
         return changes
 
     def explain_failure(self, deployment: Deployment) -> Exception:
@@ -431,7 +508,13 @@ class OvhProvider(Provider):
             # The proxy in the image authenticates every request itself (docs/ovh.md).
             "unsecureHttp": True,
             "labels": labels,
+            # A readiness probe (the API's "App readiness probe"; a failure takes the app
+            # out of service, it does not restart it): /ping answers 204 while models are
+            # pulled, and OVH counts only a 200 as healthy, so the app stays SCALING until
+            # they are warm. The deadline is raised from 600 s, or a long first pull would
+            # end the app FAILED (docs/ovh.md, "Health check").
             "probe": {"path": "/ping", "port": spec.port},
+            "deploymentStrategy": {"progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS},
             "scalingStrategy": self._scaling(),
         }
 
@@ -486,21 +569,11 @@ class OvhProvider(Provider):
         return oldest, False
 
     def _update(self, app_id: str, current: Mapping[str, Any], body: Mapping[str, Any]) -> None:
-        wanted = {e["name"]: e["value"] for e in body["envVars"]}
-        have = {e.get("name"): e.get("value") for e in current.get("envVars") or []}
-        env_patch = [{"name": k, "value": v} for k, v in wanted.items() if have.get(k) != v]
-        env_patch += [{"name": k, "value": ""} for k in have if k not in wanted and k]
-        resources = body["resources"]
-        update: dict[str, object] = {
-            "url": body["image"],
-            "defaultHttpPort": body["defaultHttpPort"],
-            "flavor": resources["flavor"],
-            "gpu": resources["gpu"],
-            "probe": body["probe"],
-        }
-        if env_patch:
-            update["envVars"] = env_patch
-        self._call("update the app", self.client.update_app, app_id, update)
+        """Send what changed, in the fields an update takes (``update_body``); the spec
+        label goes last, so a refusal midway leaves the label of the spec the app runs."""
+        update = update_body(current, body)
+        if update:
+            self._call("update the app", self.client.update_app, app_id, update)
         if current.get("scalingStrategy") != body["scalingStrategy"]:
             self._call(
                 "change the scaling", self.client.set_scaling, app_id, body["scalingStrategy"]

@@ -53,11 +53,14 @@ def parse_volume(text: str) -> Volume:
         raise ConfigError(
             f"invalid volume {text!r}",
             cause="OVH volumes are written container@ALIAS:/mount/path[:ro|rw|rwd][:cache]",
-            hint="e.g. OLLAMA_VOLUME=ollama-cache@GRA:/var/lib/ollama:rw",
+            hint="e.g. OLLAMA_VOLUME=ollama-cache@GRA:/var/lib/ollama:rw (ALIAS as "
+            "'ovhai datastore list' shows it, in its case)",
         )
     return Volume(
         container=match["container"],
-        alias=match["alias"].upper(),
+        # As written: OVH's own S3 guide names custom datastores in lower case
+        # (``s3-gra-1az@1azgra``), and an alias is matched as the datastore was added.
+        alias=match["alias"],
         prefix=match["prefix"] or None,
         mount=match["mount"].rstrip("/") or "/",
         permission=(match["perm"] or "rw").upper(),
@@ -101,8 +104,38 @@ def digest(body: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def update_body(current: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, object]:
+    """The UpdateInput for going from ``current`` to ``body``: only the fields that changed,
+    and only fields an update carries. The AI API's SDK knows ``url``, ``defaultHttpPort``,
+    ``grpcPort``, ``deploymentStrategy`` (github.com/ovh/ovhai-python-sdk
+    ``ovhai/models/app_update.py`` @8a58fd0); the OVH API's newer UpdateInput adds
+    ``envVars`` (a patch: an empty value removes one), ``flavor``, ``gpu``, ``cpu`` and
+    ``command`` (ovh/manager pci-ai-tools ``types/cloud/project/ai/app/UpdateInput.ts``).
+    The probe is in neither: a probe change recreates the app (``needs_recreate``)."""
+    update: dict[str, object] = {}
+    if current.get("image") != body["image"]:
+        update["url"] = body["image"]
+    if current.get("defaultHttpPort") != body["defaultHttpPort"]:
+        update["defaultHttpPort"] = body["defaultHttpPort"]
+    wanted_strategy = body.get("deploymentStrategy")
+    if wanted_strategy and any(
+        (current.get("deploymentStrategy") or {}).get(k) != v for k, v in wanted_strategy.items()
+    ):
+        update["deploymentStrategy"] = wanted_strategy
+    had, wants = current.get("resources") or {}, body["resources"]
+    if had.get("flavor") != wants["flavor"] or had.get("gpu") != wants["gpu"]:
+        update["flavor"], update["gpu"] = wants["flavor"], wants["gpu"]
+    wanted = {e["name"]: e["value"] for e in body["envVars"]}
+    have = {e.get("name"): e.get("value") for e in current.get("envVars") or []}
+    env_patch = [{"name": k, "value": v} for k, v in wanted.items() if have.get(k) != v]
+    env_patch += [{"name": k, "value": ""} for k in have if k not in wanted and k]
+    if env_patch:
+        update["envVars"] = env_patch
+    return update
+
+
 def needs_recreate(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
-    """Volumes and the access mode cannot be changed by an update."""
+    """Volumes, the access mode and the probe cannot be changed by an update."""
 
     def volumes(items: object) -> list[tuple[object, ...]]:
         out = []
@@ -113,6 +146,12 @@ def needs_recreate(current: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
             out.append((*source, item.get("mountPath"), permission))
         return sorted(out, key=repr)
 
-    return volumes(current.get("volumes")) != volumes(body["volumes"]) or bool(
-        current.get("unsecureHttp")
-    ) != bool(body["unsecureHttp"])
+    def probe(spec: Mapping[str, Any]) -> tuple[object, object]:
+        given = spec.get("probe") or {}
+        return given.get("path") or "/", given.get("port") or spec.get("defaultHttpPort")
+
+    return (
+        volumes(current.get("volumes")) != volumes(body["volumes"])
+        or bool(current.get("unsecureHttp")) != bool(body["unsecureHttp"])
+        or probe(current) != probe(body)
+    )

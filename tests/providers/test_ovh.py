@@ -117,8 +117,10 @@ def test_deploy_sends_the_app_spec_of_the_reference_field_by_field(cloud: Cloud)
     body = json.loads(create.content)
     assert set(body) == {
         "name", "image", "envVars", "resources", "volumes", "defaultHttpPort",
-        "unsecureHttp", "labels", "probe", "scalingStrategy",
+        "unsecureHttp", "labels", "probe", "deploymentStrategy", "scalingStrategy",
     }  # fmt: skip
+    # A long first pull must not outlast the platform's 600 s deadline for the probe.
+    assert body["deploymentStrategy"] == {"progressDeadlineSeconds": 3 * 3600}
     assert body["name"] == "ollama-ondemand"
     assert body["image"] == IMAGE
     assert body["resources"] == {"flavor": "l40s-1-gpu", "gpu": 2}
@@ -227,13 +229,41 @@ def test_deploying_again_changes_nothing_and_a_new_spec_updates_the_same_app(
     provider, sent, resolved = cloud.provider(ONDEMAND_MODELS="llama3.2,nomic-embed-text")
     assert deploy(resolved, provider).detail == "updated"
     [update] = sent.bodies("PUT", f"/v1/app/{app_id}")
-    assert update["url"] == IMAGE
-    assert update["flavor"] == "l4-1-gpu"
-    assert update["envVars"] == [
-        {"name": "OLLAMA_PRELOAD_MODELS", "value": "llama3.2,nomic-embed-text"}
-    ]
+    # Only what changed, and never the probe: no published UpdateInput carries it.
+    assert update == {
+        "envVars": [{"name": "OLLAMA_PRELOAD_MODELS", "value": "llama3.2,nomic-embed-text"}]
+    }
     [app] = cloud.apps()
     assert app["id"] == app_id
+    assert _env_vars(app["spec"])["OLLAMA_PRELOAD_MODELS"] == "llama3.2,nomic-embed-text"
+
+
+def test_an_update_the_api_refuses_recreates_the_app_and_never_leaves_a_false_label(
+    cloud: Cloud,
+) -> None:
+    provider, _, resolved = cloud.provider()
+    deploy(resolved, provider, keep_running=True)
+    old = cloud.apps()[0]
+    cloud.api.wait(old["id"], "RUNNING")
+    old_label = old["spec"]["labels"][LABEL_SPEC]
+    refusal = {"route": "PUT /v1/app/*", "status": 400, "message": "envVars cannot be updated"}
+
+    # Running: refused, and the app keeps the label of the spec it runs.
+    cloud.faults(http=[refusal])
+    provider, _, resolved = cloud.provider(ONDEMAND_MODELS="llama3.2,nomic-embed-text")
+    with pytest.raises(ProviderError, match="OVH refused the update"):
+        deploy(resolved, provider)
+    [app] = cloud.apps()
+    assert app["spec"]["labels"][LABEL_SPEC] == old_label
+
+    # Stopped: recreated from the new spec, on the same bucket.
+    down(resolved, provider, force=True)
+    cloud.faults(http=[refusal])
+    provider, _, resolved = cloud.provider(ONDEMAND_MODELS="llama3.2,nomic-embed-text")
+    assert deploy(resolved, provider).detail == "recreated, then stopped"
+    cloud.api.wait_gone(old["id"])
+    [app] = cloud.apps()
+    assert app["spec"]["labels"][LABEL_SPEC] != old_label
     assert _env_vars(app["spec"])["OLLAMA_PRELOAD_MODELS"] == "llama3.2,nomic-embed-text"
 
 

@@ -83,7 +83,9 @@ def test_automatic_scaling_when_min_and_max_are_set(tmp_path: Path) -> None:
         ("ollama-cache@GRA:/var/lib/ollama:rw", "ollama-cache", "GRA", None, LIB, "RW", False),
         ("seed-cache@US-EAST-VA:/var/lib/ollama:rw", "seed-cache", "US-EAST-VA", None, LIB, "RW",
          False),
-        ("bucket@gra/models/:/data:RO:cache", "bucket", "GRA", "models/", "/data", "RO", True),
+        ("bucket@GRA/models/:/data:RO:cache", "bucket", "GRA", "models/", "/data", "RO", True),
+        # A custom S3 datastore keeps its case (OVH's S3 guide: s3-gra-1az@1azgra).
+        ("s3-gra-1az@1azgra:/data:rw", "s3-gra-1az", "1azgra", None, "/data", "RW", False),
         ("bucket@S3GRA:/data", "bucket", "S3GRA", None, "/data", "RW", False),
         ("b@GRA:/data/:rwd:no-cache", "b", "GRA", None, "/data", "RWD", False),
     ],

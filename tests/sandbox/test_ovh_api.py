@@ -235,7 +235,7 @@ def test_update_labels_scaling_and_image(parked: tuple[SandboxServer, Ovh]) -> N
     path = f"/v1/app/{app['id']}"
     patch = {"url": "img:2", "envVars": [{"name": "A"}, {"name": "B", "value": "3"},
              {"name": "C", "value": "4"}], "defaultHttpPort": 9000, "flavor": "h100-1-gpu",
-             "command": ["x"], "probe": {"path": "/ping"}}  # fmt: skip
+             "command": ["x"]}  # fmt: skip
     updated = client.http.put(path, json=patch)
     assert updated.status_code == 200, updated.text
     spec = updated.json()["spec"]
@@ -244,7 +244,9 @@ def test_update_labels_scaling_and_image(parked: tuple[SandboxServer, Ovh]) -> N
     assert spec["envVars"] == [{"name": "B", "value": "3"}, {"name": "C", "value": "4"}]
     assert (spec["resources"]["flavor"], spec["resources"]["gpuModel"]) == ("h100-1-gpu", "H100")
     assert spec["command"] == ["x"]
-    assert spec["probe"] == {"path": "/ping"}
+    # No published UpdateInput has the probe: refused with the API's error body.
+    refused = client.http.put(path, json={"probe": {"path": "/ping"}})
+    assert "probe cannot be changed" in _error(refused, 400)
     assert client.http.put(path, json={"command": []}).json()["spec"].get("command") is None
     assert client.http.put(path, json={"gpu": 2}).json()["spec"]["resources"]["gpu"] == 2
     assert "unknown flavor" in _error(client.http.put(path, json={"flavor": "x"}), 400)

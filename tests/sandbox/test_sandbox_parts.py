@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ondemand.sandbox.apps import BANNER, log_tail
+from ondemand.sandbox.ovh.datasync import bucket_dir
 from ondemand.sandbox.ovh.edits import models_dir
 from ondemand.sandbox.ovh.model import AppRecord
 from ondemand.sandbox.server import create_sandbox
@@ -19,20 +20,26 @@ def _spec(env: dict[str, str], volumes: list[dict[str, object]]) -> dict[str, ob
     return {"envVars": [{"name": k, "value": v} for k, v in env.items()], "volumes": volumes}
 
 
-def test_models_live_in_the_app_or_in_the_mounted_datastore(tmp_path: Path) -> None:
+def test_models_live_in_the_app_or_in_its_copy_of_the_mounted_datastore(tmp_path: Path) -> None:
     app_dir, stores = tmp_path / "app", tmp_path / "stores"
-    store = {"alias": "GRA", "container": "models", "prefix": "ollama/"}
+    store = {"alias": "s3-gra", "container": "models", "prefix": "ollama/"}
     volume: dict[str, object] = {"mountPath": "/workspace", "permission": "RW", "dataStore": store}
-    assert models_dir(_spec({}, [volume]), app_dir, stores) == app_dir / "models"
+    assert models_dir(_spec({}, [volume]), app_dir) == app_dir / "models"
     on_volume = _spec({"OLLAMA_MODELS": "/workspace/cache"}, [volume])
-    assert models_dir(on_volume, app_dir, stores) == stores / "GRA/models/ollama/cache"
+    assert models_dir(on_volume, app_dir) == app_dir / "volumes/0/cache"
     elsewhere = _spec({"OLLAMA_MODELS": "/var/lib/ollama"}, [volume])
-    assert models_dir(elsewhere, app_dir, stores) == app_dir / "models"
+    assert models_dir(elsewhere, app_dir) == app_dir / "models"
+    # The bucket behind the copy keeps the alias's case: s3-gra is not S3-GRA.
+    assert bucket_dir(volume, stores) == stores / "s3-gra/models/ollama"
     bad = {"alias": "..", "container": "../../etc", "prefix": "../x"}
     hostile: dict[str, object] = {"mountPath": "/m", "permission": "RW", "dataStore": bad}
-    path = models_dir(_spec({"OLLAMA_MODELS": "/m/../.."}, [hostile]), app_dir, stores)
-    assert path.is_relative_to(stores)
+    path = models_dir(_spec({"OLLAMA_MODELS": "/m/../.."}, [hostile]), app_dir)
+    assert path.is_relative_to(app_dir)
     assert ".." not in path.parts
+    bucket = bucket_dir(hostile, stores)
+    assert bucket is not None
+    assert bucket.is_relative_to(stores)
+    assert ".." not in bucket.parts
 
 
 def test_log_tail_is_the_latest_run_only(tmp_path: Path) -> None:

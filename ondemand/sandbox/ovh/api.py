@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from ondemand.asgi import header, send_json, serve_lifespan
 from ondemand.sandbox.http import Answer, Dialect, FrontEnd, Headers, HttpError, Request, Route
 from ondemand.sandbox.ovh import validate
+from ondemand.sandbox.ovh.datasync import create_datasync
 from ondemand.sandbox.ovh.engine import OvhEngine
 from ondemand.sandbox.ovh.flavors import FLAVORS
 from ondemand.sandbox.ovh.machine import ApiError
@@ -205,6 +206,7 @@ ROUTES: list[Route[OvhEngine]] = [
     Route("/v1/app/{id}/scalingstrategy", PUT=set_scaling),
     Route("/v1/app/{id}/image", PUT=set_image),
     Route("/v1/app/{id}/log", GET=app_log),
+    Route("/v1/app/{id}/datasync", POST=create_datasync),
     Route("/v1/me", GET=me),
     Route("/v1/capabilities/flavor", GET=flavors),
     Route("/v1/capabilities/flavor/{id}", GET=flavor),

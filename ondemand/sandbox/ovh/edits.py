@@ -46,25 +46,31 @@ def apply_update(spec: dict[str, Any], patch: dict[str, Any]) -> None:
             spec.pop("command", None)
 
 
-def _safe(part: str) -> str:
+def safe_part(part: str) -> str:
     cleaned = _UNSAFE.sub("_", part)
     return "_" if cleaned in ("", ".", "..") else cleaned
 
 
-def models_dir(spec: dict[str, Any], app_dir: Path, datastores: Path) -> Path:
+def volume_dir(app_dir: Path, index: int) -> Path:
+    """The app's own copy of its volume ``index`` in this run (see ``datasync.py``)."""
+    return app_dir / "volumes" / str(index)
+
+
+def models_dir(spec: dict[str, Any], app_dir: Path) -> Path:
     """The app's own model store; or, when ``OLLAMA_MODELS`` points into a mounted
-    datastore volume, a directory standing for that bucket: shared by every app that mounts
-    it and kept when the app is deleted, as a bucket is."""
+    datastore volume, that volume's copy: pulled from the bucket when the app started, and
+    pushed back only by a data sync."""
     env = {e["name"]: e["value"] for e in spec.get("envVars", [])}
     wanted = str(env.get("OLLAMA_MODELS") or "")
-    for volume in spec.get("volumes", []):
-        store = volume.get("dataStore")
+    for index, volume in enumerate(spec.get("volumes", [])):
         mount = volume["mountPath"].rstrip("/")
-        if not store or not wanted or not (wanted == mount or wanted.startswith(mount + "/")):
+        if not volume.get("dataStore") or not wanted:
             continue
-        base = datastores / _safe(store["alias"]) / _safe(store["container"])
-        for part in f"{store.get('prefix', '')}/{wanted[len(mount) :]}".split("/"):
+        if not (wanted == mount or wanted.startswith(mount + "/")):
+            continue
+        base = volume_dir(app_dir, index)
+        for part in wanted[len(mount) :].split("/"):
             if part:
-                base = base / _safe(part)
+                base = base / safe_part(part)
         return base
     return app_dir / "models"

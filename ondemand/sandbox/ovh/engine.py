@@ -19,6 +19,7 @@ from ondemand.processes import free_port
 from ondemand.sandbox.apps import AppRunner, cancel_and_wait, finish, log_tail, reap_orphan
 from ondemand.sandbox.faults import FaultSet
 from ondemand.sandbox.ovh import validate
+from ondemand.sandbox.ovh.datasync import UNFINISHED, DataSyncs, drop_volumes, pull_volumes
 from ondemand.sandbox.ovh.edits import apply_update, models_dir
 from ondemand.sandbox.ovh.machine import ApiError, Machine
 from ondemand.sandbox.ovh.model import (
@@ -38,6 +39,8 @@ from ondemand.sandbox.ovh.replicas import log_index, log_name
 from ondemand.sandbox.statefile import read_json, write_json_atomic
 
 log = logging.getLogger("ondemand.sandbox")
+# Spec fields no UpdateInput carries (see ``OvhEngine.update``).
+FIXED_AT_CREATE = frozenset({"probe", "livenessProbe"})
 # How long ``kill`` waits for the loop to close the groups' sockets: a loop too busy to
 # must not hold up killing the processes.
 _ABORT_WAIT = 5.0
@@ -60,6 +63,8 @@ class OvhEngine(Machine):
         super().__init__(runner, faults, transition_seconds, probe_period)
         self.directory = directory
         self.user = user
+        self.syncs = DataSyncs(self)
+        self.syncs.pause = transition_seconds
         self._resume: list[str] = []
         self._load()
 
@@ -71,6 +76,11 @@ class OvhEngine(Machine):
 
     def app_dir(self, app_id: str) -> Path:
         return self.directory / "apps" / app_id
+
+    @property
+    def datastores(self) -> Path:
+        """Where the buckets are: ``<alias>/<container>[/<prefix>]``, kept when apps go."""
+        return self.directory / "datastores"
 
     def _load(self) -> None:
         stored = (read_json(self.state_file) or {}).get("apps")
@@ -87,6 +97,9 @@ class OvhEngine(Machine):
                         record.id, index,
                     )  # fmt: skip
             record.replicas.clear()
+            for sync in record.data_syncs:
+                if sync.get("status", {}).get("state") in UNFINISHED:
+                    sync["status"]["state"] = "INTERRUPTED"
             if record.state == DELETING:
                 shutil.rmtree(self.app_dir(record.id), ignore_errors=True)
                 continue
@@ -201,6 +214,7 @@ class OvhEngine(Machine):
                 f"app {app_id} is {record.state}: only a running app "
                 "(QUEUED, INITIALIZING, SCALING or RUNNING) can be stopped",
             )
+        self.syncs.interrupt(record)
         self._set(record, STOPPING)
         self._drive(record, self._stopping)
 
@@ -214,12 +228,27 @@ class OvhEngine(Machine):
                 f"app {app_id} is {record.state}: stop it before deleting it, "
                 "or delete it with force=true",
             )
+        self.syncs.interrupt(record)
         self._set(record, DELETING)
         self._drive(record, self._deleting)
 
     def update(self, app_id: str, patch: dict[str, Any]) -> AppRecord:
-        """Spec changes apply at the next start: the running server keeps its environment."""
+        """Spec changes apply at the next start: the running server keeps its environment.
+
+        What an update may change is the published UpdateInput: the AI API's SDK knows
+        ``url``, ``defaultHttpPort``, ``grpcPort`` and ``deploymentStrategy``
+        (ovh/ovhai-python-sdk ``ovhai/models/app_update.py`` @8a58fd0); the OVH API's newer
+        types add ``command``, ``cpu``, ``gpu``, ``flavor`` and ``envVars`` (ovh/manager
+        pci-ai-tools ``types/cloud/project/ai/app/UpdateInput.ts``). Neither has the probe:
+        it is refused here, as a strict server refuses what its schema lacks."""
         record = self._editable(app_id)
+        fixed = sorted(set(patch) & FIXED_AT_CREATE)
+        if fixed:
+            raise ApiError(
+                400,
+                f"{', '.join(fixed)} cannot be changed on an existing app: delete it and "
+                "create it again with the new value",
+            )
         try:
             apply_update(record.spec, patch)
         except validate.Invalid as exc:
@@ -296,4 +325,10 @@ class OvhEngine(Machine):
         return port
 
     def models_dir(self, record: AppRecord) -> Path:
-        return models_dir(record.spec, self.app_dir(record.id), self.directory / "datastores")
+        return models_dir(record.spec, self.app_dir(record.id))
+
+    def pull_volumes(self, record: AppRecord) -> None:
+        pull_volumes(record, self.app_dir(record.id), self.datastores)
+
+    def drop_volumes(self, record: AppRecord) -> None:
+        drop_volumes(self.app_dir(record.id))

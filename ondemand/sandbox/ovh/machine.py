@@ -3,16 +3,20 @@
 QUEUED and INITIALIZING last ``transition_seconds`` each; SCALING starts the app's replicas
 (``spec.scalingStrategy``: ``fixed.replicas``, or ``automatic.replicasMin``, at least 1),
 each a server of its own, and lasts until one of them passes its readiness probe
-(``spec.probe.path``, else ``/ping``; 2xx or 3xx, as a Kubernetes probe counts it, so
-``/ping``'s 204 "warming" already counts); then RUNNING, with ``availableReplicas`` the
-replicas ready now. One replica listens on the app's port; several sit behind a balancer
-there (``balancer.py``).
+(``spec.probe.path``, else ``/ping``; 2xx or 3xx, as Kubernetes counts it: see
+``replicas.py``); then RUNNING, with
+``availableReplicas`` the replicas ready now. One replica listens on the app's port; several
+sit behind a balancer there (``balancer.py``).
 
-While up, each replica is probed every ``probe_period``. With none ready (each failed three
-times in a row) the app is SCALING until one answers again. A replica whose server exits is
-started again (one that never became ready is left down), unless none is left running:
-then the app is FAILED with the end of its log, as a one-replica app whose server exits. A
-rescale passes through SCALING, starting or stopping replicas, until the new ones are ready.
+While up, each replica is probed every ``probe_period``. The probe is a readiness probe ("App
+readiness probe" in the API's types; newer types add a separate ``livenessProbe``): a failing
+replica is taken out of service, never restarted. With none ready (each failed three times in
+a row) the app is SCALING until one answers again; an app not ready within
+``deploymentStrategy.progressDeadlineSeconds`` (600 by default) is FAILED. A replica whose
+server exits is started again (one that never became ready is left down), unless none is
+left running: then the app is FAILED with the end of its log, as a one-replica app whose
+server exits. A rescale passes through SCALING, starting or stopping replicas, until the new
+ones are ready.
 """
 
 from __future__ import annotations
@@ -89,6 +93,14 @@ class Machine:
         raise NotImplementedError
 
     def models_dir(self, record: AppRecord) -> Path:
+        raise NotImplementedError
+
+    def pull_volumes(self, record: AppRecord) -> None:
+        """INITIALIZING: the app's volumes start as copies of their buckets."""
+        raise NotImplementedError
+
+    def drop_volumes(self, record: AppRecord) -> None:
+        """Stopped: the run's volumes are gone; only a data sync pushed them back."""
         raise NotImplementedError
 
     def _drive(
@@ -169,7 +181,9 @@ class Machine:
             self._set(record, FAILED, NO_CAPACITY.format(gpu=gpu))
             return
         self._set(record, INITIALIZING)
-        await self._pause(INITIALIZING)
+        await asyncio.gather(
+            asyncio.to_thread(self.pull_volumes, record), self._pause(INITIALIZING)
+        )
         self._set(record, SCALING)
         if self.closed:
             return
@@ -391,6 +405,7 @@ class Machine:
 
     async def _stopping(self, record: AppRecord) -> None:
         await asyncio.gather(self._close_group(record, self._grace(record)), self._pause(STOPPING))
+        self.drop_volumes(record)
         self._set(record, STOPPED)
 
     async def _deleting(self, record: AppRecord) -> None:

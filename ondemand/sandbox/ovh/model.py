@@ -69,6 +69,8 @@ class AppRecord:
     history: list[dict[str, str]] = field(default_factory=list)
     info: dict[str, str] = field(default_factory=dict)
     available_replicas: int = 0
+    data_syncs: list[dict[str, Any]] = field(default_factory=list)
+    """The app's data syncs (``datasync.py``), oldest first, as ``status.dataSync`` shows them."""
     replicas: dict[int, tuple[int, int]] = field(default_factory=dict)
     """Each replica's server process of this sandbox run, as index → (pid, port), so a
     restarted sandbox can find the orphans of one that was killed."""
@@ -156,7 +158,7 @@ class AppRecord:
                     }
                     for index, volume in enumerate(self.spec.get("volumes", []))
                 ],
-                "dataSync": [],
+                "dataSync": list(self.data_syncs),
             },
         }
 
@@ -172,6 +174,7 @@ class AppRecord:
             "history": self.history,
             "info": self.info,
             "availableReplicas": self.available_replicas,
+            "dataSync": self.data_syncs,
             # Kept for a sandbox of an older version on this state directory.
             "pid": self.pid,
             "replicas": [
@@ -201,5 +204,6 @@ class AppRecord:
             history=list(data.get("history") or []),
             info=dict(data.get("info") or {}),
             available_replicas=int(data.get("availableReplicas") or 0),
+            data_syncs=list(data.get("dataSync") or []),
             replicas=replicas,
         )

@@ -7,8 +7,11 @@ next start) plus a ``HOSTNAME`` of its own, as Kubernetes gives each pod, and a 
 own: ``serve.log`` for replica 0, ``serve.<index>.log`` for the others. They share the
 app's model store, whose writes are atomic, so replicas pulling at once is safe.
 
-Readiness is counted as Kubernetes counts it: a 2xx or 3xx answer passes; a ready replica
-is unready after three failures in a row, and ready again after one success.
+Readiness is counted as Kubernetes counts an HTTP probe: a 2xx or 3xx answer passes (so
+``/ping``'s 204 while warming passes); a ready replica is unready after three failures in a
+row, and ready again after one success. A replica that fails its probe is not restarted.
+OVH's CLI guide says only "200 signifies a healthy state"; whether its platform counts a 204
+is not published (docs/ovh.md, "Health check").
 """
 
 from __future__ import annotations

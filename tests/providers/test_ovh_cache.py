@@ -1,0 +1,140 @@
+"""The model cache bucket on OVH: the emulated AI Deploy copies a volume's bucket in at each
+start and never back, unless a data sync pushes it; ``up`` pushes what it pulled, ``down``
+lets the push finish, and the next cold start finds the models in the bucket."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ondemand.sandbox.server import SandboxServer
+from tests.clirun import run
+from tests.cloud import FAST_APPS, Ovh, StartSandbox, wait
+
+IMAGE = "registry.example.com/team/ollama-ondemand:1.4.0"
+MODEL = "qwen3:0.6b"
+VOLUME = "ollama-cache@s3-gra/models:/workspace/ollama:rw"
+# Nothing is in the emulated Ollama's store unless the model store brings it.
+EMPTY_STORE = {**FAST_APPS, "OLLAMA_EMULATOR_MODELS": ""}
+
+
+@pytest.fixture
+def cloud(
+    start_sandbox: StartSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[SandboxServer, Ovh]:
+    running, api = start_sandbox(app_env=EMPTY_STORE)
+    monkeypatch.chdir(tmp_path)
+    for name in ("ONDEMAND_API_KEY", "ONDEMAND_ADMIN_KEY", "ONDEMAND_CONFIG", "GITHUB_ACTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    env = {
+        "ONDEMAND_PROVIDER": "ovh",
+        "OVH_AI_API_URL": running.ovh_url,
+        "OVH_AI_TOKEN": running.sandbox.operator_token,
+        "ONDEMAND_IMAGE": IMAGE,
+        "ONDEMAND_MODELS": MODEL,
+        "OLLAMA_VOLUME": VOLUME,
+        "ONDEMAND_TIMEOUT": "30s",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return running, api
+
+
+def _bucket(running: SandboxServer) -> Path:
+    # The user's alias, in the user's case.
+    return running.sandbox.ovh.engine.datastores / "s3-gra" / "ollama-cache" / "models"
+
+
+def _serve_log(running: SandboxServer) -> str:
+    [app] = running.sandbox.apps()
+    return Path(app["log"]).read_text()
+
+
+def _status(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    code, out, err = run(["--json", "status"], capsys)
+    assert code == 0, err
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+def test_second_cold_start_finds_the_models_pushed_to_the_bucket(
+    cloud: tuple[SandboxServer, Ovh], capsys: pytest.CaptureFixture[str]
+) -> None:
+    running, _ = cloud
+    code, _, err = run(["up"], capsys)
+    assert code == 0, err
+    assert f"{MODEL} pulled in this run: pushing the model store to ollama-cache@s3-gra" in err
+    report = _status(capsys)
+    assert report["cache_sync"]["to"] == "ollama-cache@s3-gra/models"
+    assert report["cache_sync"]["state"] in ("QUEUED", "RUNNING", "DONE")
+    [model] = report["server"]["server"]["models"]
+    assert model["cached"] is False
+
+    code, _, err = run(["down"], capsys)  # lets a push under way end before it stops
+    assert code == 0, err
+    assert list(_bucket(running).rglob("0.6b")), "the push left the model in the bucket"
+    assert _status(capsys)["cache_sync"]["state"] == "DONE"
+
+    code, _, err = run(["up"], capsys)
+    assert code == 0, err
+    assert "pulled in this run" not in err  # nothing new: nothing to push
+    [model] = _status(capsys)["server"]["server"]["models"]
+    assert model["cached"] is True
+    assert f"{MODEL} is in the model cache: not pulled" in _serve_log(running)
+    run(["down"], capsys)
+
+
+def test_without_a_push_the_next_start_pulls_again(
+    cloud: tuple[SandboxServer, Ovh], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the platform does on its own: the app's writes stay in its run."""
+    running, api = cloud
+    # 'start' (unlike 'up') pushes nothing.
+    for command in ("deploy", "start"):
+        code, _, err = run([command], capsys)
+        assert code == 0, err
+    [app] = api.http.get("/v1/app").json()["items"]
+    api.wait(app["id"], "RUNNING")
+    models = Path(running.sandbox.apps()[0]["models"])
+    wait(lambda: list(models.rglob("0.6b")), bool)  # pulled into the app's volume
+    api.http.put(f"/v1/app/{app['id']}/stop")
+    api.wait(app["id"], "STOPPED")
+    assert not list(_bucket(running).rglob("*")), "nothing was pushed, nothing is in the bucket"
+    assert not models.exists(), "the run's volume went with it"
+    api.http.put(f"/v1/app/{app['id']}/start")
+    api.wait(app["id"], "RUNNING")
+    wait(lambda: _serve_log(running).count(f"pulling {MODEL}"), lambda pulls: pulls >= 2)
+
+
+def test_a_data_sync_needs_a_running_app_and_a_stop_interrupts_it(
+    start_sandbox: StartSandbox,
+) -> None:
+    running, api = start_sandbox(app_env=EMPTY_STORE, transition_seconds=0.5)
+    volume = {
+        "dataStore": {"alias": "s3-gra", "container": "c"},
+        "mountPath": "/data",
+        "permission": "RW",
+        "cache": False,
+    }
+    app = api.create(volumes=[volume], envVars=[{"name": "AUTHORIZATION_APIKEY", "value": "k"}])
+    refused = api.http.post(f"/v1/app/{app['id']}/datasync", json={"direction": "push"})
+    assert refused.status_code == 400
+    assert "needs a RUNNING app" in refused.json()["message"]
+    bad = api.http.post(f"/v1/app/{app['id']}/datasync", json={"direction": "sideways"})
+    assert bad.status_code == 400
+    assert "direction" in bad.json()["message"]
+    api.wait(app["id"], "RUNNING")
+    answer = api.http.post(f"/v1/app/{app['id']}/datasync", json={"direction": "push"})
+    assert answer.status_code == 200, answer.text
+    sync = answer.json()
+    assert sync["spec"]["direction"] == "push"
+    assert sync["status"]["state"] == "QUEUED"
+    assert sync["status"]["info"]["code"] == "DATASYNC_QUEUED"
+    api.http.put(f"/v1/app/{app['id']}/stop")
+    [listed] = api.wait(app["id"], "STOPPED")["status"]["dataSync"]
+    del running
+    assert listed["id"] == sync["id"]
+    assert listed["status"]["state"] == "INTERRUPTED"
