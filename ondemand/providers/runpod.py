@@ -9,6 +9,7 @@ One endpoint per deployment name, found by name and our labels in its env.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from ondemand.providers.ovh_spec import check_image, digest
 from ondemand.providers.runpod_api import (
     ENV_SPEC,
     RunpodApi,
+    deployment_name,
     label_env,
     labels,
     managed,
@@ -43,6 +45,10 @@ VOLUME_MOUNT = "/runpod-volume"
 MODELS_DIR = f"{VOLUME_MOUNT}/ollama-models"
 # Polls that saw a crashed worker, none ready since, before 'up' calls it a crash loop.
 CRASH_POLLS = 3
+# Seconds an endpoint read is used again within one command (deployed_env, log_hint, ...).
+FRESH = 2.0
+# Gaps between two reads of the API while a command polls a state (seconds).
+POLL_FIRST, POLL_MAX = 0.5, 15.0
 
 
 def _summary(workers: Mapping[str, Any] | None) -> dict[str, int]:
@@ -74,6 +80,14 @@ class RunpodProvider(Provider):
         self.last_summary: dict[str, int] = {}
         self.oldest_worker: datetime | None = None
         self._crash_polls = 0
+        self._ids: dict[str, str] = {}  # deployment name -> endpoint id, once known
+        self._seen: dict[str, tuple[float, dict[str, Any] | None]] = {}  # name -> (when, what)
+        self.clock = time.monotonic
+        # Status polls read the API at growing gaps (see ``status``).
+        self._poll_gap = POLL_FIRST
+        self._polled: dict[str, tuple[float, Deployment]] = {}
+        self._fresh_reads = 0  # workers summaries read (crash sightings count only these)
+        self._counted_reads = 0
 
     def close(self) -> None:
         self.runpod.close()
@@ -85,14 +99,37 @@ class RunpodProvider(Provider):
         items = body.get("endpoints", []) if isinstance(body, dict) else body or []
         return [e for e in items if isinstance(e, dict) and managed(e, name)]
 
-    def _find(self, name: str) -> dict[str, Any] | None:
-        return the_one_named(self._named(name), "endpoints", name)
+    def _find(self, name: str, max_age: float = FRESH) -> dict[str, Any] | None:
+        """The endpoint, by id once it is known (one GET instead of listing them all: the
+        key's rate limit is shared by every job), else by our labels. An answer younger
+        than ``max_age`` seconds (ours, or a PATCH's) is used again."""
+        seen = self._seen.get(name)
+        if seen is not None and self.clock() - seen[0] <= max_age:
+            return seen[1]
+        endpoint = self._fetch(name)
+        self._seen[name] = (self.clock(), endpoint)
+        return endpoint
+
+    def _fetch(self, name: str) -> dict[str, Any] | None:
+        known = self._ids.get(name)
+        if known is not None:
+            endpoint = self.runpod.get_or_none("read the endpoint", f"/v2/serverless/{known}")
+            if isinstance(endpoint, dict) and managed(endpoint, name):
+                return endpoint
+            del self._ids[name]
+        return self._remember(name, the_one_named(self._named(name), "endpoints", name))
+
+    def _remember(self, name: str, endpoint: dict[str, Any] | None) -> dict[str, Any] | None:
+        if endpoint is not None and endpoint.get("id"):
+            self._ids[name] = str(endpoint["id"])
+        return endpoint
 
     def _workers(self, endpoint_id: str) -> dict[str, int]:
         workers = self.runpod.get_or_none(
             "read the workers", f"/v2/serverless/{endpoint_id}/workers"
         )
         self.last_summary = _summary(workers)
+        self._fresh_reads += 1
         uptimes = [
             float(w.get("uptimeSeconds") or 0)
             for w in (workers or {}).get("workers") or []
@@ -105,11 +142,20 @@ class RunpodProvider(Provider):
         return self.last_summary
 
     def _deployment(
-        self, name: str, endpoint: Mapping[str, Any] | None, detail: str | None = None
+        self,
+        name: str,
+        endpoint: Mapping[str, Any] | None,
+        detail: str | None = None,
+        *,
+        summary: Mapping[str, Any] | None = None,
     ) -> Deployment:
         if endpoint is None:
             return Deployment(id=name, name=name, status=Status.ABSENT)
-        summary = self._workers(str(endpoint["id"]))
+        if summary is None:
+            summary = self._workers(str(endpoint["id"]))
+        else:
+            summary = self.last_summary = _summary({"summary": summary})
+            self.oldest_worker = None
         limits = endpoint.get("workers") or {}
         allowed = int(limits.get("max") or 0) > 0
         if allowed:
@@ -142,13 +188,32 @@ class RunpodProvider(Provider):
         body = self.runpod.get("list endpoints", "/v2/serverless")
         items = body.get("endpoints", []) if isinstance(body, dict) else []
         return [
-            self._deployment(str(e.get("name")), e)
+            self._deployment(deployment_name(e), e)
             for e in items
             if isinstance(e, dict) and managed(e)
         ]
 
     def status(self, deployment_id: str) -> Deployment:
-        return self._deployment(deployment_id, self._find(deployment_id))
+        """Polled while waiting (for workers, for a stop): the API is read at gaps growing
+        from POLL_FIRST to POLL_MAX seconds, the answer in between is the last one read. A
+        change this provider makes starts the gaps again. One key's rate limit is shared by
+        every job using it (RunPod's example policy: 60 requests a minute)."""
+        now = self.clock()
+        polled = self._polled.get(deployment_id)
+        if polled is not None and now < polled[0]:
+            return polled[1]
+        deployment = self._deployment(deployment_id, self._find(deployment_id, max_age=0))
+        self._polled[deployment_id] = (now + self._poll_gap, deployment)
+        self._poll_gap = min(self._poll_gap * 2, POLL_MAX)
+        return deployment
+
+    def _changed(self, name: str, endpoint: dict[str, Any] | None) -> None:
+        """After a change: the next status reads the API again, soon."""
+        self._polled.pop(name, None)
+        self._poll_gap = POLL_FIRST
+        self._seen.pop(name, None)
+        if endpoint is not None:
+            self._seen[name] = (self.clock(), endpoint)
 
     def deploy(self, spec: Spec) -> Deployment:
         body = self.endpoint_spec(spec)
@@ -157,9 +222,14 @@ class RunpodProvider(Provider):
             # Created with no workers allowed: 'start' (or 'up') lets them run.
             body["workers"] = {**body["workers"], "min": 0, "max": 0}
             created, ours = self.runpod.create(
-                "endpoint", "/v2/serverless", body, lambda: self._named(spec.name)
+                "endpoint", "/v2/serverless", body, lambda: self._named(spec.name), looked=True
             )
-            return self._deployment(spec.name, created, "created" if ours else CREATED_BY_ANOTHER)
+            self._remember(spec.name, created)
+            self._changed(spec.name, created)
+            # Created with no worker allowed: none runs, none to read.
+            summary = {} if ours else None
+            detail = "created" if ours else CREATED_BY_ANOTHER
+            return self._deployment(spec.name, created, detail, summary=summary)
         env = current.get("env") or {}
         if env.get(ENV_SPEC) == body["env"][ENV_SPEC]:
             return self._deployment(spec.name, current, "unchanged")
@@ -174,6 +244,7 @@ class RunpodProvider(Provider):
         updated = self.runpod.send(
             "update the endpoint", "PATCH", f"/v2/serverless/{current['id']}", update
         )
+        self._changed(spec.name, updated if isinstance(updated, dict) else None)
         note = "updated; running workers are replaced with the new version"
         note = note if limits.get("max") else "updated"
         return self._deployment(spec.name, updated or current, note)
@@ -190,8 +261,9 @@ class RunpodProvider(Provider):
             wanted["max"],
         ):
             return self._deployment(deployment_id, endpoint, "already allows workers")
-        self._set_workers(endpoint, wanted["min"], wanted["max"], "start the endpoint")
-        started = self.status(deployment_id)
+        patched = self._set_workers(endpoint, wanted["min"], wanted["max"], "start the endpoint")
+        self._changed(deployment_id, patched)
+        started = self._deployment(deployment_id, patched or endpoint)
         allowed = f"workers allowed (min {wanted['min']}, max {wanted['max']})"
         return replace(started, detail=allowed)
 
@@ -210,7 +282,10 @@ class RunpodProvider(Provider):
         limits = endpoint.get("workers") or {}
         idle = int(limits.get("idleTimeout") or self.config.runpod.idle_timeout)
         if endpoint and int(limits.get("min") or 0):
-            self._set_workers(endpoint, 0, int(limits.get("max") or 0), "lower the worker floor")
+            floor = self._set_workers(
+                endpoint, 0, int(limits.get("max") or 0), "lower the worker floor"
+            )
+            self._changed(deployment_id, floor)
         return idle
 
     def stop(self, deployment_id: str) -> Deployment:
@@ -219,8 +294,10 @@ class RunpodProvider(Provider):
             return self._deployment(deployment_id, None)
         limits = endpoint.get("workers") or {}
         if int(limits.get("min") or 0) or int(limits.get("max") or 0):
-            self._set_workers(endpoint, 0, 0, "stop the endpoint")
-        return self.status(deployment_id)
+            patched = self._set_workers(endpoint, 0, 0, "stop the endpoint")
+            self._changed(deployment_id, patched)
+            endpoint = patched or endpoint
+        return self._deployment(deployment_id, endpoint)
 
     def delete(self, deployment_id: str) -> None:
         endpoint = self._find(deployment_id)
@@ -231,13 +308,19 @@ class RunpodProvider(Provider):
             # The GraphQL docs require zero workers before a delete; do it whatever REST says.
             self._set_workers(endpoint, 0, 0, "stop the endpoint")
         self.runpod.send("delete the endpoint", "DELETE", f"/v2/serverless/{endpoint['id']}")
+        self._ids.pop(deployment_id, None)
+        self._changed(deployment_id, None)
 
-    def _set_workers(self, endpoint: Mapping[str, Any], low: int, high: int, what: str) -> None:
+    def _set_workers(
+        self, endpoint: Mapping[str, Any], low: int, high: int, what: str
+    ) -> dict[str, Any] | None:
+        """PATCH the worker bounds; answers the endpoint as updated (no second read)."""
         limits = endpoint.get("workers") or {}
         body = {"workers": {"min": low, "max": high, "idleTimeout": limits.get("idleTimeout")}}
         if body["workers"]["idleTimeout"] is None:
             body["workers"]["idleTimeout"] = self.config.runpod.idle_timeout
-        self.runpod.send(what, "PATCH", f"/v2/serverless/{endpoint['id']}", body)
+        patched = self.runpod.send(what, "PATCH", f"/v2/serverless/{endpoint['id']}", body)
+        return patched if isinstance(patched, dict) and patched.get("id") else None
 
     # -- what the lifecycle asks of this provider -----------------------------------------------
 
@@ -269,9 +352,11 @@ class RunpodProvider(Provider):
         ready = ping == 200 or summary.get("running", 0) + summary.get("idle", 0) > 0
         # A crash-looping worker is unhealthy only between its restarts, so polls in
         # between see it initializing: count sightings until a worker is ready.
+        fresh = self._fresh_reads != self._counted_reads
+        self._counted_reads = self._fresh_reads
         if ready:
             self._crash_polls = 0
-        elif summary.get("unhealthy", 0) > 0:
+        elif summary.get("unhealthy", 0) > 0 and fresh:
             self._crash_polls += 1
         if self._crash_polls < CRASH_POLLS:
             return None

@@ -168,7 +168,13 @@ class RunpodApi:
         return self.call(what, run)
 
     def create(
-        self, noun: str, path: str, body: object, named: Callable[[], list[dict[str, Any]]]
+        self,
+        noun: str,
+        path: str,
+        body: object,
+        named: Callable[[], list[dict[str, Any]]],
+        *,
+        looked: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         """POST a new ``noun`` to ``path``; after a 5xx or a lost answer, look for it before
         retrying.
@@ -178,9 +184,13 @@ class RunpodApi:
         so nothing is lost). Answers the one kept, and whether this call made it (the loser
         must not stop the winner's)."""
         retrying = self.api.retrying()
+        # The caller has just looked (``looked``): only a retry needs to look again.
+        tries = 0
 
         def attempt() -> dict[str, Any]:
-            found = oldest(named())
+            nonlocal tries
+            tries += 1
+            found = oldest(named()) if tries > 1 or not looked else None
             if found is not None:
                 return found
             made: dict[str, Any] = self.api.request("POST", path, json=body, retry=False).json()
@@ -218,6 +228,21 @@ class RunpodApi:
                 hint="check RUNPOD_API_KEY; the RunPod console lists your keys (Settings → "
                 "API Keys)",
             )
+        if exc.status == 402:
+            return ProviderError(
+                text,
+                cause="the RunPod account's balance is too low to start this",
+                hint="add funds (RunPod console → Billing) or set up auto-pay, then run the "
+                "command again",
+            )
+        if exc.status == 403 and what.startswith("create"):
+            return CredentialsError(
+                text,
+                cause="the key or the account may not use this GPU pool, GPU type or cloud "
+                "(some pools and Secure Cloud types need access granted to the account)",
+                hint="pick another GPU (gpu:, runpod.gpu_pools) or cloud (runpod.cloud_type), "
+                "or ask RunPod for access to this one",
+            )
         if exc.status == 403:
             return CredentialsError(
                 text,
@@ -233,17 +258,54 @@ class RunpodApi:
             )
         if exc.status == 429 or exc.status >= 500:
             return CapacityError(text, hint="RunPod is busy or failing; try again in a while")
+        if exc.status == 400 and unplaced(exc.message):
+            return CapacityError(
+                text,
+                cause="RunPod has no machine free for this GPU and data-center combination",
+                hint="try again later, allow another GPU (gpu:) or more data centers "
+                "(runpod.data_centers), or a network volume in another data center",
+            )
         if exc.status == 400:
             return ConfigError(text, hint="fix the setting the message names (docs/runpod.md)")
         return ProviderError(text)
 
 
+# A 400 to a create that could not be placed, rather than a field RunPod rejected. RunPod
+# words it "There are no longer any instances available with the requested specifications"
+# (its pod-create answer since the GraphQL API); the other words cover rewordings.
+_UNPLACED_WORDS = (
+    "no longer any instances",
+    "instances available",
+    "not enough capacity",
+    "no capacity",
+    "could not be placed",
+    "could not find any",
+)
+
+
+def unplaced(message: str) -> bool:
+    text = message.lower()
+    return any(words in text for words in _UNPLACED_WORDS)
+
+
 def managed(item: Mapping[str, Any], name: str | None = None) -> bool:
-    """Whether an endpoint or pod is ours (and named ``name``, when given)."""
+    """Whether an endpoint or pod is ours (and is deployment ``name``, when given).
+
+    Found by our own labels, never by the resource's name: RunPod has appended " -fb" to the
+    names of flashbooted endpoints (its own tooling strips it), and a name may be edited in
+    the console; the label in the env stays as we set it."""
     env = item.get("env") or {}
     if not isinstance(env, dict) or env.get(ENV_MANAGED_BY) != MANAGED_BY:
         return False
-    return name is None or item.get("name") == name
+    return name is None or env.get(ENV_NAME) == label_value(name)
+
+
+def deployment_name(item: Mapping[str, Any]) -> str:
+    """The deployment a managed resource stands for: its name label, else its own name
+    without a FlashBoot suffix."""
+    env = item.get("env") or {}
+    label = env.get(ENV_NAME) if isinstance(env, dict) else None
+    return str(label or str(item.get("name") or "").removesuffix(" -fb"))
 
 
 def oldest(items: list[dict[str, Any]]) -> dict[str, Any] | None:

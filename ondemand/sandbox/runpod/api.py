@@ -21,6 +21,7 @@ from ondemand.sandbox.runpod import catalog, schema
 from ondemand.sandbox.runpod.gateway import bearer
 from ondemand.sandbox.runpod.model import POD_ACTIONS, TERMINATED
 from ondemand.sandbox.runpod.problems import ApiError, send_problem
+from ondemand.sandbox.runpod.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from ondemand.asgi import Receive, Scope, Send
@@ -244,6 +245,7 @@ class RestApi:
         self.engine = engine
         self.tokens = {operator_token: OPERATOR, read_token: READ}
         self.rates = RateHeaders()
+        self.limiter = RateLimiter()
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, path: str, base: str
@@ -254,6 +256,8 @@ class RestApi:
         if role is None:
             detail = "missing bearer token" if key is None else "invalid bearer token"
             await send_problem(send, 401, detail)
+            return
+        if await self.limiter.refuse(key or "", send):
             return
         rates = self.rates.take()
         methods, params = match_route(ROUTES, path)
