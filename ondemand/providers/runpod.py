@@ -227,7 +227,7 @@ class RunpodProvider(Provider):
             self._remember(spec.name, created)
             self._changed(spec.name, created)
             # Created with no worker allowed: none runs, none to read.
-            summary = {} if ours else None
+            summary: dict[str, int] | None = {} if ours else None
             detail = "created" if ours else CREATED_BY_ANOTHER
             return self._deployment(spec.name, created, detail, summary=summary)
         env = current.get("env") or {}

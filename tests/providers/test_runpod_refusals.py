@@ -1,0 +1,63 @@
+"""RunPod's refusals and renames, against the sandbox over loopback: a pod create that
+cannot be placed, cannot be paid or may not use its GPU each has its own message and exit,
+and an endpoint whose name RunPod changed is still found by our labels."""
+
+from __future__ import annotations
+
+import pytest
+
+from ondemand.sandbox.server import SandboxServer
+from tests.clirun import run
+from tests.providers.test_runpod import Cloud, cloud  # noqa: F401 (the fixture)
+from tests.providers.test_runpod_pod import _faults, _pods, sandbox  # noqa: F401
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "words"),
+    [
+        ("no_capacity", 5, ["HTTP 400", "no machine free", "try again later"]),
+        ("insufficient_balance", 3, ["HTTP 402", "balance is too low", "add funds"]),
+        ("pool_forbidden", 4, ["HTTP 403", "may not use this GPU", "pick another GPU"]),
+    ],
+)
+def test_a_refused_pod_create_says_why_and_exits_with_its_own_code(
+    sandbox: SandboxServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    fault: str,
+    code: int,
+    words: list[str],
+) -> None:
+    _faults(sandbox, **{fault: 1})
+    exit_code, _, err = run(["deploy"], capsys)
+    assert exit_code == code, err
+    for word in words:
+        assert word in err
+    assert "fix the setting" not in err
+    assert _pods(sandbox) == []
+    # Refused once: the next deploy places it.
+    assert run(["deploy"], capsys)[0] == 0
+    assert len(_pods(sandbox)) == 1
+
+
+def test_an_endpoint_renamed_with_a_flashboot_suffix_is_still_ours(
+    cloud: Cloud,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cloud.faults(flashboot_rename=1)
+    assert run(["deploy"], capsys)[0] == 0
+    [endpoint] = cloud.endpoints()
+    assert endpoint["name"] == "ollama-ondemand -fb"
+    # A second deploy finds it (no second endpoint), and so do up, status and delete.
+    code, out, err = run(["deploy"], capsys)
+    assert code == 0, err
+    assert "unchanged" in out
+    [again] = cloud.endpoints()
+    assert again["id"] == endpoint["id"]
+    code, out, err = run(["up"], capsys)
+    assert code == 0, err
+    assert [e["id"] for e in cloud.endpoints()] == [endpoint["id"]]
+    code, out, _ = run(["--json", "status"], capsys)
+    assert code == 0
+    assert '"status": "running"' in out
+    assert run(["delete"], capsys)[0] == 0
+    assert cloud.endpoints() == []
