@@ -45,6 +45,8 @@ VOLUME_MOUNT = "/runpod-volume"
 MODELS_DIR = f"{VOLUME_MOUNT}/ollama-models"
 # Polls that saw a crashed worker, none ready since, before 'up' calls it a crash loop.
 CRASH_POLLS = 3
+# Where later steps find the restricted key that passes the gateway (never the account key).
+CLIENT_KEY_ENV = "RUNPOD_CLIENT_KEY"
 # Seconds an endpoint read is used again within one command (deployed_env, log_hint, ...).
 FRESH = 2.0
 # Gaps between two reads of the API while a command polls a state (seconds).
@@ -340,6 +342,20 @@ class RunpodProvider(Provider):
     def gateway_headers(self) -> dict[str, str]:
         """RunPod's gateway takes the account key in Authorization; ours goes in X-API-Key."""
         return {"Authorization": f"Bearer {self.runpod.key}"}
+
+    def client_env(self) -> tuple[dict[str, str], str | None]:
+        """The restricted client key, as ``RUNPOD_CLIENT_KEY``. The account key is never
+        handed on: it can create, change and delete everything the account has."""
+        client = self.resolved.secrets.runpod_client_key
+        if client is not None and client.get_secret_value():
+            return {CLIENT_KEY_ENV: client.get_secret_value()}, None
+        return {}, (
+            f"no RunPod client key ({CLIENT_KEY_ENV}, the action's runpod-client-key): "
+            "clients must pass RunPod's gateway with a RunPod key, and the account key can "
+            "change or delete everything in the account. Create a restricted key with access "
+            "to this endpoint only and pass it as runpod-client-key (docs/runpod.md, "
+            "'A key for the clients')"
+        )
 
     def probe_would_wake(self, deployment: Deployment) -> bool:
         """Asking a scaled-to-zero endpoint for /ping starts a worker (and its bill)."""
