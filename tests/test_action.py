@@ -391,8 +391,8 @@ def test_runpod_clients_get_the_restricted_key_and_never_the_account_key(
         reply = client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
     assert reply.message.content
     # The restricted key manages nothing.
-    assert httpx.get(running.url + "/runpod/v2/serverless",
-                     headers={"Authorization": f"Bearer {CLIENT_KEY}"}).status_code == 401  # fmt: skip
+    restricted = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    assert httpx.get(running.url + "/runpod/v2/serverless", headers=restricted).status_code == 401
 
     job.env.update(env)
     _ok(job.run({"command": "delete", "provider": "runpod", "runpod-api-key": account}))
