@@ -87,8 +87,8 @@ def published_up(
         for variable, value in zip(EXPORTED, values, strict=True):
             if value:
                 app.actions.set_env(variable, value)
-        for variable, value in client_env.items():
-            app.actions.set_env(variable, value)
+        for name, secret in client_env.items():
+            app.actions.set_env(name, secret)
     if result.lease is not None:
         # This job's 'down' releases exactly this lease, even without the step output.
         app.actions.set_env("ONDEMAND_LEASE_ID", result.lease.id)
