@@ -65,8 +65,8 @@ def published_up(
     if not app.actions.active:
         return
     client_env, client_warning = client
-    for value in client_env.values():
-        app.actions.mask(value)
+    for secret in client_env.values():
+        app.actions.mask(secret)
     if client_warning:
         app.actions.warning(client_warning)
     if result.api_key:
@@ -87,8 +87,8 @@ def published_up(
         for variable, value in zip(EXPORTED, values, strict=True):
             if value:
                 app.actions.set_env(variable, value)
-        for name, secret in client_env.items():
-            app.actions.set_env(name, secret)
+        for variable, secret in client_env.items():
+            app.actions.set_env(variable, secret)
     if result.lease is not None:
         # This job's 'down' releases exactly this lease, even without the step output.
         app.actions.set_env("ONDEMAND_LEASE_ID", result.lease.id)
