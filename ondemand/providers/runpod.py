@@ -402,14 +402,18 @@ class RunpodProvider(Provider):
         """The body of POST /v2/serverless for ``spec`` (workers as the config says)."""
         runpod = self.config.runpod
         image = check_image(spec.image)
-        pools, excluded = serverless_gpus(spec.gpu, runpod.gpu_pools, runpod.exclude_gpu_types)
+        pools, excluded = serverless_gpus(
+            spec.gpu, runpod.gpu_pools, runpod.exclude_gpu_types, self.runpod.catalog
+        )
         port = str(spec.port)
         # Both set explicitly and the port exposed: otherwise the gateway never sees the
         # worker ready (the reference's §3.4).
         env = {**spec.env, **spec.secret_env, "PORT": port, "PORT_HEALTH": port}
         env.update(label_env(spec.name))
         volumes: list[str] = []
-        data_centers = list(runpod.data_centers)
+        data_centers = [dc.strip().upper() for dc in runpod.data_centers if dc.strip()]
+        if data_centers and not runpod.network_volume:
+            self.runpod.check_data_centers(data_centers)
         if runpod.network_volume:
             volume = self.runpod.network_volume(runpod.network_volume, runpod.network_volume_size)
             volumes.append(str(volume["id"]))

@@ -19,6 +19,7 @@ import httpx
 from ondemand.errors import CapacityError, ConfigError, CredentialsError, ProviderError
 from ondemand.providers._http import ApiClient, ApiError, ApiUnreachable
 from ondemand.providers.base import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, label_value
+from ondemand.providers.runpod_catalog import Catalog
 from ondemand.providers.runpod_spec import parse_network_volume
 
 if TYPE_CHECKING:
@@ -102,6 +103,17 @@ class RunpodApi:
             retry_budget=min(120.0, timeout),
             deadline=time.monotonic() + timeout,
         )
+        # A catalog that does not answer at once checks nothing: no retries for it.
+        self.catalog = Catalog(
+            lambda what, path: self.call(
+                what, lambda: self.api.request("GET", path, retry=False).json()
+            )
+        )
+
+    def check_data_centers(self, ids: list[str], *, volumes: bool = False) -> None:
+        """Warn about data centers RunPod's catalog does not list (or not with volumes)."""
+        kind = "data center offering network volumes" if volumes else "data center"
+        self.catalog.check(kind, ids, lambda: self.catalog.data_center_ids(volumes=volumes))
 
     def close(self) -> None:
         self.api.close()
@@ -122,6 +134,7 @@ class RunpodApi:
         found = oldest(named())
         if found is not None:
             return found
+        self.check_data_centers([wanted.data_center], volumes=True)
         try:
             created, _ = self.create(
                 "network volume",
@@ -135,7 +148,9 @@ class RunpodApi:
             )
         except ConfigError as exc:
             exc.hint = (
-                "not every data center offers network volumes: pick one the message lists "
+                "not every data center offers network volumes: pick one the message lists, "
+                "or one RunPod's catalog shows with network volumes (GET "
+                "/v2/catalog/datacenters?networkVolumeTypes=STANDARD) "
                 "(runpod.network_volume: NAME@DATACENTER)"
             )
             raise

@@ -213,7 +213,7 @@ class RunpodPodProvider(Provider):
         body: dict[str, Any] = {
             "name": spec.name,
             "image": check_image(spec.image),
-            "gpu": {"id": pod_gpu_type(spec.gpu), "count": spec.gpu_count},
+            "gpu": {"id": pod_gpu_type(spec.gpu, self.runpod.catalog), "count": spec.gpu_count},
             "cloud": runpod.cloud_type,
             "disk": runpod.container_disk,
             "ports": [f"{port}/http"],
@@ -227,6 +227,7 @@ class RunpodPodProvider(Provider):
             if runpod.pod_volume:
                 body["mounts"] = {"persistent": {"size": runpod.pod_volume, "path": MOUNT}}
             if runpod.data_centers:
-                body["dataCenterIds"] = list(runpod.data_centers)
+                body["dataCenterIds"] = [dc.strip().upper() for dc in runpod.data_centers]
+                self.runpod.check_data_centers(body["dataCenterIds"])
         env[ENV_SPEC] = digest({k: v for k, v in body.items()})
         return body

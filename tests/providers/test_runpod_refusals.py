@@ -61,3 +61,37 @@ def test_an_endpoint_renamed_with_a_flashboot_suffix_is_still_ours(
     assert '"status": "running"' in out
     assert run(["delete"], capsys)[0] == 0
     assert cloud.endpoints() == []
+
+
+# -- RunPod's catalog, not a fixed list, says what exists ------------------------------------
+
+
+@pytest.mark.parametrize("data_center", ["US-MD-1", "US-MO-1", "US-MO-2", "US-NC-2", "US-NE-1",
+                                         "US-KS-1", "US-OR-1"])  # fmt: skip
+def test_newer_data_centers_with_volumes_are_accepted(
+    cloud: Cloud,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    data_center: str,
+) -> None:
+    monkeypatch.setenv("ONDEMAND_RUNPOD_NETWORK_VOLUME", f"models@{data_center}")
+    code, _, err = run(["deploy"], capsys)
+    assert code == 0, err
+    assert "catalog lists no" not in err
+    [endpoint] = cloud.endpoints()
+    assert endpoint["dataCenterIds"] == [data_center]
+
+
+def test_ids_the_catalog_lacks_are_sent_with_a_warning_and_runpod_decides(
+    cloud: Cloud,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("ONDEMAND_RUNPOD_DATA_CENTERS", "US-KS-2,XX-NEW-1")
+    code, _, err = run(["deploy"], capsys)
+    [warning] = [r.getMessage() for r in caplog.records if "catalog lists no" in r.getMessage()]
+    assert "data center 'XX-NEW-1'; sending it anyway" in warning
+    # It was sent: the refusal is RunPod's own (the sandbox's catalog is all it knows).
+    assert code == 2, err
+    assert "RunPod refused to create the endpoint: unknown data center 'XX-NEW-1'" in err
