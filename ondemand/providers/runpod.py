@@ -9,13 +9,14 @@ One endpoint per deployment name, found by name and our labels in its env.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ondemand.errors import CapacityError, UnhealthyError
+from ondemand.errors import CapacityError, ReadyTimeoutError, UnhealthyError
 from ondemand.providers.base import (
     CREATED_BY_ANOTHER,
     Deployment,
@@ -45,6 +46,20 @@ VOLUME_MOUNT = "/runpod-volume"
 MODELS_DIR = f"{VOLUME_MOUNT}/ollama-models"
 # Polls that saw a crashed worker, none ready since, before 'up' calls it a crash loop.
 CRASH_POLLS = 3
+# RunPod marks a worker unhealthy when its start (image pull, start, model load) takes
+# longer than 7 minutes, unless the endpoint's env sets RUNPOD_INIT_TIMEOUT (seconds)
+# (runpod/docs serverless/development/optimization.mdx @fed16bc).
+INIT_TIMEOUT_ENV = "RUNPOD_INIT_TIMEOUT"
+DEFAULT_INIT_LIMIT = 420
+
+
+def init_timeout(timeout: float) -> int:
+    """The start limit for a configured ``timeout``: at least RunPod's own 7 minutes, and
+    rounded up to 5 minutes, so that a slightly different ``--timeout`` of one run does not
+    change the endpoint (and roll its workers)."""
+    return max(DEFAULT_INIT_LIMIT, math.ceil(timeout / 300) * 300)
+
+
 # Where later steps find the restricted key that passes the gateway (never the account key).
 CLIENT_KEY_ENV = "RUNPOD_CLIENT_KEY"
 # Seconds an endpoint read is used again within one command (deployed_env, log_hint, ...).
@@ -90,6 +105,10 @@ class RunpodProvider(Provider):
         self._polled: dict[str, tuple[float, Deployment]] = {}
         self._fresh_reads = 0  # workers summaries read (crash sightings count only these)
         self._counted_reads = 0
+        # Since when no worker has been ready while some were starting, and the start limit
+        # RunPod applies to each (the endpoint's RUNPOD_INIT_TIMEOUT, else 7 minutes).
+        self._initializing_since: float | None = None
+        self._init_limit = float(DEFAULT_INIT_LIMIT)
 
     def close(self) -> None:
         self.runpod.close()
@@ -132,6 +151,11 @@ class RunpodProvider(Provider):
         )
         self.last_summary = _summary(workers)
         self._fresh_reads += 1
+        summary = self.last_summary
+        if summary["running"] + summary["idle"]:
+            self._initializing_since = None
+        elif summary["initializing"] + summary["unhealthy"] and self._initializing_since is None:
+            self._initializing_since = self.clock()
         uptimes = [
             float(w.get("uptimeSeconds") or 0)
             for w in (workers or {}).get("workers") or []
@@ -153,6 +177,8 @@ class RunpodProvider(Provider):
     ) -> Deployment:
         if endpoint is None:
             return Deployment(id=name, name=name, status=Status.ABSENT)
+        limit = str((endpoint.get("env") or {}).get(INIT_TIMEOUT_ENV) or "")
+        self._init_limit = float(limit) if limit.isdigit() else float(DEFAULT_INIT_LIMIT)
         if summary is None:
             summary = self._workers(str(endpoint["id"]))
         else:
@@ -376,6 +402,20 @@ class RunpodProvider(Provider):
             self._crash_polls += 1
         if self._crash_polls < CRASH_POLLS:
             return None
+        starting = self._initializing_since
+        if starting is not None and self.clock() - starting >= self._init_limit:
+            # Not a crash: RunPod marks a worker unhealthy when its start outlasts the
+            # start limit, and starts another, which pulls the model again.
+            return ReadyTimeoutError(
+                f"{deployment.name}: workers restart during a long first start: each was "
+                f"still starting after RunPod's start limit ({self._init_limit:.0f}s, "
+                f"RUNPOD_INIT_TIMEOUT) and was replaced ({describe(summary)})",
+                cause="the first pull of a large model (image pull, start and model load "
+                "count as the start) takes longer than the start limit",
+                hint="raise timeout: (RUNPOD_INIT_TIMEOUT follows it on the next deploy), "
+                "and keep the models on a network volume (runpod.network_volume) so only "
+                "the first start pulls them",
+            )
         return UnhealthyError(
             f"{deployment.name}: workers crash as they start ({describe(summary)})",
             cause="the server in the image exits: a bad setting in its environment, an image "
@@ -409,6 +449,7 @@ class RunpodProvider(Provider):
         # Both set explicitly and the port exposed: otherwise the gateway never sees the
         # worker ready (the reference's §3.4).
         env = {**spec.env, **spec.secret_env, "PORT": port, "PORT_HEALTH": port}
+        env[INIT_TIMEOUT_ENV] = str(init_timeout(self.config.timeout.total_seconds()))
         env.update(label_env(spec.name))
         volumes: list[str] = []
         data_centers = [dc.strip().upper() for dc in runpod.data_centers if dc.strip()]

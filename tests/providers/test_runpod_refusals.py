@@ -4,8 +4,13 @@ and an endpoint whose name RunPod changed is still found by our labels."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from ondemand.errors import ReadyTimeoutError
+from ondemand.lifecycle import deploy
+from ondemand.providers.runpod import init_timeout
 from ondemand.sandbox.server import SandboxServer
 from tests.clirun import run
 from tests.providers.test_runpod import Cloud, cloud  # noqa: F401 (the fixture)
@@ -95,3 +100,41 @@ def test_ids_the_catalog_lacks_are_sent_with_a_warning_and_runpod_decides(
     # It was sent: the refusal is RunPod's own (the sandbox's catalog is all it knows).
     assert code == 2, err
     assert "RunPod refused to create the endpoint: unknown data center 'XX-NEW-1'" in err
+
+
+# -- starts longer than RunPod's start limit ---------------------------------------------------
+
+
+def test_the_start_limit_follows_the_timeout_and_a_slow_start_is_not_called_a_crash(
+    cloud: Cloud,  # noqa: F811
+) -> None:
+    # A worker floor: workers start without a request to wake them.
+    provider, _, resolved = cloud.provider(ONDEMAND_TIMEOUT="20m", ONDEMAND_RUNPOD_WORKERS_MIN="1")
+    deploy(resolved, provider)
+    [endpoint] = cloud.endpoints()
+    assert endpoint["env"]["RUNPOD_INIT_TIMEOUT"] == "1200"
+    # Workers that go unhealthy again and again while nothing has been ready for longer
+    # than the start limit: each was replaced for starting too long (a large first pull).
+    cloud.faults(crash=50)
+    now = [1000.0]
+    provider.clock = lambda: now[0]
+    provider.start(resolved.config.name)
+    problem = None
+    deadline = time.monotonic() + 30
+    while problem is None and time.monotonic() < deadline:
+        now[0] += 300  # each look five minutes after the last, as during a long pull
+        state = provider.status(resolved.config.name)
+        problem = provider.readiness_problem(state, None)
+        time.sleep(0.1)
+    assert isinstance(problem, ReadyTimeoutError), problem
+    assert "workers restart during a long first start" in problem.message
+    assert "1200s, RUNPOD_INIT_TIMEOUT" in problem.message
+    assert "crash" not in problem.render()
+    provider.stop(resolved.config.name)
+
+
+@pytest.mark.parametrize(("timeout", "limit"), [(30, 420), (600, 600), (601, 900), (3600, 3600)])
+def test_the_start_limit_is_never_below_runpods_own_and_moves_in_five_minutes(
+    timeout: float, limit: int
+) -> None:
+    assert init_timeout(timeout) == limit
