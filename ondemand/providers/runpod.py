@@ -34,6 +34,7 @@ from ondemand.providers.runpod_api import (
     labels,
     managed,
     network_volume_note,
+    run_label_env,
     the_one_named,
 )
 from ondemand.providers.runpod_spec import serverless_gpus
@@ -486,4 +487,5 @@ class RunpodProvider(Provider):
         shape = {k: v for k, v in body.items() if k != "workers"}
         shape["workers"] = {"idleTimeout": runpod.idle_timeout}
         env[ENV_SPEC] = digest(shape)
+        env.update(run_label_env(self.env))
         return body

@@ -18,7 +18,14 @@ import httpx
 
 from ondemand.errors import CapacityError, ConfigError, CredentialsError, ProviderError
 from ondemand.providers._http import ApiClient, ApiError, ApiUnreachable
-from ondemand.providers.base import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, label_value
+from ondemand.providers.base import (
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_REPO,
+    LABEL_RUN_ID,
+    MANAGED_BY,
+    label_value,
+)
 from ondemand.providers.runpod_catalog import Catalog
 from ondemand.providers.runpod_spec import parse_network_volume
 
@@ -29,12 +36,13 @@ T = TypeVar("T")
 log = logging.getLogger("ondemand.providers.runpod")
 
 API_URL = "https://api.runpod.io"
-ENDPOINT_BASE_URL = "https://api.runpod.ai/v2"
 POD_PROXY_URL = "https://{pod_id}-{port}.proxy.runpod.net"
 # Labels travel as environment variables: v2 endpoints and pods have no labels of their own.
 ENV_MANAGED_BY = "ONDEMAND_LABEL_MANAGED_BY"
 ENV_NAME = "ONDEMAND_LABEL_NAME"
 ENV_SPEC = "ONDEMAND_LABEL_SPEC"
+ENV_REPO = "ONDEMAND_LABEL_REPO"
+ENV_RUN_ID = "ONDEMAND_LABEL_RUN_ID"
 # RunPod's list price for network volume storage under 1 TB, USD per GB per month.
 NETWORK_VOLUME_MONTHLY_PER_GB = 0.07
 
@@ -74,6 +82,13 @@ def label_env(name: str) -> dict[str, str]:
     return {ENV_MANAGED_BY: MANAGED_BY, ENV_NAME: label_value(name)}
 
 
+def run_label_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The repository and the workflow run that created or last changed it, where known.
+    Left out of the spec's digest: a new run alone changes nothing on RunPod."""
+    found = {ENV_REPO: env.get("GITHUB_REPOSITORY", ""), ENV_RUN_ID: env.get("GITHUB_RUN_ID", "")}
+    return {k: label_value(v) for k, v in found.items() if v.strip()}
+
+
 class RunpodApi:
     """The REST v2 calls, with failures turned into ondemand's errors."""
 
@@ -92,9 +107,6 @@ class RunpodApi:
         self.key = key
         timeout = config.config.timeout.total_seconds()
         base = env.get("RUNPOD_API_URL", "").strip().rstrip("/").removesuffix("/v2") or API_URL
-        self.endpoint_base = (
-            env.get("RUNPOD_ENDPOINT_BASE_URL", "").strip().rstrip("/") or ENDPOINT_BASE_URL
-        )
         self.pod_proxy = env.get("RUNPOD_POD_PROXY_URL", "").strip() or POD_PROXY_URL
         self.api = ApiClient(
             base,
@@ -339,6 +351,8 @@ def the_one_named(found: list[dict[str, Any]], kind: str, name: str) -> dict[str
 def labels(item: Mapping[str, Any]) -> dict[str, str]:
     env = item.get("env") or {}
     found = {LABEL_MANAGED_BY: str(env.get(ENV_MANAGED_BY) or "")}
-    if env.get(ENV_NAME):
-        found[LABEL_NAME] = str(env[ENV_NAME])
+    for label, variable in ((LABEL_NAME, ENV_NAME), (LABEL_REPO, ENV_REPO),
+                            (LABEL_RUN_ID, ENV_RUN_ID)):  # fmt: skip
+        if env.get(variable):
+            found[label] = str(env[variable])
     return {k: v for k, v in found.items() if v}

@@ -29,6 +29,7 @@ from ondemand.providers.runpod_api import (
     labels,
     managed,
     network_volume_note,
+    run_label_env,
     the_one_named,
 )
 from ondemand.providers.runpod_spec import pod_gpu_type
@@ -48,6 +49,35 @@ STATES = {
 MOUNT = "/workspace"
 MODELS_DIR = f"{MOUNT}/ollama-models"
 _ZERO_GPU_WORDS = ("gpu", "not enough", "no longer available", "unavailable")
+
+
+def _check_mount_change(name: str, current: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+    """What REST v2 can change in place: the size and path of a volume disk, the path of a
+    network volume. Not the kind of mount, nor which network volume (``runpod/docs``
+    ``api-reference-v2/openapi.json`` @fed16bc, ``Mounts``: "Mount kind is fixed at
+    create", "The volumeId of a network mount is immutable")."""
+    kinds = (set(current), set(wanted))
+    same_volume = [m.get("volumeId") for m in current.get("network") or []] == [
+        m.get("volumeId") for m in wanted.get("network") or []
+    ]
+    if kinds[0] == kinds[1] and same_volume:
+        return
+
+    def shown(mounts: Mapping[str, Any]) -> str:
+        if mounts.get("network"):
+            return "network volume " + str(mounts["network"][0].get("volumeId"))
+        if mounts.get("persistent"):
+            return f"a {mounts['persistent'].get('size')} GB volume disk"
+        return "no volume"
+
+    raise ConfigError(
+        f"{name}: the pod has {shown(current)}; the config asks for {shown(wanted)}, which "
+        "RunPod cannot change on an existing pod",
+        cause="a pod's kind of storage and its network volume are fixed when it is created",
+        hint="'ondemand delete' then 'ondemand up' makes a new pod with the new storage (the "
+        "model cache on a volume disk goes with the old pod; a network volume keeps it), or "
+        "set runpod.network_volume / runpod.pod_volume back",
+    )
 
 
 class RunpodPodProvider(Provider):
@@ -146,6 +176,10 @@ class RunpodPodProvider(Provider):
         if (current.get("env") or {}).get(ENV_SPEC) == body["env"][ENV_SPEC]:
             return self._deployment(spec.name, current, "unchanged")
         update = {k: v for k, v in body.items() if k in ("image", "env", "ports", "disk")}
+        mounts = body.get("mounts") or {}
+        if mounts != (current.get("mounts") or {}):
+            _check_mount_change(spec.name, current.get("mounts") or {}, mounts)
+            update["mounts"] = mounts
         updated = self.runpod.send("update the pod", "PATCH", f"/v2/pods/{current['id']}", update)
         return self._deployment(spec.name, updated or current, "updated")
 
@@ -230,4 +264,5 @@ class RunpodPodProvider(Provider):
                 body["dataCenterIds"] = [dc.strip().upper() for dc in runpod.data_centers]
                 self.runpod.check_data_centers(body["dataCenterIds"])
         env[ENV_SPEC] = digest({k: v for k, v in body.items()})
+        env.update(run_label_env(self.env))
         return body

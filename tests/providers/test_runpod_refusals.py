@@ -138,3 +138,55 @@ def test_the_start_limit_is_never_below_runpods_own_and_moves_in_five_minutes(
     timeout: float, limit: int
 ) -> None:
     assert init_timeout(timeout) == limit
+
+
+# -- a pod's storage, and the labels of a run -------------------------------------------------
+
+
+def test_a_bigger_pod_volume_is_applied_and_another_kind_is_refused(
+    sandbox: SandboxServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert run(["deploy"], capsys)[0] == 0
+    [pod] = _pods(sandbox)
+    assert pod["mounts"]["persistent"]["size"] == 50
+    monkeypatch.setenv("ONDEMAND_RUNPOD_POD_VOLUME", "80")
+    code, out, err = run(["deploy"], capsys)
+    assert code == 0, err
+    assert "updated" in out
+    [pod] = _pods(sandbox)
+    assert pod["mounts"]["persistent"]["size"] == 80
+    # A network volume cannot replace the volume disk of an existing pod: refused, and
+    # the pod's spec label still says what it runs.
+    spec = pod["env"]["ONDEMAND_LABEL_SPEC"]
+    monkeypatch.setenv("ONDEMAND_RUNPOD_NETWORK_VOLUME", "models@EU-RO-1")
+    code, _, err = run(["deploy"], capsys)
+    assert code == 2, err
+    assert "RunPod cannot change on an existing pod" in err
+    assert "'ondemand delete' then 'ondemand up'" in err
+    [pod] = _pods(sandbox)
+    assert pod["env"]["ONDEMAND_LABEL_SPEC"] == spec
+    assert "network" not in pod["mounts"]
+
+
+def test_the_repo_and_run_id_labels_are_set_and_a_new_run_alone_changes_nothing(
+    cloud: Cloud,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GITHUB_REPOSITORY", "octo-org/llm-tests")
+    monkeypatch.setenv("GITHUB_RUN_ID", "1001")
+    assert run(["deploy"], capsys)[0] == 0
+    [endpoint] = cloud.endpoints()
+    assert endpoint["env"]["ONDEMAND_LABEL_REPO"] == "octo-org.llm-tests"
+    assert endpoint["env"]["ONDEMAND_LABEL_RUN_ID"] == "1001"
+    monkeypatch.setenv("GITHUB_RUN_ID", "1002")
+    code, out, _ = run(["deploy"], capsys)
+    assert code == 0
+    assert "unchanged" in out
+    provider, _, _ = cloud.provider()
+    found = provider.find("ollama-ondemand")
+    assert found is not None
+    assert found.labels["repo"] == "octo-org.llm-tests"
+    assert found.labels["run-id"] == "1001"  # the run that created it
