@@ -89,6 +89,7 @@ class RunpodPodProvider(Provider):
         super().__init__(env=env, config=config)
         self.config = config.config
         self.runpod = RunpodApi(env=env, config=config)
+        self._ids: dict[str, str] = {}  # deployment name -> pod id, once known
 
     def close(self) -> None:
         self.runpod.close()
@@ -103,7 +104,18 @@ class RunpodPodProvider(Provider):
         ]
 
     def _find(self, name: str) -> dict[str, Any] | None:
-        return the_one_named(self._named(name), "pods", name)
+        """The pod, by id once it is known (one GET, not a listing: the key's rate limit is
+        shared by every job), else by our labels."""
+        known = self._ids.get(name)
+        if known is not None:
+            pod = self.runpod.get_or_none("read the pod", f"/v2/pods/{known}")
+            if isinstance(pod, dict) and managed(pod, name) and pod.get("status") != "TERMINATED":
+                return pod
+            del self._ids[name]
+        found = the_one_named(self._named(name), "pods", name)
+        if found is not None and found.get("id"):
+            self._ids[name] = str(found["id"])
+        return found
 
     def _url(self, pod: Mapping[str, Any]) -> str:
         return self.runpod.pod_proxy.format(pod_id=pod["id"], port=self.config.port)
@@ -170,8 +182,10 @@ class RunpodPodProvider(Provider):
         current = self._find(spec.name)
         if current is None:
             created, ours = self.runpod.create(
-                "pod", "/v2/pods", body, lambda: self._named(spec.name)
+                "pod", "/v2/pods", body, lambda: self._named(spec.name), looked=True
             )
+            if created.get("id"):
+                self._ids[spec.name] = str(created["id"])
             return self._deployment(spec.name, created, "created" if ours else CREATED_BY_ANOTHER)
         if (current.get("env") or {}).get(ENV_SPEC) == body["env"][ENV_SPEC]:
             return self._deployment(spec.name, current, "unchanged")
