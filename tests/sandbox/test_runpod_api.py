@@ -293,7 +293,8 @@ def test_http_faults_answer_problems(runpod: RunPod) -> None:
     cleared = httpx.delete(runpod.running.url + "/_sandbox/faults", trust_env=False).json()
     assert cleared["runpod"] == {"http": [], "slow": {"multiplier": 1.0, "seconds": {}},
                                  "created_then_500": 0, "throttled": 0, "crash": 0,
-                                 "zero_gpus": 0}  # fmt: skip
+                                 "zero_gpus": 0, "no_capacity": 0, "insufficient_balance": 0,
+                                 "pool_forbidden": 0, "flashboot_rename": 0}  # fmt: skip
 
 
 def test_a_create_answered_500_still_creates_the_endpoint(runpod: RunPod) -> None:
