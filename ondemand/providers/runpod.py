@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ondemand.errors import CapacityError, ReadyTimeoutError, UnhealthyError
+from ondemand.errors import CapacityError, UnhealthyError
 from ondemand.providers.base import (
     CREATED_BY_ANOTHER,
     Deployment,
@@ -406,8 +406,9 @@ class RunpodProvider(Provider):
         starting = self._initializing_since
         if starting is not None and self.clock() - starting >= self._init_limit:
             # Not a crash: RunPod marks a worker unhealthy when its start outlasts the
-            # start limit, and starts another, which pulls the model again.
-            return ReadyTimeoutError(
+            # start limit, and starts another, which pulls the model again. Unhealthy (9),
+            # as RunPod calls them; a ReadyTimeoutError would read as our own deadline.
+            return UnhealthyError(
                 f"{deployment.name}: workers restart during a long first start: each was "
                 f"still starting after RunPod's start limit ({self._init_limit:.0f}s, "
                 f"RUNPOD_INIT_TIMEOUT) and was replaced ({describe(summary)})",

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ondemand.errors import ReadyTimeoutError
+from ondemand.errors import UnhealthyError
 from ondemand.lifecycle import deploy
 from ondemand.providers.runpod import init_timeout
 from ondemand.sandbox.server import SandboxServer
@@ -126,7 +126,7 @@ def test_the_start_limit_follows_the_timeout_and_a_slow_start_is_not_called_a_cr
         state = provider.status(resolved.config.name)
         problem = provider.readiness_problem(state, None)
         time.sleep(0.1)
-    assert isinstance(problem, ReadyTimeoutError), problem
+    assert isinstance(problem, UnhealthyError), problem
     assert "workers restart during a long first start" in problem.message
     assert "1200s, RUNPOD_INIT_TIMEOUT" in problem.message
     assert "crash" not in problem.render()
