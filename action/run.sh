@@ -9,7 +9,7 @@ ondemand="${RUNNER_TEMP:?RUNNER_TEMP is not set}/ollama-ondemand/bin/ondemand"
 commands=" up down start stop status deploy delete watchdog reap build "
 
 # Masked before anything can print them; each line of a multi-line value on its own.
-for secret in INPUT_API_KEY INPUT_ADMIN_KEY INPUT_OVH_TOKEN INPUT_RUNPOD_API_KEY INPUT_GITHUB_TOKEN; do
+for secret in INPUT_API_KEY INPUT_ADMIN_KEY INPUT_OVH_TOKEN INPUT_RUNPOD_API_KEY INPUT_RUNPOD_CLIENT_KEY INPUT_GITHUB_TOKEN; do
   while IFS= read -r line; do
     if [[ -n "$line" ]]; then
       echo "::add-mask::$line"
@@ -43,6 +43,7 @@ pairs=(
   INPUT_ADMIN_KEY:ONDEMAND_ADMIN_KEY
   INPUT_OVH_TOKEN:OVH_AI_TOKEN
   INPUT_RUNPOD_API_KEY:RUNPOD_API_KEY
+  INPUT_RUNPOD_CLIENT_KEY:RUNPOD_CLIENT_KEY
   INPUT_GITHUB_TOKEN:ONDEMAND_GITHUB_TOKEN
   INPUT_EXPORT_ENV:ONDEMAND_EXPORT_ENV
 )

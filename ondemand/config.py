@@ -185,6 +185,8 @@ class Secrets(Model):
     admin_key: SecretStr | None = None
     ovh_token: SecretStr | None = None
     runpod_api_key: SecretStr | None = None
+    # A restricted RunPod key scoped to the endpoint: what test steps get, not the account key.
+    runpod_client_key: SecretStr | None = None
     github_token: SecretStr | None = None
 
     def secret_values(self) -> list[str]:
@@ -232,6 +234,7 @@ _SECRET_ENV: Final[dict[str, tuple[str, ...]]] = {
     "admin_key": ("ONDEMAND_ADMIN_KEY",),
     "ovh_token": ("OVH_AI_TOKEN",),
     "runpod_api_key": ("RUNPOD_API_KEY",),
+    "runpod_client_key": ("RUNPOD_CLIENT_KEY",),
     "github_token": ("ONDEMAND_GITHUB_TOKEN", "GITHUB_TOKEN"),
 }
 

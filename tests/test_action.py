@@ -9,7 +9,9 @@ import re
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import httpx
 import ollama
 import pytest
 
@@ -192,7 +194,7 @@ def test_action_yml_declares_the_interface_and_keeps_expressions_out_of_scripts(
     assert set(action["inputs"]) == {
         "command", "provider", "name", "config", "models", "image", "gpu", "region",
         "timeout", "idle-timeout", "lease-ttl", "api-key", "admin-key", "ovh-token",
-        "runpod-api-key", "github-token", "export-env", "python-version",
+        "runpod-api-key", "runpod-client-key", "github-token", "export-env", "python-version",
     }  # fmt: skip
     assert action["inputs"]["command"]["required"] is True
     assert action["inputs"]["export-env"]["default"] == "true"
@@ -343,3 +345,68 @@ def test_a_manual_down_days_later_stops_what_a_manual_up_started(
     assert "ollama-ondemand (sandbox): stopped" in status.log
     [deployment] = github.deployments
     assert github.states(deployment["id"])[0] == "inactive"
+
+
+# -- RunPod: the clients' key ----------------------------------------------------------------
+
+CLIENT_KEY = "rpa_restricted_client_key_0123456789"
+
+
+def _runpod_job(job: Runner, start_sandbox: StartSandbox) -> tuple[Runner, Any]:
+    running, _ = start_sandbox(no_worker_wait=3.0)
+    job.env |= {k: v for k, v in running.env.items() if k.startswith("RUNPOD_")}
+    job.env |= FAST_APPS
+    return job, running
+
+
+RUNPOD_UP = {
+    "command": "up", "provider": "runpod", "models": "llama3.2", "timeout": "60s",
+    "image": "registry.example.com/team/ollama-ondemand:1.4.0",
+}  # fmt: skip
+
+
+def test_runpod_clients_get_the_restricted_key_and_never_the_account_key(
+    job: Runner, start_sandbox: StartSandbox
+) -> None:
+    job, running = _runpod_job(job, start_sandbox)
+    account = job.env.pop("RUNPOD_API_KEY")
+    _ok(job.run({**RUNPOD_UP, "command": "deploy", "runpod-api-key": account}))
+    # The key the user made in RunPod's console for this endpoint only.
+    endpoint = httpx.get(running.url + "/runpod/v2/serverless", headers=running.headers).json()[
+        "endpoints"
+    ][0]
+    running.sandbox.runpod.gateway.restricted[CLIENT_KEY] = {endpoint["id"]}
+
+    up = _ok(job.run({**RUNPOD_UP, "runpod-api-key": account, "runpod-client-key": CLIENT_KEY}))
+    assert CLIENT_KEY in up.masks
+    assert account in up.masks
+    env = up.exported_env
+    assert env["RUNPOD_CLIENT_KEY"] == CLIENT_KEY
+    assert account not in env.values()
+    assert "::warning" not in up.log
+    # A later step reaches the model with the restricted key and our key, nothing more.
+    headers = {"Authorization": f"Bearer {env['RUNPOD_CLIENT_KEY']}",
+               "X-API-Key": env["OLLAMA_API_KEY"]}  # fmt: skip
+    with ollama.Client(host=env["OLLAMA_HOST"], headers=headers) as client:
+        reply = client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
+    assert reply.message.content
+    # The restricted key manages nothing.
+    restricted = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    assert httpx.get(running.url + "/runpod/v2/serverless", headers=restricted).status_code == 401
+
+    job.env.update(env)
+    _ok(job.run({"command": "delete", "provider": "runpod", "runpod-api-key": account}))
+
+
+def test_without_a_client_key_up_warns_and_exports_no_runpod_key(
+    job: Runner, start_sandbox: StartSandbox
+) -> None:
+    job, _ = _runpod_job(job, start_sandbox)
+    account = job.env["RUNPOD_API_KEY"]
+    up = _ok(job.run(RUNPOD_UP))
+    [warning] = [line for line in up.log.splitlines() if line.startswith("::warning")]
+    assert "no RunPod client key" in warning
+    assert "restricted key" in warning
+    assert "RUNPOD_CLIENT_KEY" not in up.exported_env
+    assert account not in up.exported_env.values()
+    _ok(job.run({"command": "delete", "provider": "runpod"}))

@@ -152,7 +152,7 @@ def start(app: App, no_wait: bool, timeout: str | None) -> None:
         )
         return
     _print_up(app, result, provider.name)
-    published_up(app, result, provider.name, resolved.config.name)
+    published_up(app, result, provider.name, resolved.config.name, provider.client_env())
 
 
 @cli.command()
@@ -227,7 +227,7 @@ def up(
     if github:
         github.ready(result.url, f"{name} is ready on {provider.name}")
     _print_up(app, result, provider.name)
-    published_up(app, result, provider.name, name)
+    published_up(app, result, provider.name, name, provider.client_env())
 
 
 @contextlib.contextmanager

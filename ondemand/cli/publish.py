@@ -52,10 +52,23 @@ def export_env_enabled(env: Mapping[str, str]) -> bool:
     return env.get("ONDEMAND_EXPORT_ENV", "true").strip().lower() not in _OFF
 
 
-def published_up(app: App, result: UpResult, provider: str, name: str) -> None:
-    """Outputs, exported environment and summary of a successful ``up`` or ``start``."""
+def published_up(
+    app: App,
+    result: UpResult,
+    provider: str,
+    name: str,
+    client: tuple[Mapping[str, str], str | None] = ({}, None),
+) -> None:
+    """Outputs, exported environment and summary of a successful ``up`` or ``start``.
+    ``client`` is the provider's ``client_env()``: what clients need to pass its front
+    door, exported too, and a warning when that is missing."""
     if not app.actions.active:
         return
+    client_env, client_warning = client
+    for secret in client_env.values():
+        app.actions.mask(secret)
+    if client_warning:
+        app.actions.warning(client_warning)
     if result.api_key:
         app.actions.mask(result.api_key)
     _outputs(
@@ -74,6 +87,8 @@ def published_up(app: App, result: UpResult, provider: str, name: str) -> None:
         for variable, value in zip(EXPORTED, values, strict=True):
             if value:
                 app.actions.set_env(variable, value)
+        for variable, secret in client_env.items():
+            app.actions.set_env(variable, secret)
     if result.lease is not None:
         # This job's 'down' releases exactly this lease, even without the step output.
         app.actions.set_env("ONDEMAND_LEASE_ID", result.lease.id)

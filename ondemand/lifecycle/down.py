@@ -142,20 +142,25 @@ def _let_scale_to_zero(
         f"{name}: left to scale to zero: each worker stops {idle}s after its last request, "
         "and none serving a request is cut off ('ondemand down --force' stops it now)"
     )
-    share = _share(resolved, provider, released)
+    # A worker bills until it has stopped: idle_timeout after this run's last request.
+    share = _share(resolved, provider, released, after=float(idle or 0))
     return DownResult(before, True, message, share=share, released=released, scales_to_zero=True)
 
 
 def _share(
-    resolved: ResolvedConfig, provider: Provider, released: list[dict[str, Any]]
+    resolved: ResolvedConfig,
+    provider: Provider,
+    released: list[dict[str, Any]],
+    after: float = 0.0,
 ) -> Estimate | None:
-    """This run's share of the bill: how long its lease was held, by the server's clock."""
+    """This run's share of the bill: how long its lease was held, by the server's clock,
+    plus what still bills ``after`` it (a worker's idle timeout)."""
     from ondemand.providers.costs import for_seconds
 
     if not released:
         return None
     config = resolved.config
-    held = sum(float(lease.get("held_seconds") or 0) for lease in released)
+    held = sum(float(lease.get("held_seconds") or 0) for lease in released) + after
     return for_seconds(provider.name, held, config.gpu, config.gpu_count, config.prices)
 
 

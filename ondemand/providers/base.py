@@ -243,6 +243,11 @@ class Provider(abc.ABC):
         account key in Authorization, so our key travels in X-API-Key)."""
         return {}
 
+    def client_env(self) -> tuple[dict[str, str], str | None]:
+        """What later steps' clients need besides our key to pass the platform's front door
+        (exported with the URL), and a warning about it when something is missing."""
+        return {}, None
+
     def probe_would_wake(self, deployment: Deployment) -> bool:
         """Whether asking the server now would start a worker (and its bill)."""
         return False

@@ -1,6 +1,6 @@
 """Estimated spend: how long compute has been billed, times a price per GPU-hour.
 
-The built-in prices are indicative list prices gathered in 2026 and will drift: set
+The built-in prices are list prices with their source and date, and will drift: set
 ``prices:`` in ondemand.yml (GPU model -> price per GPU per hour) to your own.
 """
 
@@ -10,12 +10,60 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+
+@dataclass(frozen=True, slots=True)
+class PriceList:
+    """One provider's prices per GPU per hour, in its billing currency, and where they
+    come from."""
+
+    source: str
+    as_of: str
+    per_hour: Mapping[str, float]
+
+
+# RunPod bills serverless workers per second, from a worker's start until it has fully
+# stopped: cold start, model load and the idle timeout after the last request included.
+# Flex (scale-to-zero) workers, USD per second, from runpod/docs
+# snippets/serverless-gpu-pricing-table.mdx at fed16bc (L4 and RTX 4090 share their pools'
+# prices: AMPERE_24, ADA_24 "PRO").
+_RUNPOD_FLEX_PER_SECOND = {
+    "L4": 0.00019, "RTX A5000": 0.00019, "RTX 3090": 0.00019, "RTX 4090": 0.00031,
+    "RTX A6000": 0.00034, "A40": 0.00034, "L40": 0.00053, "L40S": 0.00053,
+    "RTX 6000 Ada": 0.00053, "A100": 0.00076, "H100": 0.00116, "RTX PRO 6000": 0.00111,
+    "H200": 0.00155, "B200": 0.00240,
+}  # fmt: skip
+
+PRICE_LISTS: dict[str, PriceList] = {
+    "ovh": PriceList(
+        source="OVHcloud AI Deploy public price list, per GPU per hour",
+        as_of="2026",
+        per_hour={"L4": 0.95, "L40S": 1.80, "V100S": 1.93, "A100": 3.07, "H100": 3.50},
+    ),
+    "runpod": PriceList(
+        source="runpod/docs snippets/serverless-gpu-pricing-table.mdx @fed16bc "
+        "(serverless flex workers, USD per second x 3600)",
+        as_of="2026-12",
+        per_hour={gpu: round(usd * 3600, 4) for gpu, usd in _RUNPOD_FLEX_PER_SECOND.items()},
+    ),
+    # Pods are priced apart from serverless: Secure Cloud on-demand, USD per GPU per hour.
+    "runpod-pod": PriceList(
+        source="RunPod Secure Cloud on-demand pod prices (RunPod's pricing page)",
+        as_of="2026",
+        per_hour={
+            "L4": 0.43,
+            "A40": 0.40,
+            "L40S": 0.86,
+            "A100": 1.64,
+            "H100": 2.69,
+            "RTX 4090": 0.69,
+            "RTX A6000": 0.49,
+        },
+    ),
+}
 # Per GPU per hour, in the provider's billing currency.
 DEFAULT_PRICES: dict[str, dict[str, float]] = {
-    "ovh": {"L4": 0.95, "L40S": 1.80, "V100S": 1.93, "A100": 3.07, "H100": 3.50},
-    "runpod": {"L4": 0.43, "A40": 0.40, "L40S": 0.86, "A100": 1.64, "H100": 2.69,
-               "RTX 4090": 0.69, "RTX A6000": 0.49},
-}  # fmt: skip
+    name: dict(prices.per_hour) for name, prices in PRICE_LISTS.items()
+}
 CURRENCY = {"ovh": "EUR", "sandbox": "EUR", "runpod": "USD", "runpod-pod": "USD", "local": ""}
 
 
@@ -45,7 +93,7 @@ def price(provider: str, gpu: str, gpu_count: int, overrides: Mapping[str, float
     """Price per hour for ``gpu_count`` GPUs of model ``gpu``; 0 for the local machine."""
     if provider == "local":
         return 0.0
-    table = {**DEFAULT_PRICES.get("ovh" if provider == "sandbox" else provider.split("-")[0], {})}
+    table = {**DEFAULT_PRICES.get("ovh" if provider == "sandbox" else provider, {})}
     table.update(overrides)
     wanted = gpu.upper().replace("TESLA-", "").replace("-80GB", "").replace("-40GB", "")
     for name, hourly in table.items():

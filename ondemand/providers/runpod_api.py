@@ -18,7 +18,15 @@ import httpx
 
 from ondemand.errors import CapacityError, ConfigError, CredentialsError, ProviderError
 from ondemand.providers._http import ApiClient, ApiError, ApiUnreachable
-from ondemand.providers.base import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, label_value
+from ondemand.providers.base import (
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_REPO,
+    LABEL_RUN_ID,
+    MANAGED_BY,
+    label_value,
+)
+from ondemand.providers.runpod_catalog import Catalog
 from ondemand.providers.runpod_spec import parse_network_volume
 
 if TYPE_CHECKING:
@@ -28,12 +36,13 @@ T = TypeVar("T")
 log = logging.getLogger("ondemand.providers.runpod")
 
 API_URL = "https://api.runpod.io"
-ENDPOINT_BASE_URL = "https://api.runpod.ai/v2"
 POD_PROXY_URL = "https://{pod_id}-{port}.proxy.runpod.net"
 # Labels travel as environment variables: v2 endpoints and pods have no labels of their own.
 ENV_MANAGED_BY = "ONDEMAND_LABEL_MANAGED_BY"
 ENV_NAME = "ONDEMAND_LABEL_NAME"
 ENV_SPEC = "ONDEMAND_LABEL_SPEC"
+ENV_REPO = "ONDEMAND_LABEL_REPO"
+ENV_RUN_ID = "ONDEMAND_LABEL_RUN_ID"
 # RunPod's list price for network volume storage under 1 TB, USD per GB per month.
 NETWORK_VOLUME_MONTHLY_PER_GB = 0.07
 
@@ -73,6 +82,13 @@ def label_env(name: str) -> dict[str, str]:
     return {ENV_MANAGED_BY: MANAGED_BY, ENV_NAME: label_value(name)}
 
 
+def run_label_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The repository and the workflow run that created or last changed it, where known.
+    Left out of the spec's digest: a new run alone changes nothing on RunPod."""
+    found = {ENV_REPO: env.get("GITHUB_REPOSITORY", ""), ENV_RUN_ID: env.get("GITHUB_RUN_ID", "")}
+    return {k: label_value(v) for k, v in found.items() if v.strip()}
+
+
 class RunpodApi:
     """The REST v2 calls, with failures turned into ondemand's errors."""
 
@@ -91,9 +107,6 @@ class RunpodApi:
         self.key = key
         timeout = config.config.timeout.total_seconds()
         base = env.get("RUNPOD_API_URL", "").strip().rstrip("/").removesuffix("/v2") or API_URL
-        self.endpoint_base = (
-            env.get("RUNPOD_ENDPOINT_BASE_URL", "").strip().rstrip("/") or ENDPOINT_BASE_URL
-        )
         self.pod_proxy = env.get("RUNPOD_POD_PROXY_URL", "").strip() or POD_PROXY_URL
         self.api = ApiClient(
             base,
@@ -102,6 +115,17 @@ class RunpodApi:
             retry_budget=min(120.0, timeout),
             deadline=time.monotonic() + timeout,
         )
+        # A catalog that does not answer at once checks nothing: no retries for it.
+        self.catalog = Catalog(
+            lambda what, path: self.call(
+                what, lambda: self.api.request("GET", path, retry=False).json()
+            )
+        )
+
+    def check_data_centers(self, ids: list[str], *, volumes: bool = False) -> None:
+        """Warn about data centers RunPod's catalog does not list (or not with volumes)."""
+        kind = "data center offering network volumes" if volumes else "data center"
+        self.catalog.check(kind, ids, lambda: self.catalog.data_center_ids(volumes=volumes))
 
     def close(self) -> None:
         self.api.close()
@@ -122,6 +146,7 @@ class RunpodApi:
         found = oldest(named())
         if found is not None:
             return found
+        self.check_data_centers([wanted.data_center], volumes=True)
         try:
             created, _ = self.create(
                 "network volume",
@@ -135,7 +160,9 @@ class RunpodApi:
             )
         except ConfigError as exc:
             exc.hint = (
-                "not every data center offers network volumes: pick one the message lists "
+                "not every data center offers network volumes: pick one the message lists, "
+                "or one RunPod's catalog shows with network volumes (GET "
+                "/v2/catalog/datacenters?networkVolumeTypes=STANDARD) "
                 "(runpod.network_volume: NAME@DATACENTER)"
             )
             raise
@@ -168,7 +195,13 @@ class RunpodApi:
         return self.call(what, run)
 
     def create(
-        self, noun: str, path: str, body: object, named: Callable[[], list[dict[str, Any]]]
+        self,
+        noun: str,
+        path: str,
+        body: object,
+        named: Callable[[], list[dict[str, Any]]],
+        *,
+        looked: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         """POST a new ``noun`` to ``path``; after a 5xx or a lost answer, look for it before
         retrying.
@@ -178,9 +211,13 @@ class RunpodApi:
         so nothing is lost). Answers the one kept, and whether this call made it (the loser
         must not stop the winner's)."""
         retrying = self.api.retrying()
+        # The caller has just looked (``looked``): only a retry needs to look again.
+        tries = 0
 
         def attempt() -> dict[str, Any]:
-            found = oldest(named())
+            nonlocal tries
+            tries += 1
+            found = oldest(named()) if tries > 1 or not looked else None
             if found is not None:
                 return found
             made: dict[str, Any] = self.api.request("POST", path, json=body, retry=False).json()
@@ -218,6 +255,21 @@ class RunpodApi:
                 hint="check RUNPOD_API_KEY; the RunPod console lists your keys (Settings → "
                 "API Keys)",
             )
+        if exc.status == 402:
+            return ProviderError(
+                text,
+                cause="the RunPod account's balance is too low to start this",
+                hint="add funds (RunPod console → Billing) or set up auto-pay, then run the "
+                "command again",
+            )
+        if exc.status == 403 and what.startswith("create"):
+            return CredentialsError(
+                text,
+                cause="the key or the account may not use this GPU pool, GPU type or cloud "
+                "(some pools and Secure Cloud types need access granted to the account)",
+                hint="pick another GPU (gpu:, runpod.gpu_pools) or cloud (runpod.cloud_type), "
+                "or ask RunPod for access to this one",
+            )
         if exc.status == 403:
             return CredentialsError(
                 text,
@@ -233,17 +285,54 @@ class RunpodApi:
             )
         if exc.status == 429 or exc.status >= 500:
             return CapacityError(text, hint="RunPod is busy or failing; try again in a while")
+        if exc.status == 400 and unplaced(exc.message):
+            return CapacityError(
+                text,
+                cause="RunPod has no machine free for this GPU and data-center combination",
+                hint="try again later, allow another GPU (gpu:) or more data centers "
+                "(runpod.data_centers), or a network volume in another data center",
+            )
         if exc.status == 400:
             return ConfigError(text, hint="fix the setting the message names (docs/runpod.md)")
         return ProviderError(text)
 
 
+# A 400 to a create that could not be placed, rather than a field RunPod rejected. RunPod
+# words it "There are no longer any instances available with the requested specifications"
+# (its pod-create answer since the GraphQL API); the other words cover rewordings.
+_UNPLACED_WORDS = (
+    "no longer any instances",
+    "instances available",
+    "not enough capacity",
+    "no capacity",
+    "could not be placed",
+    "could not find any",
+)
+
+
+def unplaced(message: str) -> bool:
+    text = message.lower()
+    return any(words in text for words in _UNPLACED_WORDS)
+
+
 def managed(item: Mapping[str, Any], name: str | None = None) -> bool:
-    """Whether an endpoint or pod is ours (and named ``name``, when given)."""
+    """Whether an endpoint or pod is ours (and is deployment ``name``, when given).
+
+    Found by our own labels, never by the resource's name: RunPod has appended " -fb" to the
+    names of flashbooted endpoints (its own tooling strips it), and a name may be edited in
+    the console; the label in the env stays as we set it."""
     env = item.get("env") or {}
     if not isinstance(env, dict) or env.get(ENV_MANAGED_BY) != MANAGED_BY:
         return False
-    return name is None or item.get("name") == name
+    return name is None or env.get(ENV_NAME) == label_value(name)
+
+
+def deployment_name(item: Mapping[str, Any]) -> str:
+    """The deployment a managed resource stands for: its name label, else its own name
+    without a FlashBoot suffix."""
+    env = item.get("env") or {}
+    label = env.get(ENV_NAME) if isinstance(env, dict) else None
+    return str(label or str(item.get("name") or "").removesuffix(" -fb"))
 
 
 def oldest(items: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -262,6 +351,8 @@ def the_one_named(found: list[dict[str, Any]], kind: str, name: str) -> dict[str
 def labels(item: Mapping[str, Any]) -> dict[str, str]:
     env = item.get("env") or {}
     found = {LABEL_MANAGED_BY: str(env.get(ENV_MANAGED_BY) or "")}
-    if env.get(ENV_NAME):
-        found[LABEL_NAME] = str(env[ENV_NAME])
+    for label, variable in ((LABEL_NAME, ENV_NAME), (LABEL_REPO, ENV_REPO),
+                            (LABEL_RUN_ID, ENV_RUN_ID)):  # fmt: skip
+        if env.get(variable):
+            found[label] = str(env[variable])
     return {k: v for k, v in found.items() if v}

@@ -29,6 +29,7 @@ from ondemand.providers.runpod_api import (
     labels,
     managed,
     network_volume_note,
+    run_label_env,
     the_one_named,
 )
 from ondemand.providers.runpod_spec import pod_gpu_type
@@ -50,6 +51,35 @@ MODELS_DIR = f"{MOUNT}/ollama-models"
 _ZERO_GPU_WORDS = ("gpu", "not enough", "no longer available", "unavailable")
 
 
+def _check_mount_change(name: str, current: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+    """What REST v2 can change in place: the size and path of a volume disk, the path of a
+    network volume. Not the kind of mount, nor which network volume (``runpod/docs``
+    ``api-reference-v2/openapi.json`` @fed16bc, ``Mounts``: "Mount kind is fixed at
+    create", "The volumeId of a network mount is immutable")."""
+    kinds = (set(current), set(wanted))
+    same_volume = [m.get("volumeId") for m in current.get("network") or []] == [
+        m.get("volumeId") for m in wanted.get("network") or []
+    ]
+    if kinds[0] == kinds[1] and same_volume:
+        return
+
+    def shown(mounts: Mapping[str, Any]) -> str:
+        if mounts.get("network"):
+            return "network volume " + str(mounts["network"][0].get("volumeId"))
+        if mounts.get("persistent"):
+            return f"a {mounts['persistent'].get('size')} GB volume disk"
+        return "no volume"
+
+    raise ConfigError(
+        f"{name}: the pod has {shown(current)}; the config asks for {shown(wanted)}, which "
+        "RunPod cannot change on an existing pod",
+        cause="a pod's kind of storage and its network volume are fixed when it is created",
+        hint="'ondemand delete' then 'ondemand up' makes a new pod with the new storage (the "
+        "model cache on a volume disk goes with the old pod; a network volume keeps it), or "
+        "set runpod.network_volume / runpod.pod_volume back",
+    )
+
+
 class RunpodPodProvider(Provider):
     """GPU pods; deployment ids are the deployment names."""
 
@@ -59,6 +89,7 @@ class RunpodPodProvider(Provider):
         super().__init__(env=env, config=config)
         self.config = config.config
         self.runpod = RunpodApi(env=env, config=config)
+        self._ids: dict[str, str] = {}  # deployment name -> pod id, once known
 
     def close(self) -> None:
         self.runpod.close()
@@ -73,7 +104,18 @@ class RunpodPodProvider(Provider):
         ]
 
     def _find(self, name: str) -> dict[str, Any] | None:
-        return the_one_named(self._named(name), "pods", name)
+        """The pod, by id once it is known (one GET, not a listing: the key's rate limit is
+        shared by every job), else by our labels."""
+        known = self._ids.get(name)
+        if known is not None:
+            pod = self.runpod.get_or_none("read the pod", f"/v2/pods/{known}")
+            if isinstance(pod, dict) and managed(pod, name) and pod.get("status") != "TERMINATED":
+                return pod
+            del self._ids[name]
+        found = the_one_named(self._named(name), "pods", name)
+        if found is not None and found.get("id"):
+            self._ids[name] = str(found["id"])
+        return found
 
     def _url(self, pod: Mapping[str, Any]) -> str:
         return self.runpod.pod_proxy.format(pod_id=pod["id"], port=self.config.port)
@@ -140,12 +182,18 @@ class RunpodPodProvider(Provider):
         current = self._find(spec.name)
         if current is None:
             created, ours = self.runpod.create(
-                "pod", "/v2/pods", body, lambda: self._named(spec.name)
+                "pod", "/v2/pods", body, lambda: self._named(spec.name), looked=True
             )
+            if created.get("id"):
+                self._ids[spec.name] = str(created["id"])
             return self._deployment(spec.name, created, "created" if ours else CREATED_BY_ANOTHER)
         if (current.get("env") or {}).get(ENV_SPEC) == body["env"][ENV_SPEC]:
             return self._deployment(spec.name, current, "unchanged")
         update = {k: v for k, v in body.items() if k in ("image", "env", "ports", "disk")}
+        mounts = body.get("mounts") or {}
+        if mounts != (current.get("mounts") or {}):
+            _check_mount_change(spec.name, current.get("mounts") or {}, mounts)
+            update["mounts"] = mounts
         updated = self.runpod.send("update the pod", "PATCH", f"/v2/pods/{current['id']}", update)
         return self._deployment(spec.name, updated or current, "updated")
 
@@ -213,7 +261,7 @@ class RunpodPodProvider(Provider):
         body: dict[str, Any] = {
             "name": spec.name,
             "image": check_image(spec.image),
-            "gpu": {"id": pod_gpu_type(spec.gpu), "count": spec.gpu_count},
+            "gpu": {"id": pod_gpu_type(spec.gpu, self.runpod.catalog), "count": spec.gpu_count},
             "cloud": runpod.cloud_type,
             "disk": runpod.container_disk,
             "ports": [f"{port}/http"],
@@ -227,6 +275,8 @@ class RunpodPodProvider(Provider):
             if runpod.pod_volume:
                 body["mounts"] = {"persistent": {"size": runpod.pod_volume, "path": MOUNT}}
             if runpod.data_centers:
-                body["dataCenterIds"] = list(runpod.data_centers)
+                body["dataCenterIds"] = [dc.strip().upper() for dc in runpod.data_centers]
+                self.runpod.check_data_centers(body["dataCenterIds"])
         env[ENV_SPEC] = digest({k: v for k, v in body.items()})
+        env.update(run_label_env(self.env))
         return body

@@ -1,17 +1,26 @@
 """What RunPod calls GPUs and volumes, and how ``gpu: L4`` in the config becomes them.
 
 RunPod names GPUs twice: serverless endpoints take *pools* (``AMPERE_24``), pods take *type
-ids* (``NVIDIA L4``), and a pool mixes several types. The tables follow the reference's
-§6; membership drifts, so an unknown name is an error that lists what is known, and a pool
-or type id written out in full is passed through.
+ids* (``NVIDIA L4``), and a pool mixes several types. The tables below follow the
+reference's §6 and translate the names users write; membership drifts, so a name they do
+not know is looked up in RunPod's own catalog (``runpod_catalog``), and a pool or type id
+written out in full is passed through with a warning, never refused: RunPod decides. Data
+centers are not listed here at all: the catalog is their only authority.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ondemand.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ondemand.providers.runpod_catalog import Catalog
+
+log = logging.getLogger("ondemand.providers.runpod")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +67,6 @@ _ALIASES = {
     "RTX6000ADA": "NVIDIA RTX 6000 Ada Generation",
     "6000ADA": "NVIDIA RTX 6000 Ada Generation",
 }
-DATA_CENTERS: tuple[str, ...] = (
-    "EU-RO-1", "CA-MTL-1", "EU-SE-1", "US-IL-1", "EUR-IS-1", "EU-CZ-1", "US-TX-3", "EUR-IS-2",
-    "US-KS-2", "US-GA-2", "US-WA-1", "US-TX-1", "CA-MTL-3", "EU-NL-1", "US-TX-4", "US-CA-2",
-    "US-NC-1", "OC-AU-1", "US-DE-1", "EUR-IS-3", "CA-MTL-2", "AP-JP-1", "EUR-NO-1", "EU-FR-1",
-    "US-KS-3", "US-GA-1",
-)  # fmt: skip
 
 
 def _key(name: str) -> str:
@@ -91,10 +94,17 @@ def _unknown_gpu(name: str, what: str) -> ConfigError:
     )
 
 
+_POOL_ID = re.compile(r"[A-Z]+(_[A-Z0-9]+)*_[0-9]+(_[A-Z]+)*")
+
+
 def serverless_gpus(
-    gpu: str, pools: list[str] | None, exclude: list[str] | None
+    gpu: str,
+    pools: list[str] | None,
+    exclude: list[str] | None,
+    catalog: Catalog | None = None,
 ) -> tuple[list[str], list[str]]:
-    """The ``gpu.pools`` and ``gpu.excludedTypes`` of an endpoint for these settings."""
+    """The ``gpu.pools`` and ``gpu.excludedTypes`` of an endpoint for these settings.
+    ``catalog`` (RunPod's own) is asked only about names the tables here do not know."""
     chosen = gpu_type(gpu)
     if pools:
         wanted = [p.strip().upper() for p in pools if p.strip()]
@@ -102,19 +112,27 @@ def serverless_gpus(
         wanted = [gpu.strip().upper()]
     elif chosen is not None:
         wanted = [chosen.pool]
+    elif catalog is not None and (pool := catalog.pool_of(gpu)) is not None:
+        wanted = [pool]
+    elif _POOL_ID.fullmatch(gpu.strip().upper()):
+        wanted = [gpu.strip().upper()]  # a pool newer than these tables
     else:
         raise _unknown_gpu(gpu, "model or pool")
-    for pool in wanted:
-        if pool not in POOLS:
-            raise _unknown_gpu(pool, "pool")
+    new = [p for p in wanted if p not in POOLS]
+    if new and catalog is not None:
+        catalog.check("serverless GPU pool", new, catalog.pools)
     if exclude is not None:
         given = [e.strip() for e in exclude if e.strip() and e.strip().lower() != "none"]
         excluded = []
         for name in given:
             found = gpu_type(name)
-            if found is None:
-                raise _unknown_gpu(name, "type to exclude")
-            excluded.append(found.id)
+            if found is not None:
+                excluded.append(found.id)
+                continue
+            type_id = catalog.type_id(name) if catalog is not None else None
+            if type_id is None:
+                log.warning("GPU type %r to exclude is not known; sent as written", name)
+            excluded.append(type_id or name)
         return wanted, excluded
     in_pools = [t for t in GPU_TYPES if t.pool in wanted]
     excluded = [t.id for t in in_pools if t.sm == CPU_FALLBACK_SM and t != chosen]
@@ -125,17 +143,24 @@ def serverless_gpus(
     return wanted, excluded
 
 
-def pod_gpu_type(gpu: str) -> str:
+def pod_gpu_type(gpu: str, catalog: Catalog | None = None) -> str:
     """The one type id a pod asks for (pods take a type, not a pool)."""
-    if gpu.strip().upper() in POOLS:
+    if gpu.strip().upper() in POOLS or _POOL_ID.fullmatch(gpu.strip().upper()):
         raise ConfigError(
             f"{gpu!r} is a serverless pool; a pod needs one GPU type",
             hint="set gpu to a model such as L4 or RTX 4090, or a type id such as 'NVIDIA L4'",
         )
     chosen = gpu_type(gpu)
-    if chosen is None:
-        raise _unknown_gpu(gpu, "type")
-    return chosen.id
+    if chosen is not None:
+        return chosen.id
+    type_id = catalog.type_id(gpu) if catalog is not None else None
+    if type_id is not None:
+        return type_id
+    if " " in gpu.strip():
+        # Written out like a type id ("NVIDIA GeForce RTX 5080"): RunPod decides.
+        log.warning("GPU type %r is not known here; sent as written", gpu.strip())
+        return gpu.strip()
+    raise _unknown_gpu(gpu, "type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +179,6 @@ def parse_network_volume(text: str) -> VolumeRequest:
             hint="e.g. runpod.network_volume: ollama-models@EU-RO-1 (a volume is pinned to one "
             "data center, and so are the workers that mount it)",
         )
-    if data_center not in DATA_CENTERS:
-        raise ConfigError(
-            f"unknown RunPod data center {data_center!r}",
-            hint="use one of " + ", ".join(DATA_CENTERS),
-        )
+    # Which data centers exist, and which offer volumes, is the catalog's to say (the
+    # provider checks it there); a fixed list here went stale within months.
     return VolumeRequest(name.strip(), data_center)

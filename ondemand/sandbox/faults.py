@@ -39,7 +39,12 @@ with ``info.code`` ``APP_FAILED`` and a no-GPU/quota message, without running an
 RunPod's own (see ``ondemand.sandbox.runpod``): ``throttled``, the next N serverless workers
 never get a GPU (THROTTLED, nothing runs); ``crash``, the next N workers' servers exit at
 once, again and again (UNHEALTHY, a crash loop); ``zero_gpus``, the next N pod starts from
-EXITED are refused because the pod's machine has no free GPU.
+EXITED are refused because the pod's machine has no free GPU; ``no_capacity``, the next N
+pod creates answer 400 because the GPU and data-center combination cannot be placed;
+``insufficient_balance``, the next N pod creates answer 402; ``pool_forbidden``, the next N
+pod creates answer 403 (the key or account may not use that GPU); ``flashboot_rename``, the
+next N endpoints created with FlashBoot get " -fb" appended to their name, as RunPod's
+backend has done.
 
 ``POST`` adds to what is configured (rules are appended, counts added, ``slow`` replaced);
 ``GET`` shows what is left; ``DELETE`` clears everything.
@@ -70,7 +75,16 @@ class Kinds:
 KINDS = {
     "ovh": Kinds(("no_capacity", "created_then_500"), TIMED_STATES),
     "runpod": Kinds(
-        ("created_then_500", "throttled", "crash", "zero_gpus"),
+        (
+            "created_then_500",
+            "throttled",
+            "crash",
+            "zero_gpus",
+            "no_capacity",
+            "insufficient_balance",
+            "pool_forbidden",
+            "flashboot_rename",
+        ),
         ("PROVISIONING", "STARTING", "INITIALIZING"),
     ),
 }

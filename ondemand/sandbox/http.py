@@ -100,9 +100,10 @@ class Dialect:
     read_only: frozenset[str] = frozenset({"read"})
     key: Callable[[Scope], str | None] = field(default=lambda _scope: None)
     """The caller's key from the request (Bearer token)."""
-    headers: Callable[[], Headers] = field(default=lambda: [])
-    """Headers on every authenticated answer (RunPod's rate headers); raising an HttpError
-    refuses the call before it is routed (a rate limit's 429)."""
+    headers: Callable[[str], Headers] = field(default=lambda _key: [])
+    """Headers on every authenticated answer, given the caller's key (RunPod's rate
+    headers); raising an HttpError refuses the call before it is routed (a rate limit's
+    429)."""
     translate: Callable[[Exception], HttpError | None] = field(default=lambda _exc: None)
     """The HttpError for an exception the engine raises in its own type, else None."""
 
@@ -128,7 +129,7 @@ class FrontEnd(Generic[E]):
             await dialect.render(send, HttpError(401, dialect.unauthorized(key)), [])
             return
         try:
-            headers = dialect.headers()
+            headers = dialect.headers(key or "")
         except HttpError as exc:  # a rate limit refusing the call, say (429)
             await dialect.render(send, exc, exc.headers)
             return

@@ -62,6 +62,9 @@ def _action_step(provider: str, *, name: str, step_id: str, command: str, api_ke
         lines.append(_indent(_PIN_NOTE, 2))
     lines += [f"  uses: {ACTION}", "  with:", f"    command: {command}"]
     credentials = _credentials(provider, api_key=api_key, explain=explain)
+    if provider == "runpod" and command == "up":
+        # A restricted key for this endpoint only, exported to the tests: never the account key.
+        credentials += "\nrunpod-client-key: ${{ secrets.RUNPOD_CLIENT_KEY }}"
     if credentials:
         lines.append(_indent(credentials, 4))
     return "\n".join(lines)
@@ -81,13 +84,12 @@ def _test_step(provider: str) -> str:
 - name: Run tests
   id: tests
   # Replace this with your tests. `up` exported OLLAMA_HOST, OPENAI_BASE_URL,
-  # OLLAMA_API_KEY and OPENAI_API_KEY to the steps after it. RunPod's gateway wants the
-  # RunPod key as the bearer token and ours as X-API-Key (docs/runpod.md).
-  env:
-    RUNPOD_API_KEY: ${{ secrets.RUNPOD_API_KEY }}
+  # OLLAMA_API_KEY and OPENAI_API_KEY to the steps after it, and RUNPOD_CLIENT_KEY when
+  # the up step was given runpod-client-key: a restricted RunPod key for this endpoint
+  # only (docs/runpod.md). RunPod's gateway wants it as the bearer token, ours as X-API-Key.
   run: |
     curl --fail --silent --show-error \\
-      -H "Authorization: Bearer $RUNPOD_API_KEY" -H "X-API-Key: $OLLAMA_API_KEY" \\
+      -H "Authorization: Bearer $RUNPOD_CLIENT_KEY" -H "X-API-Key: $OLLAMA_API_KEY" \\
       "$OLLAMA_HOST/api/tags"
 """
     return """\

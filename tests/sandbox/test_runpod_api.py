@@ -244,7 +244,7 @@ def test_catalog(runpod: RunPod) -> None:
     assert one.json()["pool"] == "ADA_48_PRO"
     assert one.json()["availability"] == "HIGH"
     centers = runpod.http.get("/v2/catalog/datacenters").json()["dataCenters"]
-    assert len(centers) == 26
+    assert len(centers) == 33  # the 26 of the v1 enum and 7 newer ones with volumes
     with_volumes = runpod.http.get(
         "/v2/catalog/datacenters", params={"networkVolumeTypes": "STANDARD"}
     ).json()["dataCenters"]
@@ -293,13 +293,14 @@ def test_http_faults_answer_problems(runpod: RunPod) -> None:
     )
     assert answer.status_code == 400
     assert (
-        "known: crash, created_then_500, http, slow, throttled, zero_gpus"
-        in answer.json()["message"]
+        "known: crash, created_then_500, flashboot_rename, http, insufficient_balance, "
+        "no_capacity, pool_forbidden, slow, throttled, zero_gpus" in answer.json()["message"]
     )
     cleared = httpx.delete(runpod.running.url + "/_sandbox/faults", trust_env=False).json()
     assert cleared["runpod"] == {"http": [], "slow": {"multiplier": 1.0, "seconds": {}},
                                  "created_then_500": 0, "throttled": 0, "crash": 0,
-                                 "zero_gpus": 0}  # fmt: skip
+                                 "zero_gpus": 0, "no_capacity": 0, "insufficient_balance": 0,
+                                 "pool_forbidden": 0, "flashboot_rename": 0}  # fmt: skip
 
 
 def test_a_create_answered_500_still_creates_the_endpoint(runpod: RunPod) -> None:

@@ -16,6 +16,7 @@ from ondemand.sandbox.runpod import catalog
 from ondemand.sandbox.runpod.gateway import bearer
 from ondemand.sandbox.runpod.model import TERMINATED
 from ondemand.sandbox.runpod.problems import ApiError, render
+from ondemand.sandbox.runpod.ratelimit import RateLimiter
 from ondemand.sandbox.vendor.openapi import RUNPOD, document
 
 if TYPE_CHECKING:
@@ -206,6 +207,8 @@ class RestApi:
     def __init__(self, engine: RunPodEngine, *, operator_token: str, read_token: str) -> None:
         self.engine = engine
         self.rates = RateHeaders()
+        self.limiter = RateLimiter()
+        """Replaceable: tests give the sandbox a quota or a clock of their own."""
         self.front = FrontEnd(
             engine,
             ROUTES,
@@ -222,7 +225,7 @@ class RestApi:
                 read_only_text="access denied: this API key is read-only",
                 not_allowed_text=lambda _m, _a: _NOT_ALLOWED,
                 key=bearer,
-                headers=self.rates.take,
+                headers=self._admit,
             ),
         )
 
@@ -230,3 +233,10 @@ class RestApi:
         self, scope: Scope, receive: Receive, send: Send, path: str, base: str
     ) -> None:
         await self.front(scope, receive, send, path, base)
+
+    def _admit(self, key: str) -> list[tuple[bytes, bytes]]:
+        """Count the call against its key's quota (429 past it), then the rate headers."""
+        refusal = self.limiter.refusal(key)
+        if refusal is not None:
+            raise refusal
+        return self.rates.take()

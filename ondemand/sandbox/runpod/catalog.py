@@ -131,6 +131,15 @@ DATA_CENTERS: tuple[DataCenter, ...] = (
     DataCenter("EU-FR-1", "EU France 1", "EUROPE"),
     DataCenter("US-KS-3", "US Kansas 3", "NORTH_AMERICA"),
     DataCenter("US-GA-1", "US Georgia 1", "NORTH_AMERICA", (STANDARD,)),
+    # Data centers with network volumes missing from older lists (runpod/docs
+    # storage/s3-api.mdx at fed16bc lists them among those with the S3 API).
+    DataCenter("US-MD-1", "US Maryland 1", "NORTH_AMERICA", (STANDARD,)),
+    DataCenter("US-MO-1", "US Missouri 1", "NORTH_AMERICA", (STANDARD,)),
+    DataCenter("US-MO-2", "US Missouri 2", "NORTH_AMERICA", (STANDARD,)),
+    DataCenter("US-NC-2", "US North Carolina 2", "NORTH_AMERICA", (STANDARD,)),
+    DataCenter("US-NE-1", "US Nebraska 1", "NORTH_AMERICA", (STANDARD,)),
+    DataCenter("US-KS-1", "US Kansas 1", "NORTH_AMERICA", (STANDARD,)),
+    DataCenter("US-OR-1", "US Oregon 1", "NORTH_AMERICA", (STANDARD,)),
 )
 DATA_CENTER_IDS: dict[str, DataCenter] = {dc.id: dc for dc in DATA_CENTERS}
 VOLUME_DATA_CENTERS: tuple[str, ...] = tuple(dc.id for dc in DATA_CENTERS if dc.volume_types)

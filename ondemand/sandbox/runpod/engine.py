@@ -202,6 +202,8 @@ class RunPodEngine:
 
     def create_endpoint(self, body: object) -> Endpoint:
         name, kind, config = endpoint_input.create(body, self.volumes)
+        if config.get("flashboot", "OFF") != "OFF" and self.faults.take("flashboot_rename"):
+            name += " -fb"
         endpoint = Endpoint(new_id(14), name, kind, config, iso())
         self.endpoints[endpoint.id] = endpoint
         self.save_endpoints()
@@ -236,6 +238,9 @@ class RunPodEngine:
 
     def create_pod(self, body: object) -> Pod:
         name, spec, place = pod_input.create(body, self.volumes)
+        refused = refusal(self.faults)
+        if refused is not None:
+            raise refused
         taken = {pod.port for pod in self.pods.values()}
         port = free_port()
         while port in taken:
@@ -262,6 +267,25 @@ class RunPodEngine:
 
     def delete_pod(self, pod_id: str) -> None:
         self.pod_life.terminate(self.find_pod(pod_id))
+
+
+# Pod-create refusals, as RunPod words them (problem+json, REST v2): 400 when the GPU and
+# data center cannot be placed (the wording of RunPod's pod deploy since its GraphQL API),
+# 402 when the balance is too low, 403 when the account may not use that GPU.
+_REFUSALS = (
+    ("no_capacity", 400, "There are no longer any instances available with the requested "
+     "specifications. Please refresh and try again."),
+    ("insufficient_balance", 402, "insufficient balance: your account balance is too low "
+     "to deploy this pod"),
+    ("pool_forbidden", 403, "access denied: this GPU type is not available to your account"),
+)  # fmt: skip
+
+
+def refusal(faults: FaultSet) -> ApiError | None:
+    for kind, status, detail in _REFUSALS:
+        if faults.take(kind):
+            return ApiError(status, detail)
+    return None
 
 
 def _found(records: dict[str, Record], key: str, what: str) -> Record:

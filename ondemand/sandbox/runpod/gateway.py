@@ -57,6 +57,9 @@ class Gateway:
         self.engine = engine
         self.operator_token = operator_token
         self.read_token = read_token
+        # Restricted keys (RunPod console, Settings → API Keys → Restricted): each may call
+        # only the serverless endpoints it was given, and no REST route.
+        self.restricted: dict[str, set[str]] = {}
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -76,9 +79,14 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, endpoint_id: str, path: str
     ) -> None:
         key = bearer(scope)
-        if key != self.operator_token:
-            status = 403 if key == self.read_token else 401
-            why = "this API key is read-only" if status == 403 else "missing or invalid API key"
+        scoped = key is not None and endpoint_id in self.restricted.get(key, set())
+        if key != self.operator_token and not scoped:
+            status = 403 if key == self.read_token or key in self.restricted else 401
+            why = (
+                "this API key has no access to this endpoint"
+                if status == 403
+                else ("missing or invalid API key")
+            )
             hint = "send 'Authorization: Bearer <RunPod API key>'"
             await send_json(send, status, {"error": f"{why}: {hint}"})
             return
