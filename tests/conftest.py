@@ -38,6 +38,16 @@ def serve_emulator(models: str) -> Iterator[tuple[Emulator, BackgroundServer]]:
         yield app, server
 
 
+@pytest.fixture(autouse=True)
+def own_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test its own state directory: the lease records 'up' writes there are per user
+    and deployment name, so tests running side by side under one name would release each
+    other's leases (and a developer's own records would leak in)."""
+    monkeypatch.setenv("ONDEMAND_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
