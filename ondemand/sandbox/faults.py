@@ -34,7 +34,9 @@ Kinds every API has:
   answer 500, as when a request times out behind a gateway after the platform accepted it.
 
 OVH's own: ``no_capacity``, the next N starts (a create starts the app too) end ``FAILED``
-with ``info.code`` ``APP_FAILED`` and a no-GPU/quota message, without running anything.
+with ``info.code`` ``APP_FAILED`` and a no-GPU/quota message, without running anything;
+``platform_error``, the next N starts end ``ERROR`` (a failure on OVH's side, after which
+OVH's troubleshooting guide says to redeploy), without running anything.
 
 RunPod's own (see ``ondemand.sandbox.runpod``): ``throttled``, the next N serverless workers
 never get a GPU (THROTTLED, nothing runs); ``crash``, the next N workers' servers exit at
@@ -73,7 +75,7 @@ class Kinds:
 
 
 KINDS = {
-    "ovh": Kinds(("no_capacity", "created_then_500"), TIMED_STATES),
+    "ovh": Kinds(("no_capacity", "created_then_500", "platform_error"), TIMED_STATES),
     "runpod": Kinds(
         (
             "created_then_500",
@@ -283,6 +285,9 @@ class FaultSet:
 
     def take_no_capacity(self) -> bool:
         return self.take("no_capacity")
+
+    def take_platform_error(self) -> bool:
+        return self.take("platform_error")
 
     def take_created_then_500(self) -> bool:
         return self.take("created_then_500")

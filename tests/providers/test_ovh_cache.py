@@ -5,14 +5,18 @@ lets the push finish, and the next cold start finds the models in the bucket."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ondemand.lifecycle import DownResult, down
 from ondemand.sandbox.server import SandboxServer
 from tests.clirun import run
 from tests.cloud import FAST_APPS, Ovh, StartSandbox, wait
+from tests.jobs import lifecycle_of
 
 IMAGE = "registry.example.com/team/ollama-ondemand:1.4.0"
 MODEL = "qwen3:0.6b"
@@ -107,3 +111,35 @@ def test_without_a_push_the_next_start_pulls_again(
     api.http.put(f"/v1/app/{app['id']}/start")
     api.wait(app["id"], "RUNNING")
     wait(lambda: _serve_log(running).count(f"pulling {MODEL}"), lambda pulls: pulls >= 2)
+
+
+def test_down_waits_for_a_push_under_way_so_the_stop_does_not_interrupt_it(
+    cloud: tuple[SandboxServer, Ovh], capsys: pytest.CaptureFixture[str]
+) -> None:
+    running, api = cloud
+    hold = running.sandbox.ovh.engine.syncs.hold = threading.Event()
+    try:
+        code, _, err = run(["up"], capsys)
+        assert code == 0, err
+        said: list[str] = []
+        results: list[DownResult] = []
+
+        def stop() -> None:
+            with lifecycle_of(dict(os.environ)) as (resolved, provider):
+                results.append(down(resolved, provider, force=True, progress=said.append))
+
+        stopping = threading.Thread(target=stop)
+        stopping.start()
+        wait(
+            lambda: said, lambda lines: any("waiting for the model cache push" in s for s in lines)
+        )
+        [app] = api.http.get("/v1/app").json()["items"]
+        assert app["status"]["state"] == "RUNNING", "down stopped before the push ended"
+        hold.set()
+        stopping.join(timeout=60)
+        [result] = results
+    finally:
+        hold.set()
+    assert "model cache pushed to ollama-cache@s3-gra/models" in result.message
+    assert list(_bucket(running).rglob("0.6b")), "the push was not interrupted"
+    api.wait(app["id"], "STOPPED")

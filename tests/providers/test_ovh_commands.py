@@ -270,3 +270,26 @@ def test_a_stop_that_does_not_finish_exits_3_saying_it_may_still_bill(
     code, out, err = run(["down"], capsys)
     assert code == 0, err
     assert "already stopped" in out
+
+
+def test_an_app_in_error_is_not_started_again_and_the_way_out_is_to_redeploy(
+    sandbox: tuple[SandboxServer, Ovh], capsys: pytest.CaptureFixture[str]
+) -> None:
+    running, api = sandbox
+    httpx.post(f"{running.url}/_sandbox/faults", json={"ovh": {"platform_error": 1}})
+    code, _, err = run(["up"], capsys)
+    assert code == 5, err
+    assert "ERROR" in err
+    app_id = _app(api)["id"]
+
+    code, _, err = run(["start"], capsys)
+    assert code == 3, err
+    assert "a failure on OVH's side" in err
+    assert "'ondemand delete' then 'ondemand up'" in err
+    assert _app(api)["status"]["state"] == "ERROR"  # nothing was asked of OVH
+
+    assert run(["delete"], capsys)[0] == 0
+    api.wait_gone(app_id)
+    code, _, err = run(["up"], capsys)
+    assert code == 0, err
+    assert _app(api)["status"]["state"] == "RUNNING"

@@ -92,3 +92,22 @@ def test_five_jobs_at_once_on_one_key_stay_under_the_limit_and_see_no_429(
     refused = limiter.refused.get(key, 0)
     print(f"5 lifecycles at once: {calls} calls, {refused} answered 429 and retried")
     assert calls - refused <= 5 * LIFECYCLE_BUDGET
+
+
+def test_a_429_from_the_key_limit_is_waited_out_and_never_reaches_the_user(
+    cloud: Cloud,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # One call a one-second window, and the window moves on only once a call was refused:
+    # status's second call is refused whatever the machine's speed, and admitted after
+    # the Retry-After it was given.
+    limiter = RateLimiter(1, window=1.0)
+    limiter.clock = lambda: float(sum(limiter.refused.values()))
+    code, _, err = run(["deploy"], capsys)
+    assert code == 0, err
+    cloud.running.sandbox.runpod.rest.limiter = limiter
+    code, out, err = run(["status"], capsys)
+    assert code == 0, err
+    assert "stopped" in out
+    assert sum(limiter.refused.values()) == 1
+    assert "rate limit" not in out + err

@@ -53,7 +53,7 @@ def test_http_faults_answer_the_next_matching_requests(start_sandbox: StartSandb
     _faults(running, "POST", {"ovh": {"http": [{"route": "*", "times": 5}], "no_capacity": 2}})
     cleared = _faults(running, "DELETE").json()["ovh"]
     assert cleared == {"http": [], "slow": {"multiplier": 1.0, "seconds": {}}, "no_capacity": 0,
-                       "created_then_500": 0}  # fmt: skip
+                       "created_then_500": 0, "platform_error": 0}  # fmt: skip
     assert client.http.get("/v1/app").status_code == 200
 
 

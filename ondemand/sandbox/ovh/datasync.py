@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,9 @@ class DataSyncs:
         self.engine = engine
         self.pause = 0.0
         """Seconds each sync stays QUEUED, then RUNNING (the emulator's transition time)."""
+        self.hold: threading.Event | None = None
+        """When set to an Event, syncs stay QUEUED until it is set: a push still under way
+        when a test (or a rehearsal) decides, whatever the machine's speed."""
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self, record: AppRecord, spec: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +170,8 @@ class DataSyncs:
     async def _run(self, record: AppRecord, sync: dict[str, Any], volumes: list[int]) -> None:
         if self.pause:
             await asyncio.sleep(self.pause)
+        if self.hold is not None:
+            await asyncio.to_thread(self.hold.wait)
         if sync["status"]["state"] != QUEUED:
             return  # interrupted while queued
         _set(sync, SYNCING)

@@ -37,6 +37,7 @@ from ondemand.sandbox.faults import FaultSet
 from ondemand.sandbox.ovh.model import (
     DELETED,
     DELETING,
+    ERROR,
     FAILED,
     INITIALIZING,
     QUEUED,
@@ -179,6 +180,9 @@ class Machine:
         if self.faults.take_no_capacity():
             gpu = record.spec["resources"].get("gpuModel") or record.spec["resources"]["flavor"]
             self._set(record, FAILED, NO_CAPACITY.format(gpu=gpu))
+            return
+        if self.faults.take_platform_error():
+            self._set(record, ERROR)
             return
         self._set(record, INITIALIZING)
         await asyncio.gather(
