@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -32,31 +31,23 @@ def proxy(app: App, upstream: str | None, host: str | None, port: int | None) ->
     ONDEMAND_INSECURE_NO_AUTH=1 to serve without authentication). Clients send the key as
     'Authorization: Bearer <key>', 'X-API-Key: <key>' or as the Basic-auth password.
     """
+    from ondemand.envvalues import Env
     from ondemand.proxy import ProxySettings, create_app
     from ondemand.proxy.logs import configure_logging
     from ondemand.serving import bind, run
 
     settings = ProxySettings.from_env(app.env, upstream=upstream)
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    bind_host = host or app.env.get("HOST") or "0.0.0.0"
-    bind_port = port if port is not None else _env_port(app.env, "PORT", 8080)
+    read = Env(app.env)
+    bind_host = host or read.text("HOST", "0.0.0.0")
+    # 0 (any free port) is allowed here, as for --port: the proxy prints the one it got.
+    bind_port = port if port is not None else read.port("PORT", 8080, allow_zero=True)
     sock = bind(bind_host, bind_port)
     shown_port = sock.getsockname()[1]
     if settings.keys.insecure_no_auth:
         app.info("warning: ONDEMAND_INSECURE_NO_AUTH is set: anyone who can connect is admin")
     app.info(f"proxy listening on http://{bind_host}:{shown_port} -> {settings.upstream}")
     run(create_app(settings), sock=sock, log_level="warning", lifespan="on")
-
-
-def _env_port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
-        from ondemand.errors import ConfigError
-
-        raise ConfigError(f"{name} must be a port number (0-65535), got {raw!r}")
-    return int(raw)
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ondemand.envvalues import Env, secret_problem
 from ondemand.errors import ConfigError
 
 # Longer values are refused before hashing: no real key is this long, and it bounds the work
@@ -164,17 +165,35 @@ class KeyStore:
         return self._match_key(password, signed)
 
 
+# Every variable that holds a key or a password. One set but blank, or with whitespace
+# around it, stops the server: ONDEMAND_ADMIN_KEY=$'\n' must never make "\n" an admin.
+SECRET_VARS = ("ONDEMAND_ADMIN_KEY", "ONDEMAND_BASIC_AUTH", "OVHAI_BASIC_AUTH_USER",
+               "OVHAI_BASIC_AUTH_PASSWORD", "ONDEMAND_RUN_KEY_SECRET",
+               "USER_MODEL_METRICS_WEBHOOK_API_KEY")  # fmt: skip
+
+
+def _is_api_key_var(name: str) -> bool:
+    return name == "AUTHORIZATION_APIKEY" or name.startswith("AUTHORIZATION_APIKEY_")
+
+
+def check_secret_vars(env: Mapping[str, str]) -> None:
+    """Refuse a key variable that is set but blank, or has whitespace around it (the
+    message names the variable, never the value). An empty variable is an unset one."""
+    read = Env(env)
+    for name in sorted(n for n in env if _is_api_key_var(n)) + list(SECRET_VARS):
+        read.secret(name)
+
+
 def _env_keys(env: Mapping[str, str]) -> list[KeyEntry]:
     entries: list[KeyEntry] = []
-    for var in sorted(env):
-        value = env[var]
-        if not value:
-            continue  # an empty variable must never become an accepted empty key
-        if var == "AUTHORIZATION_APIKEY" or var.startswith("AUTHORIZATION_APIKEY_"):
+    read = Env(env)
+    for var in sorted(filter(_is_api_key_var, env)):
+        value = read.secret(var)
+        if value is not None:  # an empty variable never becomes an accepted empty key
             name = var.removeprefix("AUTHORIZATION_").lower()
             entries.append(KeyEntry(name, digest(value), source=f"env {var}"))
-    admin = env.get("ONDEMAND_ADMIN_KEY", "")
-    if admin:
+    admin = read.secret("ONDEMAND_ADMIN_KEY")
+    if admin is not None:
         entries.append(
             KeyEntry("admin", digest(admin), admin=True, source="env ONDEMAND_ADMIN_KEY")
         )
@@ -183,17 +202,19 @@ def _env_keys(env: Mapping[str, str]) -> list[KeyEntry]:
 
 def _basic_users(env: Mapping[str, str]) -> list[_BasicUser]:
     users: list[_BasicUser] = []
-    pair = env.get("ONDEMAND_BASIC_AUTH", "")
-    if pair:
+    read = Env(env)
+    pair = read.secret("ONDEMAND_BASIC_AUTH")
+    if pair is not None:
         user, sep, password = pair.partition(":")
-        if not sep or not user or not password:
+        if not sep or secret_problem(user) or secret_problem(password):
             raise ConfigError(
-                "ONDEMAND_BASIC_AUTH must be 'user:password'",
+                "ONDEMAND_BASIC_AUTH must be 'user:password', neither blank nor with "
+                "whitespace around it",
                 hint="set it as user:password, or unset it",
             )
         users.append(_BasicUser(digest(user), digest(password), user))
-    ovh_user = env.get("OVHAI_BASIC_AUTH_USER", "")
-    ovh_password = env.get("OVHAI_BASIC_AUTH_PASSWORD", "")
+    ovh_user = read.secret("OVHAI_BASIC_AUTH_USER")
+    ovh_password = read.secret("OVHAI_BASIC_AUTH_PASSWORD")
     if ovh_user or ovh_password:
         if not (ovh_user and ovh_password):
             raise ConfigError(
@@ -205,9 +226,11 @@ def _basic_users(env: Mapping[str, str]) -> list[_BasicUser]:
 
 
 def keystore_from_env(env: Mapping[str, str]) -> KeyStore:
-    """Build the key store; fail closed when nothing is configured."""
+    """Build the key store; fail closed when nothing is configured, or when a key variable
+    is blank or has whitespace around it."""
+    check_secret_vars(env)
     entries = _env_keys(env)
-    keys_file = env.get("ONDEMAND_KEYS_FILE", "")
+    keys_file = env.get("ONDEMAND_KEYS_FILE", "").strip()
     if keys_file:
         from ondemand.proxy.keysfile import parse_keys_file
 
@@ -222,7 +245,7 @@ def keystore_from_env(env: Mapping[str, str]) -> KeyStore:
             )
         seen[entry.name] = entry.source
     basic = _basic_users(env)
-    insecure = env.get("ONDEMAND_INSECURE_NO_AUTH", "").strip().lower() in {"1", "true", "yes"}
+    insecure = Env(env).flag("ONDEMAND_INSECURE_NO_AUTH")
     store = KeyStore(entries, basic, insecure_no_auth=insecure)
     if store.empty and not insecure:
         raise ConfigError(

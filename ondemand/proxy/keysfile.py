@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ondemand.envvalues import secret_problem
 from ondemand.errors import ConfigError
 from ondemand.modelnames import canonical
 from ondemand.proxy.auth import KeyEntry, digest, parse_sha256, valid_key_name
@@ -82,10 +83,14 @@ def parse_keys_file(path: Path) -> list[KeyEntry]:
             problems.append(_problem(path, line, f"{where}: give exactly one of 'key' or 'sha256'"))
         elif has_key:
             value = item["key"]
-            if not isinstance(value, str) or not value.strip():
-                problems.append(_problem(path, line, f"{where}: 'key' must be a non-empty string"))
+            # The same rule as a key variable's (envvalues.secret_problem), and the
+            # message never quotes the key.
+            problem = secret_problem(value) if isinstance(value, str) else "is not a string"
+            if problem:
+                key_line = item.lc.key("key")[0] + 1
+                problems.append(_problem(path, key_line, f"{where}: 'key' {problem}"))
             else:
-                key_digest = digest(value.strip())
+                key_digest = digest(value)
         else:
             value = item["sha256"]
             key_digest = parse_sha256(value) if isinstance(value, str) else None

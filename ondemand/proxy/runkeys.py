@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ondemand.envvalues import Env
 from ondemand.keys import RUN_KEY_EPOCH_ENV
 
 PREFIX = "odk_run_"
@@ -48,10 +49,11 @@ class RunKeyClaim:
 
 def run_key_secret(env: Mapping[str, str]) -> bytes:
     epoch = env.get(RUN_KEY_EPOCH_ENV, "").strip().encode()
-    explicit = env.get("ONDEMAND_RUN_KEY_SECRET", "").strip()
+    read = Env(env)
+    explicit = read.secret("ONDEMAND_RUN_KEY_SECRET")
     if explicit:
         return hmac.new(explicit.encode(), _CONTEXT + b"/" + epoch, hashlib.sha256).digest()
-    admin = env.get("ONDEMAND_ADMIN_KEY", "").strip()
+    admin = read.secret("ONDEMAND_ADMIN_KEY")
     if admin:
         return hmac.new(admin.encode(), _CONTEXT + b"/" + epoch, hashlib.sha256).digest()
     return secrets.token_bytes(32)

@@ -10,7 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ondemand.envvalues import Env
 from ondemand.errors import ConfigError
+from ondemand.ollamahost import parse_ollama_host
 from ondemand.proxy.auth import KeyStore, keystore_from_env
 from ondemand.proxy.policy import KeepAlivePolicy
 
@@ -19,67 +21,19 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
-_SIZE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
-# Single letters are binary, as in nginx's client_max_body_size ("64m" is 64 MiB).
-_FACTORS = {
-    "": 1, "b": 1,
-    "k": 2**10, "kib": 2**10, "kb": 10**3,
-    "m": 2**20, "mib": 2**20, "mb": 10**6,
-    "g": 2**30, "gib": 2**30, "gb": 10**9,
-}  # fmt: skip
 
 
-def parse_size(text: str) -> int:
-    """Bytes from ``67108864``, ``64MiB``, ``64MB``, ``64m``."""
-    match = _SIZE.match(text)
-    factor = _FACTORS.get(match.group(2).lower()) if match else None
-    if match is None or factor is None:
-        raise ValueError(f"invalid size {text!r}: use bytes or a unit, like 64MiB or 10MB")
-    return int(match.group(1)) * factor
-
-
-def normalise_upstream(value: str) -> str:
-    """A base URL from ``host:port``, ``:port`` or a URL, as OLLAMA_HOST is written."""
-    value = value.strip().rstrip("/")
-    if not value:
+def normalise_upstream(value: str, name: str = "ONDEMAND_UPSTREAM") -> str:
+    """A base URL from what ``OLLAMA_HOST`` accepts (``host:port``, ``:port``, a URL), read
+    by Ollama's own rules; an address that means "every interface" is dialled as loopback."""
+    if not value.strip():
         return DEFAULT_UPSTREAM
-    if "://" not in value:
-        value = "http://" + value
-    scheme, _, rest = value.partition("://")
-    if scheme not in ("http", "https"):
-        raise ConfigError(f"the upstream {value!r} must be an http:// or https:// URL")
-    host = rest.split("/", 1)[0]
-    if host.startswith(":"):
-        rest = "127.0.0.1" + rest
-    elif host.startswith("0.0.0.0"):
-        rest = "127.0.0.1" + rest[len("0.0.0.0") :]
-    return f"{scheme}://{rest}"
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw.removesuffix("s"))
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
-    return value
-
-
-def _positive(env: Mapping[str, str], name: str) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{name} must be a whole number ≥ 1, got {raw!r}")
-    return int(raw)
+    where = parse_ollama_host(value)
+    if where.scheme not in ("http", "https"):
+        raise ConfigError(f"{name} must be an http:// or https:// URL or host:port")
+    if where.bad_port is not None:
+        raise ConfigError(f"{name} has no valid port (0-65535): {where.bad_port!r}")
+    return where.url
 
 
 def _origins(raw: str) -> frozenset[str]:
@@ -142,13 +96,8 @@ class ProxySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, upstream: str | None = None) -> ProxySettings:
-        raw_upstream = upstream or env.get("ONDEMAND_UPSTREAM") or DEFAULT_UPSTREAM
-        max_body_raw = env.get("ONDEMAND_MAX_BODY", "").strip()
-        try:
-            max_body = parse_size(max_body_raw) if max_body_raw else DEFAULT_MAX_BODY
-        except ValueError as exc:
-            raise ConfigError(f"ONDEMAND_MAX_BODY: {exc}") from None
-        level = (env.get("AUTHORIZATION_LOG_LEVEL") or "INFO").strip().upper()
+        read = Env(env)
+        level = read.text("AUTHORIZATION_LOG_LEVEL", "INFO").upper()
         if level not in {"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"}:
             raise ConfigError(
                 f"AUTHORIZATION_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}"
@@ -156,18 +105,18 @@ class ProxySettings:
         from ondemand.proxy.webhook import WebhookSettings
 
         return cls(
-            upstream=normalise_upstream(raw_upstream),
+            upstream=normalise_upstream(upstream or read.text("ONDEMAND_UPSTREAM")),
             keys=keystore_from_env(env),
-            max_body=max_body,
-            body_timeout=_float(env, "ONDEMAND_BODY_TIMEOUT", 30.0),
-            connect_timeout=_float(env, "ONDEMAND_UPSTREAM_CONNECT_TIMEOUT", 10.0),
-            log_json=_truthy(env.get("AUTHORIZATION_LOG_JSON")),
+            max_body=read.size("ONDEMAND_MAX_BODY", DEFAULT_MAX_BODY),
+            body_timeout=read.seconds("ONDEMAND_BODY_TIMEOUT", 30.0),
+            connect_timeout=read.seconds("ONDEMAND_UPSTREAM_CONNECT_TIMEOUT", 10.0),
+            log_json=read.flag("AUTHORIZATION_LOG_JSON"),
             log_level="WARNING" if level == "WARN" else level,
             keep_alive=KeepAlivePolicy.from_env(env),
-            max_inflight=_positive(env, "ONDEMAND_MAX_INFLIGHT"),
-            cors_origins=_origins(env.get("ONDEMAND_CORS_ORIGINS", "")),
+            max_inflight=read.optional_count("ONDEMAND_MAX_INFLIGHT"),
+            cors_origins=_origins(read.text("ONDEMAND_CORS_ORIGINS")),
             webhook=WebhookSettings.from_env(env),
-            clock_scale=_float(env, "ONDEMAND_CLOCK_SCALE", 1.0),
+            clock_scale=read.factor("ONDEMAND_CLOCK_SCALE", 1.0),
             replica_id=replica_name(env),
             env=dict(env),
         )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ondemand import __version__
+from ondemand.envvalues import Env
 from ondemand.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -41,28 +42,6 @@ _EVENTS = {"batches_sent": "batch_sent", "batches_failed": "batch_failed", "retr
 def _host(url: str) -> str:
     """Host and port only, for logs: user info and query strings may carry credentials."""
     return url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
-
-
-def _count(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name, "").strip()
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ConfigError(f"{name} must be a whole number of at least {minimum}, got {raw!r}")
-    return value
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    try:
-        value = float(raw.removesuffix("s")) if raw else default
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a number of seconds above 0, got {raw!r}")
-    return value
 
 
 def _backoff(attempt: int) -> float:
@@ -107,14 +86,15 @@ class WebhookSettings:
                 "USER_MODEL_METRICS_WEBHOOK_URL must be an http:// or https:// URL with a host,"
                 f" got scheme {scheme!r} and host {host!r}"
             )
+        read = Env(env)
         return cls(
             url=url,
-            api_key=env.get("USER_MODEL_METRICS_WEBHOOK_API_KEY", "").strip() or None,
-            batch_size=_count(env, "ONDEMAND_WEBHOOK_BATCH_SIZE", 100, 1),
-            interval=_seconds(env, "ONDEMAND_WEBHOOK_INTERVAL", 5.0),
-            timeout=_seconds(env, "ONDEMAND_WEBHOOK_TIMEOUT", 5.0),
-            retries=_count(env, "ONDEMAND_WEBHOOK_RETRIES", 3, 0),
-            queue_size=_count(env, "ONDEMAND_WEBHOOK_QUEUE", 10_000, 1),
+            api_key=read.secret("USER_MODEL_METRICS_WEBHOOK_API_KEY"),
+            batch_size=read.count("ONDEMAND_WEBHOOK_BATCH_SIZE", 100),
+            interval=read.seconds("ONDEMAND_WEBHOOK_INTERVAL", 5.0),
+            timeout=read.seconds("ONDEMAND_WEBHOOK_TIMEOUT", 5.0),
+            retries=read.count("ONDEMAND_WEBHOOK_RETRIES", 3, minimum=0),
+            queue_size=read.count("ONDEMAND_WEBHOOK_QUEUE", 10_000),
         )
 
 

@@ -19,11 +19,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from ondemand.configtypes import parse_duration
-from ondemand.errors import ConfigError
-
 if TYPE_CHECKING:
     from ondemand.proxy.app import ProxyApp
+    from ondemand.serve.settings import ServeSettings
 
 log = logging.getLogger("ondemand.serve")
 
@@ -65,17 +63,6 @@ class Deployment:
         return f"{verdict.reason} (every replica)" if verdict.action == "stopped" else None
 
 
-def _duration(env: Mapping[str, str], name: str) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        seconds = parse_duration(raw).total_seconds()
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not a duration", hint="write e.g. 30m or 8h") from exc
-    return seconds if seconds > 0 else None
-
-
 def this_deployment(env: Mapping[str, str]) -> Deployment | None:
     """``ONDEMAND_NAME`` on ``ONDEMAND_PROVIDER``; None on this machine (``local``), where
     there is no bill to stop. Built at start-up, so a missing credential is a start-up
@@ -109,9 +96,11 @@ class SelfStop:
         self.stopped_because: str | None = None
 
     @classmethod
-    def from_env(cls, proxy: ProxyApp, env: Mapping[str, str]) -> SelfStop | None:
-        idle = _duration(env, "ONDEMAND_IDLE_STOP")
-        lifetime = _duration(env, "ONDEMAND_MAX_LIFETIME")
+    def from_settings(cls, proxy: ProxyApp, settings: ServeSettings) -> SelfStop | None:
+        """From ``ONDEMAND_IDLE_STOP`` and ``ONDEMAND_MAX_LIFETIME`` as the server read them;
+        the deployment comes from the provider settings in ``settings.proxy.env``."""
+        idle, lifetime = settings.idle_stop, settings.max_lifetime
+        env = settings.proxy.env
         if idle is None and lifetime is None:
             return None
         deployment = this_deployment(env)

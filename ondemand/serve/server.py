@@ -100,7 +100,6 @@ class Serve:
         self.state.supervisor = self.supervisor
         self._preload: asyncio.Task[None] | None = None
         self._added: set[asyncio.Task[None]] = set()
-        self.env = env
         self.proxy: ProxyApp | None = None
 
     async def _on_ollama_up(self) -> None:
@@ -197,7 +196,7 @@ class Serve:
         proxy.activity.mark_ready(False)
         from ondemand.serve.selfstop import SelfStop
 
-        selfstop = SelfStop.from_env(proxy, self.env)
+        selfstop = SelfStop.from_settings(proxy, settings)
         sockets: list[tuple[socket.socket, ASGIApp]] = [(main_sock, proxy)]
         if settings.health_port != settings.port:
             sockets.append(

@@ -472,9 +472,12 @@ def test_from_env_defaults_and_values() -> None:
         "http://10.0.0.5:9000/usage?tenant=a", KEY, 50, 0.5, 2.0, 0, 500
     )
     assert KEY not in repr(settings)
-    blank_key = WebhookSettings.from_env({URL_ENV: "https://m.example/u", KEY_ENV: " "})
-    assert blank_key is not None
-    assert blank_key.api_key is None
+    # A key that is only whitespace is a mistake, not "no key": refused, never echoed.
+    with pytest.raises(ConfigError, match=KEY_ENV):
+        WebhookSettings.from_env({URL_ENV: "https://m.example/u", KEY_ENV: " \n"})
+    assert WebhookSettings.from_env({URL_ENV: "https://m.example/u", KEY_ENV: ""}) == (
+        WebhookSettings("https://m.example/u")
+    )
 
 
 @pytest.mark.parametrize(

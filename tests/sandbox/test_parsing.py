@@ -1,4 +1,7 @@
-"""Parsing rules users hit through env vars and names: OLLAMA_HOST, keep-alive, model names."""
+"""Parsing rules users hit through env vars and names: keep-alive, model names.
+
+OLLAMA_HOST is read by ondemand/ollamahost.py for the emulator and the server alike
+(tests/serve/test_settings_env.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ondemand.sandbox.ollama import EmulatorConfig, parse_ollama_host
+from ondemand.sandbox.ollama import EmulatorConfig
 from ondemand.sandbox.ollama.durations import (
     FOREVER_NS,
     DurationError,
@@ -16,28 +19,6 @@ from ondemand.sandbox.ollama.durations import (
     rfc3339,
 )
 from ondemand.sandbox.ollama.names import parse_name
-
-
-@pytest.mark.parametrize(
-    ("value", "bind", "port", "client"),
-    [
-        ("", "127.0.0.1", 11434, "http://127.0.0.1:11434"),
-        ("0.0.0.0", "0.0.0.0", 11434, "http://127.0.0.1:11434"),
-        (":11434", "0.0.0.0", 11434, "http://127.0.0.1:11434"),
-        ("127.0.0.1:8080", "127.0.0.1", 8080, "http://127.0.0.1:8080"),
-        ("http://example.com", "example.com", 80, "http://example.com:80"),
-        ("https://example.com", "example.com", 443, "https://example.com:443"),
-        ("https://example.com:9", "example.com", 9, "https://example.com:9"),
-        ("'0.0.0.0:1234'", "0.0.0.0", 1234, "http://127.0.0.1:1234"),
-        ("[::1]:5000", "::1", 5000, "http://[::1]:5000"),
-        ("::1", "::1", 11434, "http://[::1]:11434"),
-        ("host:notaport", "host", 11434, "http://host:11434"),
-        ("example.com/path", "example.com", 11434, "http://example.com:11434"),
-    ],
-)
-def test_ollama_host(value: str, bind: str, port: int, client: str) -> None:
-    where = parse_ollama_host({"OLLAMA_HOST": value})
-    assert (where.bind_host, where.port, where.client_url) == (bind, port, client)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import pytest
 from ondemand.errors import ConfigError
 from ondemand.modelnames import canonical
 from ondemand.serve.models import preload_list
-from ondemand.serve.settings import keep_alive_value, ollama_port
+from ondemand.proxy.policy import keep_alive_setting
+from ondemand.serve.settings import ollama_port
 from ondemand.serve.supervisor import child_environment
 
 
@@ -62,7 +63,7 @@ def test_a_bad_ollama_port_is_a_config_error() -> None:
 @pytest.mark.parametrize(("raw", "sent"), [("-1", -1), ("300", 300), ("10m", "10m"), ("0", 0)])
 def test_keep_alive_goes_as_a_number_when_unitless(raw: str, sent: str | int) -> None:
     # Ollama answers 400 to a unit-less string such as "-1".
-    assert keep_alive_value(raw) == sent
+    assert keep_alive_setting("ONDEMAND_KEEP_ALIVE", raw)[0] == sent
 
 
 def test_child_environment_drops_every_secret() -> None:

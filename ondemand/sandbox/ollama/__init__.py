@@ -70,7 +70,7 @@ from __future__ import annotations
 
 from ondemand.sandbox.ollama.app import Emulator, create_app
 from ondemand.sandbox.ollama.config import EmulatorConfig, Fault, ModelSpec
-from ondemand.sandbox.ollama.standin import parse_ollama_host, write_standin
+from ondemand.sandbox.ollama.standin import write_standin
 from ondemand.sandbox.ollama.stats import Stats
 
 __all__ = [
@@ -80,6 +80,5 @@ __all__ = [
     "ModelSpec",
     "Stats",
     "create_app",
-    "parse_ollama_host",
     "write_standin",
 ]

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 
 from ondemand.errors import UsageError
+from ondemand.ollamahost import OllamaHost, parse_ollama_host
 from ondemand.sandbox.ollama.config import EmulatorConfig
 from ondemand.sandbox.ollama.durations import DurationError, parse_go_duration
-from ondemand.sandbox.ollama.standin import parse_ollama_host
 
 USAGE = """Usage:
   ollama [flags]
@@ -85,8 +85,13 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _ollama_host() -> OllamaHost:
+    """As Ollama reads it, including its fallback to the default port on a bad one."""
+    return parse_ollama_host(os.environ.get("OLLAMA_HOST", ""))
+
+
 def _request(method: str, path: str, body: Any = None, *, stream: bool = False) -> httpx.Response:
-    base = parse_ollama_host(os.environ).client_url
+    base = _ollama_host().url
     try:
         client = httpx.Client(base_url=base, timeout=httpx.Timeout(10.0, read=3600.0))
         request = client.build_request(method, path, json=body)
@@ -220,7 +225,7 @@ def _serve(config: EmulatorConfig) -> None:
     from ondemand.sandbox.ollama.app import create_app
     from ondemand.serving import bind, run
 
-    where = parse_ollama_host(os.environ)
+    where = _ollama_host()
     try:
         sock = bind(where.bind_host, where.port)
     except UsageError as exc:
