@@ -57,7 +57,7 @@ class OllamaHost:
         host = self.connect_host
         if ":" in host:
             host = f"[{host}]"
-        path = f"/{self.path}" if self.path else ""
+        path = "/" + self.path.rstrip("/") if self.path.rstrip("/") else ""
         return f"{self.scheme}://{host}:{self.port}{path}"
 
 
