@@ -230,7 +230,7 @@ def keystore_from_env(env: Mapping[str, str]) -> KeyStore:
     is blank or has whitespace around it."""
     check_secret_vars(env)
     entries = _env_keys(env)
-    keys_file = env.get("ONDEMAND_KEYS_FILE", "").strip()
+    keys_file = env.get("ONDEMAND_KEYS_FILE", "")
     if keys_file:
         from ondemand.proxy.keysfile import parse_keys_file
 

@@ -6,8 +6,8 @@ import pytest
 
 from ondemand.errors import ConfigError
 from ondemand.modelnames import canonical
-from ondemand.serve.models import preload_list
 from ondemand.proxy.policy import keep_alive_setting
+from ondemand.serve.models import preload_list
 from ondemand.serve.settings import ollama_port
 from ondemand.serve.supervisor import child_environment
 
