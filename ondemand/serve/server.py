@@ -86,13 +86,14 @@ def _ollama_default_keep_alive(settings: ServeSettings) -> str | int | None:
 
 
 class Serve:
-    def __init__(self, settings: ServeSettings, env: Mapping[str, str]) -> None:
+    def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.state = ServeState(settings.models)
         self.supervisor = Supervisor(
             settings.ollama_bin,
             settings.ollama_port,
-            env,
+            # Ollama's environment: the one the settings were read from, minus our secrets.
+            settings.proxy.env,
             on_up=self._on_ollama_up,
             on_down=self._on_ollama_down,
             keep_alive=_ollama_default_keep_alive(settings),
