@@ -32,7 +32,10 @@ def normalise_upstream(value: str, name: str = "ONDEMAND_UPSTREAM") -> str:
     if where.scheme not in ("http", "https"):
         raise ConfigError(f"{name} must be an http:// or https:// URL or host:port")
     if where.bad_port is not None:
-        raise ConfigError(f"{name} has no valid port (0-65535): {where.bad_port!r}")
+        # Not echoed: in "user:secret@host" the "port" would be the password.
+        raise ConfigError(
+            f"{name} has no valid port", hint="write host:port with a port in 0-65535, or a URL"
+        )
     return where.url
 
 

@@ -14,5 +14,5 @@ def serve(env: Mapping[str, str]) -> int:
 
     settings = ServeSettings.from_env(env)
     configure_logging(settings.proxy.log_level, json_lines=settings.proxy.log_json)
-    status: int = run_loop(Serve(settings).run())
+    status: int = run_loop(Serve(settings, env).run())
     return status

@@ -86,14 +86,13 @@ def _ollama_default_keep_alive(settings: ServeSettings) -> str | int | None:
 
 
 class Serve:
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, env: Mapping[str, str]) -> None:
         self.settings = settings
         self.state = ServeState(settings.models)
         self.supervisor = Supervisor(
             settings.ollama_bin,
             settings.ollama_port,
-            # Ollama's environment: the one the settings were read from, minus our secrets.
-            settings.proxy.env,
+            env,
             on_up=self._on_ollama_up,
             on_down=self._on_ollama_down,
             keep_alive=_ollama_default_keep_alive(settings),

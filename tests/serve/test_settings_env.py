@@ -238,3 +238,9 @@ def test_a_key_variable_blank_or_padded_is_refused_without_its_value(
 def test_basic_auth_pairs_follow_the_same_rule(base_env: dict[str, str], value: str) -> None:
     with pytest.raises(ConfigError, match="ONDEMAND_BASIC_AUTH"):
         serve_settings(base_env, ONDEMAND_BASIC_AUTH=value)
+
+
+def test_an_upstream_error_does_not_echo_what_looks_like_a_password() -> None:
+    with pytest.raises(ConfigError, match="ONDEMAND_UPSTREAM has no valid port") as error:
+        normalise_upstream("http://user:hunter2@example.com")
+    assert "hunter2" not in str(error.value)
