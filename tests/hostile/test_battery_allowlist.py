@@ -151,9 +151,7 @@ def test_json_tricks_never_forward_another_model(
 
 
 @pytest.mark.parametrize("model", ["mistral", "llama3.2%3A1b", "someone%2Fllama3.2"])
-def test_the_model_in_a_path_is_checked_too(
-    proxy: Process, clean: RawUpstream, model: str
-) -> None:
+def test_the_model_in_a_path_is_checked_too(proxy: Process, clean: RawUpstream, model: str) -> None:
     answer = raw(proxy.port, request("GET", f"/v1/models/{model}", key=LIMITED_KEY))
     assert answer.status == 403
     assert clean.seen == []

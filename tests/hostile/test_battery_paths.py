@@ -130,7 +130,8 @@ def test_http_0_9_style_lines_without_a_key_never_reach_ollama(
     responses, closed = converse(proxy.port, data, timeout=3, half_close=True)
     assert closed, "the proxy must answer or close, not wait"
     assert all(r.status in (400, 401) for r in responses), responses
-    assert clean.seen == [] and clean.malformed == []
+    assert clean.seen == []
+    assert clean.malformed == []
 
 
 def test_a_version_less_request_line_with_a_key_is_forwarded_as_one_http_1_1_request(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hostile.conftest import USER_KEY, Process, RawResponse, RawUpstream, converse
+from tests.hostile.conftest import USER_KEY, Process, RawUpstream, converse
+from tests.proxy.rawhttp import RawResponse
 
 AUTH = b"Authorization: Bearer " + USER_KEY.encode() + b"\r\n"
 HEAD = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + AUTH
@@ -39,15 +40,18 @@ def assert_nothing_smuggled(
         assert not (seen.header(b"transfer-encoding") and seen.header(b"content-length"))
     statuses = [r.status for r in responses]
     if upstream.seen:
-        assert statuses[0] == 200 and all(s in (400, 401) for s in statuses[1:]), statuses
+        assert statuses[0] == 200, statuses
+        assert all(s in (400, 401) for s in statuses[1:]), statuses
     else:
-        assert statuses and all(s in (400, 401, 413, 501) for s in statuses), statuses
+        assert statuses, "no answer"
+        assert all(s in (400, 401, 413, 501) for s in statuses), statuses
 
 
 REFUSED = {
     "CL then TE": b"Content-Length: 25\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(BODY),
     "TE then CL": b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n" + chunked(BODY),
-    "TE chunked, identity + CL": b"Transfer-Encoding: chunked, identity\r\nContent-Length: 20\r\n\r\n"
+    "TE chunked, identity + CL": b"Transfer-Encoding: chunked, identity\r\n"
+    + b"Content-Length: 20\r\n\r\n"
     + BODY,
     "TE chunked, identity": b"Transfer-Encoding: chunked, identity\r\n\r\n" + chunked(BODY),
     "TE xchunked + CL": b"Transfer-Encoding: xchunked\r\nContent-Length: 20\r\n\r\n" + BODY,
@@ -90,8 +94,7 @@ ACCEPTED = {
     "length": b"Content-Length: 20\r\nConnection: close\r\n\r\n" + BODY,
     "chunked": b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked(BODY),
     "Chunked": b"Transfer-Encoding: Chunked\r\nConnection: close\r\n\r\n" + chunked(BODY),
-    "extra spaces": b"Transfer-Encoding:   chunked  \r\nConnection: close\r\n\r\n"
-    + chunked(BODY),
+    "extra spaces": b"Transfer-Encoding:   chunked  \r\nConnection: close\r\n\r\n" + chunked(BODY),
     "chunk extension": b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n14;x=y\r\n"
     + BODY
     + b"\r\n0\r\n\r\n",
@@ -124,9 +127,7 @@ def test_a_pipelined_request_does_not_inherit_the_first_ones_key(
     assert clean.malformed == []
 
 
-def test_a_body_that_looks_like_a_request_stays_a_body(
-    proxy: Process, clean: RawUpstream
-) -> None:
+def test_a_body_that_looks_like_a_request_stays_a_body(proxy: Process, clean: RawUpstream) -> None:
     # A GET with a declared body: the body is part of this request, never a second one.
     get = b"GET /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + AUTH
     data = get + b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED

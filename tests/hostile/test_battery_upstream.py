@@ -77,7 +77,8 @@ def test_an_error_line_mid_stream_ends_the_native_stream(emu: Emulated) -> None:
     assert received.startswith(b"HTTP/1.1 200")
     assert received.endswith(b"0\r\n\r\n"), "the chunked stream must be terminated"
     lines = ndjson(body)
-    assert len(lines) == 3 and "error" in lines[-1]
+    assert len(lines) == 3
+    assert "error" in lines[-1]
 
 
 @pytest.mark.parametrize(
@@ -95,7 +96,8 @@ def test_ollama_cutting_a_stream_ends_it_with_an_error_item(
         assert "error" in json.loads(events[-1])
     else:
         lines = ndjson(content)
-        assert len(lines) == 3 and "error" in lines[-1], lines
+        assert len(lines) == 3, lines
+        assert "error" in lines[-1], lines
         assert all(not line.get("done") for line in lines)
 
 
@@ -181,9 +183,7 @@ def test_ollama_dying_mid_stream_ends_the_stream_and_later_requests_get_502(
 
 def test_ollama_refusing_connections_is_a_quick_502_in_each_dialect(tmp_path: Path) -> None:
     closed_port = free_port()
-    proxy = start_proxy_process(
-        tmp_path, f"http://127.0.0.1:{closed_port}", proxy_env(tmp_path)
-    )
+    proxy = start_proxy_process(tmp_path, f"http://127.0.0.1:{closed_port}", proxy_env(tmp_path))
     try:
         start = time.monotonic()
         native = raw(proxy.port, json_post("/api/chat", NATIVE, key=USER_KEY))
@@ -194,7 +194,8 @@ def test_ollama_refusing_connections_is_a_quick_502_in_each_dialect(tmp_path: Pa
         error = openai.json()["error"]  # type: ignore[index]
         assert error["message"] == "upstream Ollama is unavailable"
         responses, closed = converse(proxy.port, request("GET", "/ping"))
-        assert [r.status for r in responses] == [503] and closed
+        assert [r.status for r in responses] == [503]
+        assert closed
         assert time.monotonic() - start < 5
         assert str(closed_port) not in (native.body + openai.body).decode()
         assert "Traceback" not in proxy.output()
