@@ -92,15 +92,16 @@ def test_a_body_without_length_or_chunks_is_not_read_as_part_of_the_request(
     proxy: Process, clean: RawUpstream
 ) -> None:
     # HTTP/1.1 without Content-Length or Transfer-Encoding has no body: what follows is
-    # another request, which needs its own key.
-    data = b"POST /api/generate HTTP/1.1\r\nHost: x\r\n" + AUTH + b"\r\n" + padded(MAX_BODY * 2)
-    responses, closed = converse(proxy.port, data, timeout=3)
+    # another request, which needs its own key. (Garbage after it would make the proxy drop
+    # the connection while the first request may still be on its way: a race, not a check.)
+    follows = b"POST /api/pull HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % MAX_BODY
+    follows += b"Connection: close\r\n\r\n" + padded(MAX_BODY)
+    data = b"POST /api/generate HTTP/1.1\r\nHost: x\r\n" + AUTH + b"\r\n" + follows
+    responses, closed = converse(proxy.port, data)
     assert closed
-    assert [r.target for r in clean.seen] in (["/api/generate"], [])
-    assert all(seen.body == b"" for seen in clean.seen)
-    assert responses, "no answer"
-    assert all(r.status in (200, 400) for r in responses), responses
-    assert responses[-1].status == 400
+    assert [r.status for r in responses] == [200, 401]
+    [seen] = clean.seen
+    assert (seen.target, seen.body) == ("/api/generate", b"")
 
 
 def test_a_user_key_cannot_stream_an_unbounded_blob(proxy: Process, clean: RawUpstream) -> None:
