@@ -24,7 +24,7 @@ from ondemand.proxy.leases import LeaseBook
 from ondemand.proxy.limits import Limits
 from ondemand.proxy.metrics import CONTENT_TYPE, Metrics
 from ondemand.proxy.responses import family_of, send_error
-from ondemand.proxy.routes import Access, BadPath, resolve
+from ondemand.proxy.routes import ALLOW, METHODS, Access, BadPath, resolve
 from ondemand.proxy.runkeys import RunKeys, run_key_secret
 from ondemand.proxy.settings import scaled_clock
 from ondemand.proxy.upstream import Upstream, UpstreamClient, UpstreamUnavailable
@@ -217,6 +217,12 @@ class ProxyApp:
             return
         if route is None:
             await self._local_route(scope, receive, send, identity, raw_path, family)
+            return
+        if scope["method"] not in METHODS:
+            await send_error(
+                send, family, 405, f"method {scope['method']} is not allowed",
+                headers=[(b"allow", ALLOW)],
+            )  # fmt: skip
             return
         if route.access is Access.ADMIN and not identity.admin:
             await send_error(

@@ -193,7 +193,7 @@ async def _json_body(receive: Receive, send: Send) -> dict[str, object] | None:
         return None
     try:
         body = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if not isinstance(body, dict):
         await send_json(send, 400, {"error": "send a JSON object"})

@@ -157,7 +157,7 @@ def prepare(path: str, raw: bytes, identity: Identity, keep_alive: KeepAlivePoli
     must_read = restricted or (keep_alive.active and path in KEEP_ALIVE_ROUTES)
     try:
         body = json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting deeper than Python's stack: unreadable
         body = None
     if not isinstance(body, dict):
         if must_read:
@@ -224,7 +224,7 @@ def filter_listing(path: str, raw: bytes, identity: Identity) -> bytes:
     """The model lists a restricted key sees: only its own models."""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw
     if not isinstance(body, dict):
         return raw

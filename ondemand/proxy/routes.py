@@ -86,6 +86,10 @@ _OPENAI_EXACT = frozenset(
         "/v1/audio/transcriptions",
     }
 )
+# The methods Ollama's router serves (ollama/ollama server/routes.go at fb30760, v0.33.0-rc2):
+# TRACE, PUT, OPTIONS and the rest are answered 405 here, never sent on.
+METHODS = frozenset({"GET", "HEAD", "POST", "DELETE"})
+ALLOW = b"GET, HEAD, POST, DELETE"
 _BLOB = re.compile(r"^/api/blobs/[^/]+$")
 _USER_KEY = re.compile(r"^/api/user/keys/[^/]+$")
 
