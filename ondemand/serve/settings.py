@@ -98,6 +98,8 @@ class ServeSettings:
     port: int = 8080
     health_port: int = 8080
     drain_timeout: float = 25.0
+    # How often /api/ps is asked whether the preloaded models are still loaded; 0: never.
+    residency_interval: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServeSettings:
@@ -135,4 +137,5 @@ class ServeSettings:
             port=port,
             health_port=health_port,
             drain_timeout=_seconds(env, "ONDEMAND_DRAIN_TIMEOUT", 25.0),
+            residency_interval=_seconds(env, "ONDEMAND_RESIDENCY_INTERVAL", 15.0),
         )
