@@ -170,7 +170,7 @@ class Serve:
                 continue
             try:
                 await self.check_residency()
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 # Ollama down is the supervisor's to notice; an odd answer waits a round.
                 log.debug("residency check skipped: %s", exc)
 
