@@ -23,6 +23,7 @@ from ondemand.proxy.lease_routes import AddModels, drain_route, lease_route, mod
 from ondemand.proxy.leases import LeaseBook
 from ondemand.proxy.limits import Limits
 from ondemand.proxy.metrics import CONTENT_TYPE, Metrics
+from ondemand.proxy.policy import Residency
 from ondemand.proxy.responses import family_of, send_error
 from ondemand.proxy.routes import ALLOW, METHODS, Access, BadPath, resolve
 from ondemand.proxy.runkeys import RunKeys, run_key_secret
@@ -86,6 +87,7 @@ class ProxyApp:
         health: HealthCheck | None = None,
         status_extra: StatusExtra | None = None,
         add_models: AddModels | None = None,
+        residency: Callable[[], Residency | None] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
@@ -109,6 +111,8 @@ class ProxyApp:
         self.health: HealthCheck = health or self._upstream_health
         self.status_extra = status_extra
         self.add_models = add_models
+        # Under `serve`: the preloaded models, whose keep_alive only admin keys may change.
+        self.residency: Callable[[], Residency | None] = residency or (lambda: None)
         self.webhook: WebhookSender | None = None
         if settings.webhook is not None:
             from ondemand.proxy.webhook import WebhookSender

@@ -70,6 +70,7 @@ class Exchange:
         self.ctx = ctx
         self.meter: Meter | None = None
         self.strip_usage = False
+        self.content_type: str | None = None  # set when the body was rewritten as a form
 
     async def error(
         self, status: int, message: str, *, headers: list[tuple[bytes, bytes]] | None = None
@@ -83,7 +84,14 @@ class Exchange:
         if isinstance(body, bytes):
             try:
                 prepared = policy.prepare(
-                    self.route.path, body, self.identity, self.settings.keep_alive
+                    self.route.path,
+                    body,
+                    self.identity,
+                    self.settings.keep_alive,
+                    residency=self.proxy.residency(),
+                    content_type=_single_header(self.scope, b"content-type"),
+                    content_encoding=_single_header(self.scope, b"content-encoding"),
+                    query=self.scope.get("query_string", b""),
                 )
                 policy.check_path_model(self.route.path, self.identity)
             except policy.Rejected as rejected:
@@ -91,6 +99,7 @@ class Exchange:
                 return
             self.ctx.model = prepared.model or _path_model(self.route.path)
             self.strip_usage = prepared.strip_usage
+            self.content_type = prepared.content_type
             body = prepared.body
         limited = self.proxy.limits.acquire(self.identity, time.monotonic())
         if limited is not None:
@@ -179,6 +188,9 @@ class Exchange:
 
     async def _relay(self, body: bytes | AsyncIterator[bytes]) -> None:
         headers = request_headers(self.scope["headers"])
+        if self.content_type is not None:
+            headers = [(n, v) for n, v in headers if n != b"content-type"]
+            headers.append((b"content-type", self.content_type.encode("latin-1")))
         headers.append((b"x-request-id", self.ctx.request_id.encode()))
         try:
             response = await self.proxy.upstream.send(
@@ -320,6 +332,14 @@ class _DisconnectWatch:
         if watcher.result()["type"] == "http.disconnect":
             self.disconnected = True
             self.task.cancel()
+
+
+def _single_header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value; None when absent, "" when sent more than once."""
+    values = [v for k, v in scope.get("headers", ()) if k == name]
+    if len(values) != 1:
+        return None if not values else ""
+    return bytes(values[0]).decode("latin-1")
 
 
 def _path_model(path: str) -> str | None:

@@ -15,6 +15,7 @@ Store the ``sha256:`` form (``ondemand keys new`` prints it) so the file holds n
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ondemand.envvalues import secret_problem
@@ -25,8 +26,40 @@ from ondemand.proxy.auth import KeyEntry, digest, parse_sha256, valid_key_name
 _FIELDS = {"name", "key", "sha256", "models", "admin", "max_concurrency", "rpm"}
 
 
-def _problem(path: Path, line: int | None, text: str) -> str:
-    return f"{path}:{line}: {text}" if line is not None else f"{path}: {text}"
+def _problem(path: Path, where: tuple[int, int], text: str) -> str:
+    """``file:line:column: text``; ``where`` is ruamel's 0-based (line, column)."""
+    return f"{path}:{where[0] + 1}:{where[1] + 1}: {text}"
+
+
+# What a YAML error is about, by its kind: the parser's own message quotes the file (a key,
+# a duplicate value, an alias name), so only messages that quote nothing are shown as is.
+_YAML_KINDS = {
+    "DuplicateKeyError": "a field appears twice in one entry",
+    "ScannerError": "a character or quote that cannot be read here",
+    "ParserError": "the structure is broken (indentation, a missing ':' or '-')",
+    "ComposerError": "an anchor or alias that does not resolve",
+    "ConstructorError": "a value of a type the keys file does not use",
+}
+
+
+def _yaml_problem(path: Path, exc: Exception) -> str:
+    """Where the YAML is broken (file, line, column) and what kind of break, never the
+    text around it: that text is often the key itself."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None)
+    what = next(
+        (
+            text
+            for kind, text in _YAML_KINDS.items()
+            if kind in {c.__name__ for c in type(exc).__mro__}
+        ),
+        "the YAML cannot be read",
+    )
+    if isinstance(problem, str) and problem and not re.search(r"['\"\\`]", problem):
+        what = problem
+    if mark is None:
+        return f"{path}: not valid YAML: {what}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {what}"
 
 
 def _positive_int(value: object) -> int | None:
@@ -42,6 +75,12 @@ def parse_keys_file(path: Path) -> list[KeyEntry]:
 
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: the keys file is not UTF-8 text",
+            hint="save it as UTF-8; see docs/proxy.md for the format",
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"cannot read the keys file {path}: {exc.strerror or exc}",
@@ -50,7 +89,10 @@ def parse_keys_file(path: Path) -> list[KeyEntry]:
     try:
         data = YAML(typ="rt").load(text)
     except YAMLError as exc:
-        raise ConfigError(f"the keys file {path} is not valid YAML: {exc}") from exc
+        # "from None": a traceback printed later would show the parser's quoted snippet.
+        raise ConfigError(
+            _yaml_problem(path, exc), hint="fix that line; see docs/proxy.md for the format"
+        ) from None
     if data is None:
         data = CommentedSeq()
     if not isinstance(data, CommentedSeq):
@@ -61,14 +103,18 @@ def parse_keys_file(path: Path) -> list[KeyEntry]:
     problems: list[str] = []
     entries: list[KeyEntry] = []
     for index, item in enumerate(data):
-        line = data.lc.item(index)[0] + 1
+        line = data.lc.item(index)
         if not isinstance(item, CommentedMap):
             problems.append(_problem(path, line, "each key must be a mapping with a 'name'"))
             continue
-        unknown = sorted(set(map(str, item)) - _FIELDS)
-        for key in unknown:
+        # The field's name is not shown: a key pasted in the wrong place becomes a field name.
+        for key in (k for k in item if str(k) not in _FIELDS):
             problems.append(
-                _problem(path, item.lc.key(key)[0] + 1, f"unknown field {key!r} in a key entry")
+                _problem(
+                    path,
+                    item.lc.key(key),
+                    "unknown field in a key entry (known: " + ", ".join(sorted(_FIELDS)) + ")",
+                )
             )
         name = item.get("name")
         if not isinstance(name, str) or not valid_key_name(name):
@@ -127,7 +173,7 @@ def parse_keys_file(path: Path) -> list[KeyEntry]:
                     models=models,
                     max_concurrency=limits["max_concurrency"],
                     rpm=limits["rpm"],
-                    source=f"{path}:{line}",
+                    source=f"{path}:{line[0] + 1}",
                 )
             )
     if problems:

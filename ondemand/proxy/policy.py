@@ -4,6 +4,11 @@ Ollama decodes request bodies with Go's encoding/json, which matches field names
 regard to case ("MODEL" sets model) and lets the last duplicate win. A check that read the
 body differently could be walked around, so fields are found the same way here, and a body
 this module cannot read is refused whenever a rule depends on what is in it.
+
+``/v1/audio/transcriptions`` takes a multipart form instead (see multipart.py), and Go reads
+its ``model`` from the query string too when the form has none. For a key limited to some
+models the form is read, checked and rewritten; a query string or a form that cannot be read
+without ambiguity is refused, never forwarded.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from ondemand.errors import ConfigError
 from ondemand.modelnames import canonical
+from ondemand.proxy import multipart
 from ondemand.proxy.auth import Identity
 
 # Routes whose JSON body names the model it uses.
@@ -27,6 +33,8 @@ MODEL_ROUTES = frozenset(
         "/v1/messages",
     }
 )  # fmt: skip
+# The one route whose body is a form (multipart/form-data), not JSON.
+FORM_ROUTE = "/v1/audio/transcriptions"
 KEEP_ALIVE_ROUTES = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 # /v1 streams report usage only when asked: the proxy asks, and hides the answer again.
 USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -131,12 +139,23 @@ def _replace(body: dict[str, Any], name: str, value: Any) -> None:
     body[name] = value
 
 
+@dataclass(frozen=True, slots=True)
+class Residency:
+    """The models the server preloaded and the ``keep_alive`` it loaded them with. A key
+    that is not an admin key cannot change how long these stay loaded: every ``keep_alive``
+    it sends for them, shorter (``0`` unloads at once) or longer, becomes this one."""
+
+    models: frozenset[str]  # canonical names
+    keep_alive: str | int
+
+
 @dataclass(slots=True)
 class Prepared:
     body: bytes
     model: str | None  # as the client wrote it, for logs and metrics
     stream: bool
     strip_usage: bool = False
+    content_type: str | None = None  # replaces the client's, when the body was rewritten
 
 
 def allowed(identity: Identity, model: str) -> bool:
@@ -148,13 +167,40 @@ def _forbidden(model: str) -> Rejected:
     return Rejected(403, f"model {model!r} is not allowed for this key")
 
 
-def prepare(path: str, raw: bytes, identity: Identity, keep_alive: KeepAlivePolicy) -> Prepared:
-    """Check a request body against the key's models and rewrite what policy asks for."""
+def _unreadable(why: str) -> Rejected:
+    return Rejected(
+        403, f"this key may use only some models, and this request's model cannot be read: {why}"
+    )
+
+
+def prepare(
+    path: str,
+    raw: bytes,
+    identity: Identity,
+    keep_alive: KeepAlivePolicy,
+    *,
+    residency: Residency | None = None,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    query: bytes = b"",
+) -> Prepared:
+    """Check a request body against the key's models and rewrite what policy asks for.
+
+    A header given as None is absent; as "" it was sent more than once.
+    """
     default_stream = not path.startswith("/v1/")
+    restricted = identity.entry is not None and identity.entry.models is not None
+    if path == FORM_ROUTE:
+        if not restricted:
+            return Prepared(raw, None, False)
+        return _prepare_form(raw, identity, content_type, query)
     if path not in MODEL_ROUTES:
         return Prepared(raw, None, default_stream)
-    restricted = identity.entry is not None and identity.entry.models is not None
-    must_read = restricted or (keep_alive.active and path in KEEP_ALIVE_ROUTES)
+    pinning = residency is not None and not identity.admin and path in KEEP_ALIVE_ROUTES
+    must_read = restricted or pinning or (keep_alive.active and path in KEEP_ALIVE_ROUTES)
+    if restricted and content_encoding is not None and content_encoding.lower() != "identity":
+        # Ollama inflates zstd bodies on /v1/responses; the proxy does not read them.
+        raise _unreadable("the body is compressed; send it uncompressed")
     try:
         body = json.loads(raw) if raw else None
     except (ValueError, RecursionError):  # nesting deeper than Python's stack: unreadable
@@ -176,7 +222,9 @@ def prepare(path: str, raw: bytes, identity: Identity, keep_alive: KeepAlivePoli
     stream_value = _last(body, "stream")
     stream = default_stream if stream_value is None else stream_value is True
     changed = False
-    if path in KEEP_ALIVE_ROUTES:
+    if pinning and residency is not None and _names_any(names, residency.models):
+        changed = _pin_keep_alive(body, residency.keep_alive)
+    elif path in KEEP_ALIVE_ROUTES:
         changed = _govern_keep_alive(body, keep_alive)
     strip_usage = False
     if path in USAGE_ROUTES and stream:
@@ -188,6 +236,53 @@ def prepare(path: str, raw: bytes, identity: Identity, keep_alive: KeepAlivePoli
             strip_usage = changed = True
     out = json.dumps(body, separators=(",", ":")).encode() if changed else raw
     return Prepared(out, model, stream, strip_usage)
+
+
+def _prepare_form(
+    raw: bytes, identity: Identity, content_type: str | None, query: bytes
+) -> Prepared:
+    """A transcription form for a restricted key: one ``model`` field, allowed, and the
+    form rewritten so that it is the only one Ollama can read."""
+    if query:
+        raise _unreadable("Ollama also reads 'model' from the query string; send none")
+    if not content_type:
+        raise _unreadable("the body must be multipart/form-data, with one Content-Type")
+    try:
+        parts = multipart.parse_form(raw, content_type)
+    except multipart.FormRefused as exc:
+        raise _unreadable(str(exc)) from None
+    fields = [p for p in parts if p.name.lower() == "model"]
+    if not fields:
+        raise Rejected(400, "the form has no 'model' field")
+    if len(fields) > 1 or fields[0].name != "model" or fields[0].filename is not None:
+        raise _unreadable("the form must have exactly one 'model' field, not a file")
+    try:
+        model = fields[0].data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _unreadable("the 'model' field is not UTF-8") from None
+    if not allowed(identity, model):
+        raise _forbidden(model)
+    body, new_type = multipart.write_form(parts)
+    return Prepared(body, model, False, content_type=new_type)
+
+
+def _names_any(names: list[Any], models: frozenset[str]) -> bool:
+    return any(isinstance(n, str) and canonical(n) in models for n in names)
+
+
+def _pin_keep_alive(body: dict[str, Any], value: str | int) -> bool:
+    """Every spelling of ``keep_alive`` becomes the server's ``value``; sent even when the
+    client sent none, so that a model Ollama had dropped comes back for as long as the
+    server keeps it, not for Ollama's default five minutes."""
+    keys = _fields(body, "keep_alive")
+    if (
+        keys == ["keep_alive"]
+        and body["keep_alive"] == value
+        and type(body["keep_alive"]) is type(value)
+    ):
+        return False
+    _replace(body, "keep_alive", value)
+    return True
 
 
 def _govern_keep_alive(body: dict[str, Any], policy: KeepAlivePolicy) -> bool:

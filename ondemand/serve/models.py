@@ -31,6 +31,7 @@ class Phase(enum.Enum):
     PULLING = "pulling"
     LOADING = "loading"
     WARM = "warm"
+    UNLOADED = "unloaded"  # warm before; Ollama let it go after a finite ONDEMAND_KEEP_ALIVE
     FAILED = "failed"
 
 

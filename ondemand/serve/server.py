@@ -4,6 +4,10 @@ in front, and a ``/ping`` that says honestly whether the models can be used.
 /ping: 204 while Ollama starts and models are pulled and loaded; 200 only once every model
 is warm (and, with ``ONDEMAND_REQUIRE_GPU=1``, in GPU memory); 503 when a preload failed,
 Ollama is down, or the server is draining before it stops.
+
+Warm is checked, not assumed: every ``ONDEMAND_RESIDENCY_INTERVAL`` the server asks Ollama's
+``/api/ps`` whether the preloaded models are still loaded. One that is gone (unloaded by an
+admin key, evicted by Ollama) is loaded again, and /ping answers 204 until it is back.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 import time
@@ -21,6 +26,7 @@ import httpx
 
 from ondemand.modelnames import canonical
 from ondemand.proxy.app import HealthApp, ProxyApp
+from ondemand.proxy.policy import Residency, keep_alive_seconds
 from ondemand.serve.models import ModelState, Phase
 from ondemand.serve.preload import Preloader
 from ondemand.serve.supervisor import Supervisor
@@ -34,8 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ondemand.serve")
 
 STARTING, PRELOADING, READY = "starting", "preloading", "ready"
+REWARMING = "rewarming"  # ready before, now loading a model again that Ollama dropped
 FAILED, OLLAMA_DOWN, DRAINING = "failed", "ollama-down", "draining"
-_INITIALIZING = frozenset({STARTING, PRELOADING})
+_INITIALIZING = frozenset({STARTING, PRELOADING, REWARMING})
 
 
 class ServeState:
@@ -99,6 +106,7 @@ class Serve:
         )
         self.state.supervisor = self.supervisor
         self._preload: asyncio.Task[None] | None = None
+        self._rewarm: asyncio.Task[None] | None = None
         self._added: set[asyncio.Task[None]] = set()
         self.proxy: ProxyApp | None = None
 
@@ -112,8 +120,9 @@ class Serve:
         self._preload = asyncio.ensure_future(self._run_preload())
 
     def _on_ollama_down(self, reason: str) -> None:
-        if self._preload is not None:
-            self._preload.cancel()
+        for task in (self._preload, self._rewarm):
+            if task is not None:
+                task.cancel()
         if self.state.phase != DRAINING:
             self.state.phase = OLLAMA_DOWN
             self.state.problems = [f"Ollama {reason}"]
@@ -147,13 +156,84 @@ class Serve:
         state.ready_after = time.monotonic() - state.started
         log.info("ready: %d model(s) warm after %.1fs", len(state.models), state.ready_after)
 
+    def residency(self) -> Residency | None:
+        """The preloaded models (all but the failed ones) and the keep_alive they keep."""
+        models = frozenset(m.key for m in self.state.models if m.phase is not Phase.FAILED)
+        return Residency(models, self.settings.policy.keep_alive) if models else None
+
+    async def _watch_residency(self) -> None:
+        interval = self.settings.residency_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self.state.phase != READY:
+                continue
+            try:
+                await self.check_residency()
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                # Ollama down is the supervisor's to notice; an odd answer waits a round.
+                log.debug("residency check skipped: %s", exc)
+
+    async def check_residency(self) -> None:
+        """Load again every warm model that Ollama no longer holds; /ping says 204 till then."""
+        async with httpx.AsyncClient(base_url=self.supervisor.url, timeout=10.0) as client:
+            response = await client.get("/api/ps")
+            response.raise_for_status()
+            items = response.json().get("models") or []
+        loaded = {canonical(m.get("model") or m["name"]) for m in items}
+        state = self.state
+        if state.phase != READY:
+            return
+        for model in state.models:
+            if model.phase is Phase.UNLOADED and model.key in loaded:
+                model.phase = Phase.WARM  # a request loaded it again
+        gone = [m for m in state.models if m.phase is Phase.WARM and m.key not in loaded]
+        if not gone:
+            return
+        names = ", ".join(m.name for m in gone)
+        if not math.isinf(keep_alive_seconds(self.settings.policy.keep_alive) or 0.0):
+            # A finite ONDEMAND_KEEP_ALIVE lets Ollama unload idle models: that is the
+            # policy at work, and the next request loads the model again.
+            log.info("%s unloaded by Ollama after ONDEMAND_KEEP_ALIVE", names)
+            for model in gone:
+                model.phase = Phase.UNLOADED
+            return
+        log.warning(
+            "%s no longer loaded in Ollama (unloaded or evicted): loading again; /ping "
+            "answers 204 until then",
+            names,
+        )
+        for model in gone:
+            model.phase = Phase.LOADING
+        state.phase = REWARMING
+        self._rewarm = asyncio.ensure_future(self._run_rewarm(gone))
+
+    async def _run_rewarm(self, models: list[ModelState]) -> None:
+        state = self.state
+        try:
+            problems = await Preloader(self.supervisor.url, models, self.settings.policy).run()
+        except httpx.HTTPError as exc:
+            log.warning("loading again interrupted: %s", exc)
+            return  # Ollama went away: its restart preloads every model
+        if state.phase != REWARMING:
+            return
+        if problems:
+            state.phase, state.problems = FAILED, problems
+            if self.proxy is not None:
+                self.proxy.activity.warming = False  # as after a failed preload
+            for problem in problems:
+                log.error("not ready: %s", problem)
+            return
+        state.phase = READY
+        log.info("ready again: %s loaded", ", ".join(m.name for m in models))
+
     async def add_models(self, names: list[str]) -> Mapping[str, object]:
         """More models for the running server (``up`` with a longer model list): pulled and
         warmed beside the others, ``/ping`` staying 200 for the models already warm. One
         that fails is dropped from the list a restart preloads, so it cannot take the
         server down with it; its error stays in the status until the next try."""
         state = self.state
-        have = {m.key for m in state.models if m.phase is not Phase.FAILED}
+        # A model Ollama let go after a finite keep_alive is warmed again when asked for.
+        have = {m.key for m in state.models if m.phase not in (Phase.FAILED, Phase.UNLOADED)}
         fresh = [ModelState(n) for n in dict.fromkeys(names) if canonical(n) not in have]
         if fresh:
             fresh_keys = {m.key for m in fresh}
@@ -191,6 +271,7 @@ class Serve:
             health=self.state.health,
             status_extra=self.state.status_extra,
             add_models=self.add_models,
+            residency=self.residency,
         )
         self.proxy = proxy
         proxy.activity.mark_ready(False)
@@ -221,6 +302,11 @@ class Serve:
             settings.host, ", ".join(map(str, ports)), settings.ollama_bin, settings.ollama_port,
         )  # fmt: skip
         supervising = asyncio.ensure_future(self.supervisor.run())
+        residency = (
+            asyncio.ensure_future(self._watch_residency())
+            if settings.residency_interval > 0
+            else None
+        )
         watching = asyncio.ensure_future(selfstop.run()) if selfstop is not None else None
         if selfstop is not None:
             log.info(
@@ -241,8 +327,9 @@ class Serve:
         for server in servers:
             server.should_exit = True
         await asyncio.wait(serving, timeout=settings.drain_timeout + 5)
-        if self._preload is not None:
-            self._preload.cancel()
+        for task in (self._preload, self._rewarm, residency):
+            if task is not None:
+                task.cancel()
         for task in self._added:
             task.cancel()
         if watching is not None:

@@ -49,6 +49,8 @@ class ServeSettings:
     # The server's own backstops (selfstop.py); None: off. 0 also means off.
     idle_stop: float | None = None
     max_lifetime: float | None = None
+    # How often /api/ps is asked whether the preloaded models are still loaded; 0: never.
+    residency_interval: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServeSettings:
@@ -93,4 +95,5 @@ class ServeSettings:
             drain_timeout=read.seconds("ONDEMAND_DRAIN_TIMEOUT", 25.0, zero=True),
             idle_stop=read.optional_seconds("ONDEMAND_IDLE_STOP", zero=True) or None,
             max_lifetime=read.optional_seconds("ONDEMAND_MAX_LIFETIME", zero=True) or None,
+            residency_interval=read.seconds("ONDEMAND_RESIDENCY_INTERVAL", 15.0, zero=True),
         )

@@ -71,7 +71,7 @@ def test_keys_file_entries_with_hashes_roles_and_models(tmp_path: Path) -> None:
         ("- name: a\n  key: k1\n  sha256: sha256:" + "0" * 64 + "\n", "exactly one of 'key'"),
         ("- name: a\n", "exactly one of 'key'"),
         ("- name: a\n  sha256: sha256:abc\n", "64 hex digits"),
-        ("- name: a\n  key: k\n  modles: [x]\n", "keys.yml:3: unknown field 'modles'"),
+        ("- name: a\n  key: k\n  modles: [x]\n", "keys.yml:3:3: unknown field in a key entry"),
         ("- name: a\n  key: k\n  rpm: 0\n", "'rpm' must be a whole number"),
         ("- name: a\n  key: k\n  admin: yes-please\n", "'admin' must be true or false"),
         ("- key: k\n", "'name' is required"),
