@@ -186,10 +186,9 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
             if self._refused or self.transport.is_closing() or len(data) <= room:
                 return
             if self._head_pending():
-                if self._header_count == 0 and self._line_bytes > 0:
-                    self._refuse(414, "request line too long")
-                else:
-                    self._refuse(431, "request header fields too large")
+                # A long target was refused by on_url already (414) unless its own cap is
+                # above this one's.
+                self._refuse(431, "request header fields too large")
                 return
             # The head ended inside the piece: the rest is body (or a pipelined request,
             # whose head counts from where the previous message ended).
