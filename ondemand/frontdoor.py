@@ -142,17 +142,38 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
             self._body_started = 0.0
             self._body_bytes = 0
             self._refused = False
+            self._since = 0.0
 
         # -- connection --------------------------------------------------------------------
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > self.door.max_connections:
-                # Refused before a byte is read, so a flood cannot grow memory or hold
-                # sockets; the answer waits in the client's buffer for its request.
-                self._refuse(503, "too many connections; retry shortly", b"retry-after: 1\r\n")
-                return
             self._arm_head_timer()
+            if len(self.connections) > self.door.max_connections and not self._evict_one():
+                # Every connection is busy with a request: refused before a byte is read,
+                # so a flood cannot grow memory or hold sockets. The answer waits in the
+                # client's buffer for its request.
+                self._refuse(503, "too many connections; retry shortly", b"retry-after: 1\r\n")
+
+        def _evict_one(self) -> bool:
+            """Make room by closing the connection that has waited longest for a request
+            (an idle keep-alive, a slow head), never one whose request is being served: a
+            flood of idle or slow connections cannot lock out clients that send requests."""
+            victim: FrontDoorProtocol | None = None
+            for other in self.connections:
+                if other is self or not isinstance(other, FrontDoorProtocol):
+                    continue
+                if other._waiting() and (victim is None or other._since < victim._since):
+                    victim = other
+            if victim is None:
+                return False
+            victim._give_up()
+            return True
+
+        def _waiting(self) -> bool:
+            cycle = self.cycle
+            idle = cycle is None or cycle.response_complete
+            return idle and self._in_head and not self._refused
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timers()
@@ -266,15 +287,20 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
         def _arm_head_timer(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
+            self._since = self.loop.time()
             self._head_timer = self.loop.call_later(self.door.header_timeout, self._head_late)
 
         def _head_late(self) -> None:
             self._head_timer = None
             if not self._in_head or self.transport.is_closing():
                 return
+            self._give_up()
+
+        def _give_up(self) -> None:
             if self._head_bytes == 0:
                 # An idle connection: close it quietly, as for an idle keep-alive.
                 self._refused = True
+                self._cancel_timers()
                 self.transport.close()
             else:
                 self._refuse(408, "timed out reading the request headers")

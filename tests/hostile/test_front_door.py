@@ -304,36 +304,64 @@ def test_a_silent_model_load_and_a_long_stream_are_not_cut(port: int) -> None:
 # -- connections ------------------------------------------------------------------------
 
 
-def test_connections_beyond_the_cap_get_503_and_a_freed_slot_serves_again(
-    upstream: str,
-) -> None:
+@pytest.fixture
+def capped(upstream: str) -> Iterator[int]:
+    """A proxy that holds at most 8 connections."""
     settings = ProxySettings.from_env(
         {"AUTHORIZATION_APIKEY": KEY, "ONDEMAND_MAX_CONNECTIONS": "8", **LIMITS},
         upstream=upstream,
     )
     assert settings.door.max_connections == 8
     with BackgroundServer(create_app(settings), lifespan="on", limits=settings.door) as srv:
-        held = [_connect(srv.port) for _ in range(8)]
-        try:
-            # Every one of the 8 is open on the server's side once it answers on it.
-            for sock in held:
-                sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert read_response(sock).status == 200
-            with _connect(srv.port) as extra:
-                over = read_response(extra)  # answered before it sends anything
-                assert over.status == 503
-                assert over.headers["retry-after"] == "1"
-                assert _closed_by_server(extra)
-            held.pop().close()
-            deadline = time.monotonic() + 5
-            while True:  # the slot frees once the server has seen the close
-                answer = raw_request(srv.port, get(srv.port, "/ping"))
-                if answer.status == 200 or time.monotonic() > deadline:
-                    break
-            assert answer.status == 200
-        finally:
-            for sock in held:
-                sock.close()
+        yield srv.port
+
+
+def test_beyond_the_cap_idle_connections_make_room_for_new_ones(capped: int) -> None:
+    held = [_connect(capped) for _ in range(8)]
+    try:
+        for sock in held:  # each is open on the server's side once it answered on it
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock).status == 200
+        # A ninth client is served: the connection idle the longest is closed for it.
+        assert raw_request(capped, get(capped, "/ping")).status == 200
+        assert _closed_by_server(held[0])
+        held[1].sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(held[1]).status == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_beyond_the_cap_of_busy_connections_new_ones_get_503(capped: int) -> None:
+    body = _chat()
+    request = f"POST /api/chat HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {len(body)}\r\n\r\n"
+    busy = [_connect(capped) for _ in range(8)]
+    try:
+        for sock in busy:  # 8 streams of 2.5 s each, under way
+            sock.sendall(request.encode() + body)
+            assert sock.recv(12).startswith(b"HTTP/1.1 200")
+        with _connect(capped) as extra:
+            over = read_response(extra)  # answered before it sends anything
+            assert over.status == 503
+            assert over.headers["retry-after"] == "1"
+            assert over.json() == {"error": "too many connections; retry shortly"}
+            assert _closed_by_server(extra)
+        for sock in busy:  # and the streams run to their end
+            rest = b""
+            while not rest.endswith(b"0\r\n\r\n"):
+                chunk = sock.recv(65536)
+                assert chunk, rest[-200:]
+                rest += chunk
+            assert b'"done":true' in rest
+    finally:
+        for sock in busy:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while True:  # the slots free once the server has seen the closes
+        answer = raw_request(capped, get(capped, "/ping"))
+        if answer.status == 200 or time.monotonic() > deadline:
+            break
+    assert answer.status == 200
 
 
 def test_limits_are_read_from_the_environment_and_bad_values_refused() -> None:
