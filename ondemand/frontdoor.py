@@ -128,6 +128,10 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    # The connections of this server waiting for a request's head, longest first: a dict
+    # keeps insertion order, so finding the one to evict and moving one are both O(1).
+    waiting: dict[FrontDoorProtocol, None] = {}
+
     class FrontDoorProtocol(HttpToolsProtocol):
         door = limits
 
@@ -142,7 +146,6 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
             self._body_started = 0.0
             self._body_bytes = 0
             self._refused = False
-            self._since = 0.0
 
         # -- connection --------------------------------------------------------------------
 
@@ -159,27 +162,18 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
             """Make room by closing the connection that has waited longest for a request
             (an idle keep-alive, a slow head), never one whose request is being served: a
             flood of idle or slow connections cannot lock out clients that send requests."""
-            victim: FrontDoorProtocol | None = None
-            for other in self.connections:
-                if other is self or not isinstance(other, FrontDoorProtocol):
-                    continue
-                if other._waiting() and (victim is None or other._since < victim._since):
-                    victim = other
-            if victim is None:
-                return False
-            victim._give_up()
-            return True
-
-        def _waiting(self) -> bool:
-            cycle = self.cycle
-            idle = cycle is None or cycle.response_complete
-            return idle and self._in_head and not self._refused
+            for victim in waiting:  # oldest first
+                if victim is not self:
+                    victim._give_up()
+                    return True
+            return False
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timers()
             super().connection_lost(exc)
 
         def _cancel_timers(self) -> None:
+            waiting.pop(self, None)
             for timer in (self._head_timer, self._body_timer):
                 if timer is not None:
                     timer.cancel()
@@ -257,6 +251,7 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            waiting.pop(self, None)
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
@@ -287,7 +282,8 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
         def _arm_head_timer(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
-            self._since = self.loop.time()
+            waiting.pop(self, None)
+            waiting[self] = None
             self._head_timer = self.loop.call_later(self.door.header_timeout, self._head_late)
 
         def _head_late(self) -> None:
