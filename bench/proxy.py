@@ -297,18 +297,18 @@ async def under_flood(
     pid: int,
     seconds: float,
     length: float,
-    flooding: bool,
+    flood: tuple[int, int] | None,
     direct_first: bool,
 ) -> FloodRound:
     """64 steady streams and a probe through the proxy, then straight at the emulator (or
-    the other way round); with ``flooding``, the hostile clients of bench/flood.py hit the
+    the other way round); with ``flood`` (oversized, slow), the hostile clients of bench/flood.py hit the
     proxy from their own process all the while. The direct side is the control: what the
     flood costs clients through the machine alone (two shared cores)."""
     hostile = None
-    if flooding:
+    if flood is not None:
         port = proxied.rsplit(":", 1)[1]
         args = [str(ROOT / "bench" / "flood.py"), port, str(2 * seconds + 6),
-                "--oversized", str(FLOOD[0]), "--slow", str(FLOOD[1])]  # fmt: skip
+                "--oversized", str(flood[0]), "--slow", str(flood[1])]  # fmt: skip
         hostile = await asyncio.create_subprocess_exec(
             sys.executable, *args, stdout=asyncio.subprocess.PIPE, cwd=ROOT
         )
@@ -450,7 +450,12 @@ def report_requests(title: str, d: list[Round], p: list[Round]) -> dict[str, flo
 
 
 async def measure(
-    server: str, client: str, quick: bool, parts: set[str], policy: bool = True
+    server: str,
+    client: str,
+    quick: bool,
+    parts: set[str],
+    policy: bool = True,
+    flood: tuple[int, int] = FLOOD,
 ) -> dict[str, object]:
     rounds = 2 if quick else 4
     results: dict[str, object] = {"server": server, "client": client}
@@ -504,13 +509,19 @@ async def measure(
             for index in range(rounds):  # ABBA: quiet, flooded, flooded, quiet, ...
                 flooding = index % 4 in (1, 2)
                 round_ = await under_flood(
-                    px, up, pid, window, tokens / 100, flooding, direct_first=index % 2 == 1
+                    px,
+                    up,
+                    pid,
+                    window,
+                    tokens / 100,
+                    flood if flooding else None,
+                    direct_first=index % 2 == 1,
                 )
                 (flooded if flooding else base).append(round_)
             after = rss_bytes(pid)
             results["flood"] = report_flood(
-                f"64 streams with and without a flood of {FLOOD[0]} oversized-header senders "
-                f"and {FLOOD[1]:,} slow-header connections ({server}+{client})",
+                f"64 streams with and without a flood of {flood[0]} oversized-header senders "
+                f"and {flood[1]:,} slow-header connections ({server}+{client})",
                 base,
                 flooded,
                 before,
@@ -537,10 +548,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = set(args.only or SCENARIOS)
-    if args.flood:
-        global FLOOD
-        oversized, slow = args.flood.split(",")
-        FLOOD = (int(oversized), int(slow))
+    oversized, _, slow = (args.flood or "").partition(",")
+    flood = (int(oversized), int(slow)) if args.flood else FLOOD
     everything: dict[str, object] = {}
     if args.compare:
         for server in ("uvicorn", "granian"):
@@ -552,7 +561,7 @@ def main() -> None:
     else:
         everything["shipped"] = asyncio.run(
             measure(
-                "uvicorn", "aiohttp", args.quick, parts, policy=not args.no_policy,
+                "uvicorn", "aiohttp", args.quick, parts, policy=not args.no_policy, flood=flood,
             )
         )  # fmt: skip
         if args.only is None:
