@@ -302,8 +302,9 @@ async def under_flood(
 ) -> FloodRound:
     """64 steady streams and a probe through the proxy, then straight at the emulator (or
     the other way round); with ``flood`` (oversized, slow), the hostile clients of
-    bench/flood.py hit the proxy from their own process all the while. The direct side is the control: what the
-    flood costs clients through the machine alone (two shared cores)."""
+    bench/flood.py hit the proxy from their own process all the while. The direct side is
+    the control: what the flood costs clients through the machine alone (two shared
+    cores)."""
     hostile = None
     if flood is not None:
         port = proxied.rsplit(":", 1)[1]
