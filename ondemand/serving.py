@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import math
 import signal
 import socket
 import threading
@@ -65,9 +66,9 @@ def _uvicorn_config(
         # X-Forwarded-* from clients must not rewrite who the client is: nothing in front of
         # ondemand is trusted to set them, and the middleware costs time on every request.
         proxy_headers=False,
-        # Streams may stay silent for minutes while a model loads; never cut idle keep-alives
-        # short enough to matter for clients that reuse connections between requests.
-        timeout_keep_alive=30,
+        # An idle keep-alive waits for its next request's head: one timeout for both, so
+        # raising ONDEMAND_HEADER_TIMEOUT is not undone by uvicorn's own keep-alive timer.
+        timeout_keep_alive=max(1, math.ceil(limits.header_timeout)),
         **extra,
     )
 
