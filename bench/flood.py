@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -88,12 +89,22 @@ async def _slow(port: int, deadline: float, seen: Counter[str], start: float) ->
         writer.close()
 
 
+async def _counting_errors(work: Awaitable[None], seen: Counter[str]) -> None:
+    try:
+        await work
+    except Exception as exc:  # one client's surprise must not lose the others' counts
+        seen[f"client_error_{type(exc).__name__}"] += 1
+
+
 async def flood(port: int, seconds: float, oversized: int, slow: int) -> Counter[str]:
     seen: Counter[str] = Counter()
     deadline = time.monotonic() + seconds
     await asyncio.gather(
-        *(_oversized(port, deadline, seen) for _ in range(oversized)),
-        *(_slow(port, deadline, seen, i / max(1, slow)) for i in range(slow)),
+        *(_counting_errors(_oversized(port, deadline, seen), seen) for _ in range(oversized)),
+        *(
+            _counting_errors(_slow(port, deadline, seen, i / max(1, slow)), seen)
+            for i in range(slow)
+        ),
     )
     return seen
 

@@ -311,8 +311,9 @@ async def under_flood(
         args = [str(ROOT / "bench" / "flood.py"), port, str(2 * seconds + 6),
                 "--oversized", str(flood[0]), "--slow", str(flood[1])]  # fmt: skip
         hostile = await asyncio.create_subprocess_exec(
-            sys.executable, *args, stdout=asyncio.subprocess.PIPE, cwd=ROOT
-        )
+            sys.executable, *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
         await asyncio.sleep(1.5)  # the slow connections open over the first second
     stop = asyncio.Event()
     rss: list[int] = []
@@ -327,7 +328,9 @@ async def under_flood(
     await sampling
     seen: dict[str, float] = {}
     if hostile is not None:
-        out, _ = await hostile.communicate()
+        out, err = await hostile.communicate()
+        if hostile.returncode != 0:
+            raise RuntimeError(f"the flood failed: {err.decode()[-2000:]}")
         seen = json.loads(out)
     return FloodRound(sides["proxied"], sides["direct"], rss, seen)
 
