@@ -3,6 +3,7 @@
     python bench/proxy.py                 # the shipped stack; figures for docs/benchmarks.md
     python bench/proxy.py --quick         # shorter rounds
     python bench/proxy.py --compare       # ASGI server x upstream client matrix (needs granian)
+    python bench/proxy.py --only flood    # one scenario: realistic, saturation, cancel, flood
 
 Every figure is a ratio or a difference against the direct baseline taken in the same run,
 with direct and proxied rounds alternating (ABBA), because this machine is shared and noisy.
@@ -20,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,9 @@ from ondemand.processes import free_port, running
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "odk_bench_key_0123456789abcdef"
 MODEL = "llama3.2:1b"
+SCENARIOS = {"realistic", "saturation", "cancel", "flood"}
+# Oversized-header senders and slow-header connections in the flood scenario.
+FLOOD = (16, 2000)
 
 
 @contextlib.contextmanager
@@ -78,14 +83,23 @@ def policy_env() -> Iterator[dict[str, str]]:
 def proxy(
     upstream: str, server: str = "uvicorn", client: str = "aiohttp", policy: bool = True
 ) -> Iterator[str]:
+    with proxy_process(upstream, server, client, policy) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def proxy_process(
+    upstream: str, server: str = "uvicorn", client: str = "aiohttp", policy: bool = True
+) -> Iterator[tuple[str, int]]:
+    """The proxy's URL and process id (to read its memory)."""
     port = free_port()
     args = [sys.executable, str(ROOT / "bench" / "proxy_server.py"), "--server", server,
             "--client", client, "--upstream", upstream, "--port", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:
         env = stack.enter_context(policy_env()) if policy else {"AUTHORIZATION_APIKEY": KEY}
-        stack.enter_context(running(args, env=env, ready_url=url + "/ping", cwd=ROOT))
-        yield url
+        proc = stack.enter_context(running(args, env=env, ready_url=url + "/ping", cwd=ROOT))
+        yield url, proc.pid
 
 
 # -- load -------------------------------------------------------------------------------
@@ -212,6 +226,165 @@ async def _cancel_events(session: aiohttp.ClientSession, emulator_url: str) -> l
     return [float(e["time"]) for e in stats["events"] if e["type"] == "cancel"]
 
 
+@dataclass
+class Side:
+    """One side of a flood round: streams and probes against one target."""
+
+    load: Round
+    pings: list[float]
+    cpu: float = 0.0  # the proxy's CPU seconds per second (proxied side only)
+
+
+@dataclass
+class FloodRound:
+    proxied: Side
+    direct: Side
+    rss: list[int]
+    flood: dict[str, float]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _sample_pings(url: str, stop: asyncio.Event, into: list[float]) -> None:
+    """A GET every 10 ms on one keep-alive connection, as a platform's probe."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        while not stop.is_set():
+            started = time.perf_counter()
+            async with session.get(url) as response:
+                await response.read()
+                assert response.status == 200, response.status
+            into.append(time.perf_counter() - started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.01)
+
+
+async def _sample_rss(pid: int, stop: asyncio.Event, into: list[int]) -> None:
+    while not stop.is_set():
+        into.append(rss_bytes(pid))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
+
+
+async def _side(url: str, probe: str, pid: int | None, seconds: float, length: float) -> Side:
+    stop = asyncio.Event()
+    pings: list[float] = []
+    probing = asyncio.ensure_future(_sample_pings(probe, stop, pings))
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    load = await steady_streams(url, 64, seconds, length)
+    cpu = (cpu_seconds(pid) - cpu_before) / load.wall if pid else 0.0
+    stop.set()
+    await probing
+    return Side(load, pings, cpu)
+
+
+async def under_flood(
+    proxied: str,
+    direct: str,
+    pid: int,
+    seconds: float,
+    length: float,
+    flood: tuple[int, int] | None,
+    direct_first: bool,
+) -> FloodRound:
+    """64 steady streams and a probe through the proxy, then straight at the emulator (or
+    the other way round); with ``flood`` (oversized, slow), the hostile clients of
+    bench/flood.py hit the proxy from their own process all the while. The direct side is
+    the control: what the flood costs clients through the machine alone (two shared
+    cores)."""
+    hostile = None
+    if flood is not None:
+        port = proxied.rsplit(":", 1)[1]
+        args = [str(ROOT / "bench" / "flood.py"), port, str(2 * seconds + 6),
+                "--oversized", str(flood[0]), "--slow", str(flood[1])]  # fmt: skip
+        hostile = await asyncio.create_subprocess_exec(
+            sys.executable, *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        await asyncio.sleep(1.5)  # the slow connections open over the first second
+    stop = asyncio.Event()
+    rss: list[int] = []
+    sampling = asyncio.ensure_future(_sample_rss(pid, stop, rss))
+    sides: dict[str, Side] = {}
+    for name in ("direct", "proxied") if direct_first else ("proxied", "direct"):
+        if name == "proxied":
+            sides[name] = await _side(proxied, proxied + "/ping", pid, seconds, length)
+        else:
+            sides[name] = await _side(direct, direct + "/", None, seconds, length)
+    stop.set()
+    await sampling
+    seen: dict[str, float] = {}
+    if hostile is not None:
+        out, err = await hostile.communicate()
+        if hostile.returncode != 0:
+            raise RuntimeError(f"the flood failed: {err.decode()[-2000:]}")
+        seen = json.loads(out)
+    return FloodRound(sides["proxied"], sides["direct"], rss, seen)
+
+
+def report_flood(
+    title: str, base: list[FloodRound], flooded: list[FloodRound], before: int, after: int
+) -> dict[str, float]:
+    def ttft(rounds: list[FloodRound], side: str, q: float) -> float:
+        return _pct(_all([getattr(r, side).load for r in rounds], lambda s: [s.ttft]), q) * 1e3
+
+    def ping(rounds: list[FloodRound], side: str, q: float) -> float:
+        return _pct([p for r in rounds for p in getattr(r, side).pings], q) * 1e3
+
+    def added(measure: Callable[[list[FloodRound], str, float], float], side: str,
+              q: float) -> float:  # fmt: skip
+        return measure(flooded, side, q) - measure(base, side, q)
+
+    wall = sum(r.proxied.load.wall + r.direct.load.wall for r in flooded)
+    seen: Counter[str] = Counter()
+    for r in flooded:
+        seen.update(r.flood)
+    mib = 1 / 2**20
+    out = {
+        "throughput_ratio": _tokens_per_second([r.proxied.load for r in flooded])
+        / _tokens_per_second([r.proxied.load for r in base]),
+        "ttft_p50_quiet_ms": ttft(base, "proxied", 50),
+        "ttft_p99_quiet_ms": ttft(base, "proxied", 99),
+        "ttft_p50_added_ms": added(ttft, "proxied", 50),
+        "ttft_p99_added_ms": added(ttft, "proxied", 99),
+        "direct_ttft_p50_added_ms": added(ttft, "direct", 50),
+        "direct_ttft_p99_added_ms": added(ttft, "direct", 99),
+        "ping_p50_quiet_ms": ping(base, "proxied", 50),
+        "ping_p99_quiet_ms": ping(base, "proxied", 99),
+        "ping_p99_flood_ms": ping(flooded, "proxied", 99),
+        "ping_p99_added_ms": added(ping, "proxied", 99),
+        "direct_probe_p99_added_ms": added(ping, "direct", 99),
+        "proxy_cpu_quiet": statistics.mean(r.proxied.cpu for r in base),
+        "proxy_cpu_flood": statistics.mean(r.proxied.cpu for r in flooded),
+        "flood_process_cpu": seen["cpu_seconds"] / wall,
+        "rss_before_mib": before * mib,
+        "rss_flood_peak_mib": max(v for r in flooded for v in r.rss) * mib,
+        "rss_after_mib": after * mib,
+        "oversized_refused_per_s": (seen["431"] + seen["reset_while_sending"]) / wall,
+        "oversized_mib_sent_per_s": seen["bytes_sent"] * mib / wall,
+        "slow_opened_per_s": seen["slow_opened"] / wall,
+        "flood_connect_failures": seen["connect_failed"] + seen["slow_connect_failed"],
+    }
+    print(f"\n{title}")
+    for key, value in out.items():
+        print(f"  {key:26} {value:10.3f}")
+    print(f"  flood outcomes: {dict(seen)}")
+    return out
+
+
 def help_wall_time(runs: int) -> tuple[float, float]:
     """Median wall seconds of `ondemand --help` and of a bare interpreter start."""
     exe = str(Path(sys.executable).parent / "ondemand")
@@ -281,7 +454,12 @@ def report_requests(title: str, d: list[Round], p: list[Round]) -> dict[str, flo
 
 
 async def measure(
-    server: str, client: str, quick: bool, parts: set[str], policy: bool = True
+    server: str,
+    client: str,
+    quick: bool,
+    parts: set[str],
+    policy: bool = True,
+    flood: tuple[int, int] = FLOOD,
 ) -> dict[str, object]:
     rounds = 2 if quick else 4
     results: dict[str, object] = {"server": server, "client": client}
@@ -325,6 +503,34 @@ async def measure(
             print(f"\nclient disconnect -> upstream generation cancelled ({server}+{client})")
             for key, value in out.items():
                 print(f"  {key:24} {value:10.3f}")
+    if "flood" in parts:
+        tokens, window = (100, 4.0) if quick else (200, 8.0)
+        with emulator(100, tokens) as up, proxy_process(up, server, client, policy) as (px, pid):
+            await steady_streams(px, 64, 2.0, tokens / 100)  # warm: pools and caches filled
+            before = rss_bytes(pid)
+            base: list[FloodRound] = []
+            flooded: list[FloodRound] = []
+            for index in range(rounds):  # ABBA: quiet, flooded, flooded, quiet, ...
+                flooding = index % 4 in (1, 2)
+                round_ = await under_flood(
+                    px,
+                    up,
+                    pid,
+                    window,
+                    tokens / 100,
+                    flood if flooding else None,
+                    direct_first=index % 2 == 1,
+                )
+                (flooded if flooding else base).append(round_)
+            after = rss_bytes(pid)
+            results["flood"] = report_flood(
+                f"64 streams with and without a flood of {flood[0]} oversized-header senders "
+                f"and {flood[1]:,} slow-header connections ({server}+{client})",
+                base,
+                flooded,
+                before,
+                after,
+            )
     return results
 
 
@@ -336,7 +542,18 @@ def main() -> None:
     parser.add_argument(
         "--no-policy", action="store_true", help="keys from env only, no limits, no webhook"
     )
+    parser.add_argument(
+        "--only", choices=sorted(SCENARIOS), action="append", help="run only these scenarios"
+    )
+    parser.add_argument(
+        "--flood",
+        metavar="OVERSIZED,SLOW",
+        help=f"the flood's shape (default: {FLOOD[0]},{FLOOD[1]})",
+    )
     args = parser.parse_args()
+    parts = set(args.only or SCENARIOS)
+    oversized, _, slow = (args.flood or "").partition(",")
+    flood = (int(oversized), int(slow)) if args.flood else FLOOD
     everything: dict[str, object] = {}
     if args.compare:
         for server in ("uvicorn", "granian"):
@@ -348,14 +565,14 @@ def main() -> None:
     else:
         everything["shipped"] = asyncio.run(
             measure(
-                "uvicorn", "aiohttp", args.quick, {"realistic", "saturation", "cancel"},
-                policy=not args.no_policy,
+                "uvicorn", "aiohttp", args.quick, parts, policy=not args.no_policy, flood=flood,
             )
         )  # fmt: skip
-        help_s, bare_s = help_wall_time(10 if args.quick else 20)
-        everything["help"] = {"ondemand_help_ms": help_s * 1e3, "python_bare_ms": bare_s * 1e3}
-        print(f"\n`ondemand --help` wall time: {help_s * 1e3:.1f} ms "
-              f"(bare interpreter start: {bare_s * 1e3:.1f} ms)")  # fmt: skip
+        if args.only is None:
+            help_s, bare_s = help_wall_time(10 if args.quick else 20)
+            everything["help"] = {"ondemand_help_ms": help_s * 1e3, "python_bare_ms": bare_s * 1e3}
+            print(f"\n`ondemand --help` wall time: {help_s * 1e3:.1f} ms "
+                  f"(bare interpreter start: {bare_s * 1e3:.1f} ms)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(everything, indent=2))
 

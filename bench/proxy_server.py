@@ -52,7 +52,8 @@ def main() -> None:
         return
     from ondemand.serving import run
 
-    run(make_app(), host="127.0.0.1", port=args.port, lifespan="on")
+    app = make_app()
+    run(app, host="127.0.0.1", port=args.port, lifespan="on", limits=app.settings.door)
 
 
 if __name__ == "__main__":

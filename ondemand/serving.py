@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import math
 import signal
 import socket
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from ondemand.errors import NotAvailableError, UsageError
+from ondemand.frontdoor import DoorLimits
 
 if TYPE_CHECKING:
     from ondemand.asgi import ASGIApp
@@ -24,7 +26,14 @@ if TYPE_CHECKING:
 Lifespan = Literal["auto", "on", "off"]
 
 
-def _uvicorn_config(app: ASGIApp, *, log_level: str, lifespan: Lifespan, **extra: Any) -> Any:
+def _uvicorn_config(
+    app: ASGIApp,
+    *,
+    log_level: str,
+    lifespan: Lifespan,
+    limits: DoorLimits | None = None,
+    **extra: Any,
+) -> Any:
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -34,10 +43,19 @@ def _uvicorn_config(app: ASGIApp, *, log_level: str, lifespan: Lifespan, **extra
             hint="pip install 'ollama-ondemand[server]'",
         ) from exc
     fast = importlib.util.find_spec("uvloop") is not None
+    limits = limits or DoorLimits()
+    http: Any = "h11"
+    if importlib.util.find_spec("httptools"):
+        from ondemand.frontdoor import protocol_class
+
+        http = protocol_class(limits)
     return uvicorn.Config(
         app,
         loop="uvloop" if fast else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        # Header, connection and body limits are enforced in the protocol, before the parser
+        # (ondemand/frontdoor.py). Without httptools, h11 at least caps the head's size.
+        http=http,
+        h11_max_incomplete_event_size=limits.max_head,
         # Ollama's API has no websockets; an Upgrade request stays a plain HTTP request even
         # if a websockets library happens to be installed.
         ws="none",
@@ -48,9 +66,9 @@ def _uvicorn_config(app: ASGIApp, *, log_level: str, lifespan: Lifespan, **extra
         # X-Forwarded-* from clients must not rewrite who the client is: nothing in front of
         # ondemand is trusted to set them, and the middleware costs time on every request.
         proxy_headers=False,
-        # Streams may stay silent for minutes while a model loads; never cut idle keep-alives
-        # short enough to matter for clients that reuse connections between requests.
-        timeout_keep_alive=30,
+        # An idle keep-alive waits for its next request's head: one timeout for both, so
+        # raising ONDEMAND_HEADER_TIMEOUT is not undone by uvicorn's own keep-alive timer.
+        timeout_keep_alive=max(1, math.ceil(limits.header_timeout)),
         **extra,
     )
 
@@ -83,6 +101,7 @@ def run(
     log_level: str = "warning",
     graceful_timeout: float | None = 10.0,
     lifespan: Lifespan = "off",
+    limits: DoorLimits | None = None,
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM. Blocks.
 
@@ -92,8 +111,9 @@ def run(
     listener = sock if sock is not None else bind(host, port)
     timeout = None if graceful_timeout is None else max(1, round(graceful_timeout))
     config = _uvicorn_config(
-        app, log_level=log_level, lifespan=lifespan, timeout_graceful_shutdown=timeout
-    )
+        app, log_level=log_level, lifespan=lifespan, limits=limits,
+        timeout_graceful_shutdown=timeout,
+    )  # fmt: skip
     server = _graceful_server(config)
     server.run(sockets=[listener])
 
@@ -131,6 +151,7 @@ def embedded_server(
     log_level: str = "warning",
     graceful_timeout: float = 10.0,
     lifespan: Lifespan = "off",
+    limits: DoorLimits | None = None,
 ) -> Any:
     """A uvicorn server to run inside a caller's event loop: ``await server.serve(sockets)``.
 
@@ -141,6 +162,7 @@ def embedded_server(
         app,
         log_level=log_level,
         lifespan=lifespan,
+        limits=limits,
         timeout_graceful_shutdown=max(1, round(graceful_timeout)),
     )
     return _graceful_server(config, own_signals=False)
@@ -163,7 +185,13 @@ class BackgroundServer:
     """
 
     def __init__(
-        self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, lifespan: Lifespan = "off"
+        self,
+        app: ASGIApp,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lifespan: Lifespan = "off",
+        limits: DoorLimits | None = None,
     ) -> None:
         import uvicorn
 
@@ -171,7 +199,8 @@ class BackgroundServer:
         self._sock = bind(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self._server = uvicorn.Server(_uvicorn_config(app, log_level="error", lifespan=lifespan))
+        config = _uvicorn_config(app, log_level="error", lifespan=lifespan, limits=limits)
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"asgi:{self.port}", daemon=True)
 
     def _run(self) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ondemand.envvalues import Env
 from ondemand.errors import ConfigError
+from ondemand.frontdoor import DoorLimits
 from ondemand.ollamahost import parse_ollama_host
 from ondemand.proxy.auth import KeyStore, keystore_from_env
 from ondemand.proxy.policy import KeepAlivePolicy
@@ -94,6 +95,8 @@ class ProxySettings:
     clock_scale: float = 1.0
     # Names this server among the replicas behind one URL (answered on /ondemand/*).
     replica_id: str = field(default_factory=lambda: replica_name({}))
+    # Header, connection and body limits enforced before the app (ondemand/frontdoor.py).
+    door: DoorLimits = field(default_factory=DoorLimits)
     # Kept to rebuild the key store when the keys file changes; holds secrets, so no repr.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -121,5 +124,6 @@ class ProxySettings:
             webhook=WebhookSettings.from_env(env),
             clock_scale=read.factor("ONDEMAND_CLOCK_SCALE", 1.0),
             replica_id=replica_name(env),
+            door=DoorLimits.from_env(env),
             env=dict(env),
         )

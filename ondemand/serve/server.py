@@ -290,6 +290,7 @@ class Serve:
                     app,
                     lifespan="on" if index == 0 else "off",
                     graceful_timeout=settings.drain_timeout,
+                    limits=settings.proxy.door,
                 )
             )
         stop = asyncio.Event()
