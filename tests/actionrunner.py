@@ -11,8 +11,12 @@ are third-party actions: a test supplies what each one outputs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import subprocess
+import sys
+import sysconfig
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,47 @@ _HEREDOC = re.compile(r"^([^=<\n]+)<<(.+)$")
 
 UsesStub = Callable[[Mapping[str, str]], dict[str, str]]
 GITHUB_CONTEXT = {"run_id": "42", "ref": "refs/heads/main"}
+
+
+def unescape_data(escaped: str) -> str:
+    """A workflow command's data as the runner reads it back: ``%0D``, then ``%0A``, then
+    ``%25`` (actions/runner src/Runner.Common/ActionCommand.cs, UnescapeData, commit
+    079cdb1d05fe0ec50f8c51de5a4fa51d0eb189b0)."""
+    return escaped.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
+
+
+def _record_line(path: Path, relative: str) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(path.read_bytes()).digest())
+    return f"{relative},sha256={digest.rstrip(b'=').decode()},{path.stat().st_size}\n"
+
+
+def install_standin(temp: Path) -> Path:
+    """What install.sh leaves behind, made from this checkout without a package index
+    (tests never reach one): a real venv of the Python that runs the tests, holding one
+    recorded distribution whose ``.pth`` adds this interpreter's site-packages (where
+    ollama-ondemand is installed, editable) and whose ``bin/ondemand`` is the console
+    script. It passes install.sh's check, as a venv pip or uv made does. Returns the venv."""
+    venv = temp / "ollama-ondemand" / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    shim = site / "ondemand_test_standin.pth"
+    here = sysconfig.get_paths()["purelib"]
+    shim.write_text(f"import site; site.addsitedir({here!r})\n")
+    launcher = venv / "bin" / "ondemand"
+    launcher.write_text(
+        f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom ondemand.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    launcher.chmod(0o755)
+    info = site / "ondemand_test_standin-0.dist-info"
+    info.mkdir()
+    (info / "RECORD").write_text(
+        _record_line(shim, shim.name)
+        + _record_line(launcher, "../../../bin/ondemand")
+        + f"{info.name}/RECORD,,\n"
+    )
+    (venv / ".installed-from").write_text(f"{ROOT}@local")
+    return venv
 
 
 def scalar(value: object) -> str:
@@ -141,8 +186,8 @@ class Runner:
                 result, outputs = self._run_script(name, str(step["run"]), step_env)
                 results.append(result)
                 masks += [
-                    line.removeprefix("::add-mask::")
-                    for line in result.stdout.splitlines()
+                    unescape_data(line.removeprefix("::add-mask::"))
+                    for line in result.stdout.split("\n")
                     if line.startswith("::add-mask::")
                 ]
             # A failed step's outputs are kept, as the runner keeps them.
