@@ -10,9 +10,10 @@
 # The data of a workflow command: one line, unescaped by the runner to $1 exactly.
 escape_data() {
   local text=$1
-  text=${text//'%'/'%25'}
-  text=${text//$'\r'/'%0D'}
-  text=${text//$'\n'/'%0A'}
+  # No quotes in the replacements: bash 3.2 (macOS) would keep them.
+  text=${text//[%]/%25}
+  text=${text//$'\r'/%0D}
+  text=${text//$'\n'/%0A}
   printf '%s' "$text"
 }
 

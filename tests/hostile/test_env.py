@@ -127,6 +127,24 @@ def test_serve_hands_ollama_only_what_ollama_reads_and_the_names_passed() -> Non
     )
 
 
+def test_pass_env_from_the_file_reaches_the_server_and_is_handed_on(tmp_path: Path) -> None:
+    from ondemand.config import load_config
+    from ondemand.errors import ConfigError
+    from ondemand.providers.local import LocalProvider, server_environment
+
+    (tmp_path / "ondemand.yml").write_text("pass_env: [MY_APP_*, AWS_REGION]\n")
+    resolved = load_config(path=None, env={}, cwd=tmp_path)
+    provider = LocalProvider(env={}, config=resolved)
+    assert provider.pass_env == ("MY_APP_*", "AWS_REGION")
+    caller = {**CALLER_SECRETS, PASSED[0]: PASSED[1], "AWS_REGION": "eu-west-3"}
+    env = server_environment(caller, provider.pass_env)
+    assert env == {
+        PASSED[0]: PASSED[1], "AWS_REGION": "eu-west-3", "ONDEMAND_PASS_ENV": "MY_APP_*,AWS_REGION"
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="ONDEMAND_PASS_ENV: each entry must be"):
+        load_config(path=None, env={"ONDEMAND_PASS_ENV": "MY-APP"}, cwd=tmp_path)
+
+
 # -- item 8: the action's venv and its masks ---------------------------------------------
 
 ADMIN_KEY = "odk_admin_key_of_the_job_0123"
