@@ -5,6 +5,8 @@
 # action in the same job (up, then down) reuses the venv only after checking every file in
 # it against what was installed (verify_venv.py): an earlier step of the job may have
 # planted code there, which the run step would execute with the job's secrets in reach.
+# The runner's Python runs the check isolated and without site (-I -S): nothing in the
+# venv runs while it is recorded or checked.
 set -euo pipefail
 # shellcheck source=action/workflow-commands.sh
 source "$(dirname "${BASH_SOURCE[0]}")/workflow-commands.sh"
@@ -20,9 +22,7 @@ want="$action_path@${GITHUB_ACTION_REF:-local}"
 
 reuse=false
 if [[ -x "$venv/bin/ondemand" && -f "$stamp" && "$(<"$stamp")" == "$want" ]]; then
-  # The runner's Python, isolated and without site: nothing in the venv runs while it is
-  # being checked.
-  if found=$("$python" -I -S -B "$action_path/action/verify_venv.py" "$venv" "$python"); then
+  if found=$("$python" -I -S -B "$action_path/action/verify_venv.py" check "$venv"); then
     echo "ollama-ondemand is already installed in $venv (every file checked)"
     reuse=true
   else
@@ -44,10 +44,8 @@ if [[ "$reuse" != true ]]; then
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${action_path}[server]"
   fi
-  # Older uv versions add these to every venv; ondemand needs neither, and the check
-  # accepts no .pth that no package recorded.
-  rm -f "$venv"/lib/python*/site-packages/_virtualenv.{pth,py}
   printf '%s' "$want" >"$stamp"
+  "$python" -I -S -B "$action_path/action/verify_venv.py" record "$venv"
   echo "installed in $((SECONDS - started)) s"
   echo "::endgroup::"
 fi

@@ -58,8 +58,8 @@ unset INPUT_COMMAND
 
 # The venv's Python in isolated mode (-I): PYTHONPATH, PYTHONSTARTUP, PYTHONHOME and the
 # user's site-packages, which an earlier step could have set through $GITHUB_ENV or
-# written, are ignored. -B: no bytecode written, since install.sh trusts none (it checked
-# the venv just before this step).
+# written, are ignored. -B: the venv stays as install.sh recorded it and checked it just
+# before this step.
 ondemand=("$venv/bin/python" -I -B "$venv/bin/ondemand")
 # A workflow step checks once (run it from a schedule); the looping watchdog is for a
 # machine of your own.

@@ -11,8 +11,6 @@ are third-party actions: a test supplies what each one outputs.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 import subprocess
 import sys
@@ -39,37 +37,26 @@ def unescape_data(escaped: str) -> str:
     return escaped.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
 
 
-def _record_line(path: Path, relative: str) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(path.read_bytes()).digest())
-    return f"{relative},sha256={digest.rstrip(b'=').decode()},{path.stat().st_size}\n"
-
-
 def install_standin(temp: Path) -> Path:
     """What install.sh leaves behind, made from this checkout without a package index
-    (tests never reach one): a real venv of the Python that runs the tests, holding one
-    recorded distribution whose ``.pth`` adds this interpreter's site-packages (where
-    ollama-ondemand is installed, editable) and whose ``bin/ondemand`` is the console
-    script. It passes install.sh's check, as a venv pip or uv made does. Returns the venv."""
+    (tests never reach one): a real venv of the Python that runs the tests, whose ``.pth``
+    adds this interpreter's site-packages (where ollama-ondemand is installed, editable)
+    and whose ``bin/ondemand`` is the console script, recorded by action/verify_venv.py as
+    install.sh records it. Returns the venv."""
     venv = temp / "ollama-ondemand" / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next(venv.glob("lib/python*/site-packages"))
-    shim = site / "ondemand_test_standin.pth"
     here = sysconfig.get_paths()["purelib"]
-    shim.write_text(f"import site; site.addsitedir({here!r})\n")
+    (site / "ondemand_test_standin.pth").write_text(f"import site; site.addsitedir({here!r})\n")
     launcher = venv / "bin" / "ondemand"
     launcher.write_text(
         f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom ondemand.cli import main\n"
         "sys.exit(main())\n"
     )
     launcher.chmod(0o755)
-    info = site / "ondemand_test_standin-0.dist-info"
-    info.mkdir()
-    (info / "RECORD").write_text(
-        _record_line(shim, shim.name)
-        + _record_line(launcher, "../../../bin/ondemand")
-        + f"{info.name}/RECORD,,\n"
-    )
     (venv / ".installed-from").write_text(f"{ROOT}@local")
+    record = [sys.executable, "-I", "-S", "-B", str(ROOT / "action" / "verify_venv.py")]
+    subprocess.run([*record, "record", str(venv)], check=True)
     return venv
 
 

@@ -191,7 +191,7 @@ def test_a_pth_planted_in_the_venv_never_runs_with_the_secrets(job: Runner, tmp_
     (site / "zz_planted.pth").write_text(_CAPTURE.format(path=str(capture)))
     run = job.run(STATUS)
     assert ADMIN_KEY not in _captured(capture)
-    assert "zz_planted.pth: not installed by any package" in run.log
+    assert "zz_planted.pth: not installed by the action" in run.log
     assert not (site / "zz_planted.pth").exists()
 
 
@@ -216,26 +216,36 @@ def test_pythonpath_set_by_an_earlier_step_is_ignored(job: Runner, tmp_path: Pat
     assert ADMIN_KEY not in _captured(capture)
 
 
-def test_the_check_passes_a_real_venv_drops_bytecode_and_names_what_was_planted(
+def test_the_check_passes_a_real_venv_drops_new_bytecode_and_names_what_was_planted(
     tmp_path: Path,
 ) -> None:
-    """A real venv (pip's own RECORD, hashes and all) passes the check; bytecode is removed;
-    a planted file is named."""
+    """A venv with pip in it, as `python -m venv` makes it (bytecode compiled), recorded."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-    check = [sys.executable, "-I", "-S", "-B", str(ROOT / "action" / "verify_venv.py")]
-    done = subprocess.run([*check, str(venv), sys.executable], capture_output=True, text=True)
-    assert (done.returncode, done.stdout) == (0, "")
-    assert not list(venv.rglob("*.pyc"))
+    script = [sys.executable, "-I", "-S", "-B", str(ROOT / "action" / "verify_venv.py")]
+    subprocess.run([*script, "record", str(venv)], check=True)
+
+    def check() -> tuple[int, list[str]]:
+        done = subprocess.run([*script, "check", str(venv)], capture_output=True, text=True)
+        return done.returncode, done.stdout.splitlines()
+
+    assert check() == (0, [])
     site = next(venv.glob("lib/python*/site-packages"))
-    (site / "pip" / "__pycache__").mkdir(exist_ok=True)
-    (site / "pip" / "__pycache__" / "__init__.cpython-3.pyc").write_bytes(b"planted")
+    compiled = next(site.glob("pip/__pycache__/__init__.*.pyc"))
+    written_later = compiled.with_name("written_later.cpython-3.pyc")
+    written_later.write_bytes(b"bytecode written after the install")
+    assert check() == (0, [])
+    assert not written_later.exists()
     (site / "planted.py").write_text("")
-    done = subprocess.run([*check, str(venv), sys.executable], capture_output=True, text=True)
-    assert done.returncode == 1
-    planted = f"{site.relative_to(venv)}/planted.py: not installed by any package"
-    assert done.stdout.splitlines() == [planted]
-    assert not list(venv.rglob("*.pyc"))
+    compiled.write_bytes(b"a forged header and code")
+    rel = site.relative_to(venv)
+    assert check() == (
+        1,
+        [
+            f"{rel}/pip/__pycache__/{compiled.name}: changed since it was installed",
+            f"{rel}/planted.py: not installed by the action",
+        ],
+    )
 
 
 # A secret with every character the runner unescapes, and lines ended by CRLF, CR and LF.
