@@ -20,13 +20,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Shell scripts of the repository: keep this list in step when adding one.
-SHELL_SCRIPTS := .ci/run .ci/actionlint action/install.sh action/run.sh
+SHELL_SCRIPTS := .ci/run .ci/actionlint action/install.sh action/run.sh action/workflow-commands.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint image/Dockerfile
-	$(BIN)/shellcheck $(SHELL_SCRIPTS)
+	$(BIN)/shellcheck -x $(SHELL_SCRIPTS)
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-actions action.yml
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/zizmor --offline --no-progress --quiet .

@@ -4,17 +4,15 @@
 # sets in its env (RUNPOD_API_KEY, ONDEMAND_MODELS, ...) still counts when an input is left
 # out. The CLI writes the outputs, the exported env and the job summary itself.
 set -euo pipefail
+# shellcheck source=action/workflow-commands.sh
+source "$(dirname "${BASH_SOURCE[0]}")/workflow-commands.sh"
 
-ondemand="${RUNNER_TEMP:?RUNNER_TEMP is not set}/ollama-ondemand/bin/ondemand"
+venv="${RUNNER_TEMP:?RUNNER_TEMP is not set}/ollama-ondemand/venv"
 commands=" up down start stop status deploy delete watchdog reap build "
 
-# Masked before anything can print them; each line of a multi-line value on its own.
+# Masked before anything can print them: the whole value and each of its lines.
 for secret in INPUT_API_KEY INPUT_ADMIN_KEY INPUT_OVH_TOKEN INPUT_RUNPOD_API_KEY INPUT_RUNPOD_CLIENT_KEY INPUT_GITHUB_TOKEN; do
-  while IFS= read -r line; do
-    if [[ -n "$line" ]]; then
-      echo "::add-mask::$line"
-    fi
-  done <<<"${!secret:-}"
+  mask "${!secret:-}"
 done
 
 command="${INPUT_COMMAND:-}"
@@ -23,7 +21,7 @@ if [[ -z "$command" ]]; then
   exit 2
 fi
 if [[ "$commands" != *" $command "* ]]; then
-  echo "::error title=ollama-ondemand::unknown command '$command': use one of${commands% }"
+  echo "::error title=ollama-ondemand::$(escape_data "unknown command '$command': use one of${commands% }")"
   exit 2
 fi
 
@@ -58,9 +56,14 @@ for pair in "${pairs[@]}"; do
 done
 unset INPUT_COMMAND
 
+# The venv's Python in isolated mode (-I): PYTHONPATH, PYTHONSTARTUP, PYTHONHOME and the
+# user's site-packages, which an earlier step could have set through $GITHUB_ENV or
+# written, are ignored. -B: the venv stays as install.sh recorded it and checked it just
+# before this step.
+ondemand=("$venv/bin/python" -I -B "$venv/bin/ondemand")
 # A workflow step checks once (run it from a schedule); the looping watchdog is for a
 # machine of your own.
 if [[ "$command" == watchdog ]]; then
-  exec "$ondemand" watchdog --once
+  exec "${ondemand[@]}" watchdog --once
 fi
-exec "$ondemand" "$command"
+exec "${ondemand[@]}" "$command"

@@ -10,6 +10,12 @@
   install, not this machine's network; the wheelhouse is built once with `pip wheel` and
   kept in .venv/bench-wheelhouse. Baseline of the same run: `python -m venv` alone, which
   every pip install pays first.
+- reuse: the same install.sh run again in the same RUNNER_TEMP, as a later use of the
+  action in the job runs it: it checks every file of the venv (action/verify_venv.py) and
+  reuses it. Baseline: the cold install.
+- run step: `ondemand status` (local provider, nothing deployed) as the run step starts
+  it after the check, `python -I -B` without bytecode; baseline: the `ondemand` script
+  alone, with the bytecode it wrote on a previous run.
 - status: `ondemand status` wall time against a sandbox deployment that is up and ready
   (goal: at most 1 s). Baseline of the same run: `ondemand --version`.
 """
@@ -72,7 +78,8 @@ def simple_index(wheels: Path) -> str:
     return root.as_uri() + "/"
 
 
-def install_once(tool: str, work: Path) -> float:
+def install_once(tool: str, work: Path) -> tuple[float, float]:
+    """Seconds of a cold install, then of a reuse (the check) in the same RUNNER_TEMP."""
     temp = work / f"runner-temp-{tool}"
     caches = work / f"caches-{tool}"
     bin_dir = work / f"path-{tool}"
@@ -99,17 +106,43 @@ def install_once(tool: str, work: Path) -> float:
         "UV_CACHE_DIR": str(caches / "uv"),
         "UV_NO_CONFIG": "1",
     }
-    started = time.perf_counter()
-    done = subprocess.run(
-        [str(ROOT / "action" / "install.sh")], env=env, capture_output=True, text=True, check=False
-    )
-    seconds = time.perf_counter() - started
-    if done.returncode != 0 or f"installing with {tool}" not in done.stdout:
-        raise SystemExit(f"install.sh with {tool} failed:\n{done.stdout}\n{done.stderr}")
+    seconds = []
+    for expected in (f"installing with {tool}", "every file checked"):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [str(ROOT / "action" / "install.sh")], env=env, capture_output=True, text=True
+        )
+        seconds.append(time.perf_counter() - started)
+        if done.returncode != 0 or expected not in done.stdout:
+            raise SystemExit(f"install.sh with {tool} failed:\n{done.stdout}\n{done.stderr}")
     ondemand = temp / "ollama-ondemand" / "bin" / "ondemand"
     check = subprocess.run([str(ondemand), "--version"], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    return seconds
+    return seconds[0], seconds[1]
+
+
+def startup_times(work: Path, rounds: int) -> tuple[list[float], list[float]]:
+    """`ondemand status` (local provider, nothing deployed) in the uv venv as the run step
+    starts it after the check (`python -I -B`, no bytecode: uv installs none); and the
+    `ondemand` script alone, on the bytecode its previous run wrote."""
+    venv = work / "runner-temp-uv" / "ollama-ondemand" / "venv"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "ONDEMAND_STATE_DIR": str(work / "s")}
+    script = str(venv / "bin" / "ondemand")
+    check = [BASE_PYTHON, "-I", "-S", "-B", str(ROOT / "action" / "verify_venv.py"), "check"]
+    action, plain = [], []
+    for _ in range(rounds * 3):
+        subprocess.run([*check, str(venv)], check=True, capture_output=True)
+        started = time.perf_counter()
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-I", "-B", script, "status"],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        action.append(time.perf_counter() - started)
+        subprocess.run([script, "status"], env=env, check=True, capture_output=True)
+        started = time.perf_counter()
+        subprocess.run([script, "status"], env=env, check=True, capture_output=True)
+        plain.append(time.perf_counter() - started)
+    return action, plain
 
 
 def bare_venv(work: Path) -> float:
@@ -158,12 +191,16 @@ def main() -> None:
     rounds = 1 if parser.parse_args().quick else 3
     wheelhouse()
     installs: dict[str, list[float]] = {"uv": [], "pip": [], "venv_only": []}
+    reuses: dict[str, list[float]] = {"uv": [], "pip": []}
     with tempfile.TemporaryDirectory(prefix="ondemand-action-bench-") as tmp:
         work = Path(tmp)
         for _ in range(rounds):
             installs["venv_only"].append(bare_venv(work))
-            installs["uv"].append(install_once("uv", work))
-            installs["pip"].append(install_once("pip", work))
+            for tool in ("uv", "pip"):
+                cold, reuse = install_once(tool, work)
+                installs[tool].append(cold)
+                reuses[tool].append(reuse)
+        isolated, plain = startup_times(work, rounds)
     status, version = status_times(rounds)
     median = statistics.median
     report = {
@@ -172,6 +209,13 @@ def main() -> None:
             k: {"median": round(median(v), 2), "max": round(max(v), 2)} for k, v in installs.items()
         },
         "pip_over_uv": round(median(installs["pip"]) / median(installs["uv"]), 1),
+        "reuse_check_s": {
+            k: {"median": round(median(v), 2), "max": round(max(v), 2)} for k, v in reuses.items()
+        },
+        "status_local_s": {
+            "run_step_median": round(median(isolated), 3),
+            "plain_script_median": round(median(plain), 3),
+        },
         "status_s": {"median": round(median(status), 3), "max": round(max(status), 3)},
         "version_s": {"median": round(median(version), 3)},
         "status_over_version": round(median(status) / median(version), 1),

@@ -44,6 +44,7 @@ from ondemand.configfile import (
 from ondemand.configtypes import (
     Duration,
     OptionalText,
+    check_env_patterns,
     check_keep_alive,
     check_memory,
     check_models,
@@ -171,6 +172,11 @@ class Config(Model):
     max_keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
     require_gpu: bool = False
     export_env: bool = True
+    # More of the caller's environment for the local provider's server and its Ollama,
+    # beyond what they read (ondemand/childenv.py): names or globs.
+    pass_env: Annotated[list[str], BeforeValidator(check_env_patterns)] = Field(
+        default_factory=list
+    )
     # Price per GPU per hour by GPU model, in the provider's currency, for cost estimates;
     # merged over built-in indicative prices (docs/configuration.md).
     prices: dict[str, float] = Field(default_factory=dict)

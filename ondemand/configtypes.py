@@ -178,3 +178,19 @@ def check_models(value: object) -> object:
                 )
             names.append(name)
     return list(dict.fromkeys(name for name in names if name))
+
+
+# A variable name, or a glob of names (`AWS_REGION`, `MY_APP_*`, `LC_?`).
+_ENV_PATTERN_RE: Final = re.compile(r"[A-Za-z_*?\[][A-Za-z0-9_*?\[\]!]*")
+
+
+def check_env_patterns(value: object) -> object:
+    if not isinstance(value, list):
+        return value
+    for pattern in value:
+        if not isinstance(pattern, str) or not _ENV_PATTERN_RE.fullmatch(pattern.strip()):
+            raise _custom(
+                "each entry must be an environment variable name or a glob of names, like "
+                f"AWS_REGION or MY_APP_*, got {pattern!r}"
+            )
+    return [pattern.strip() for pattern in value]

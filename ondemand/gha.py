@@ -48,8 +48,18 @@ _REFUSED_ENV: Final = frozenset(
 _REFUSED_ENV_PREFIXES: Final = ("GITHUB_", "RUNNER_")
 
 
+# The runner reads a step's output a line at a time, a line ending at CR, LF or CRLF.
+_LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
+
+
 def escape_data(text: str) -> str:
-    """Escape a workflow command's message (the part after ``::``)."""
+    """Escape a workflow command's message (the part after ``::``).
+
+    The runner unescapes ``%0D`` to CR, ``%0A`` to LF, then ``%25`` to ``%``
+    (actions/runner src/Runner.Common/ActionCommand.cs, UnescapeData, commit
+    079cdb1d05fe0ec50f8c51de5a4fa51d0eb189b0), so ``%`` is escaped first, as actions/toolkit
+    packages/core/src/command.ts escapeData does (commit a944251692e50709e44d95e64d43c80236b9f6af).
+    """
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
@@ -126,14 +136,17 @@ class Actions:
         if value is None:
             return
         text = value if isinstance(value, str) else value.get_secret_value()
-        # GitHub masks line by line: a multi-line secret needs one command per line.
-        lines = [line for line in text.splitlines() if len(line.strip()) >= MIN_MASK_LENGTH]
-        for line in lines:
-            if line in self._masked:
+        # The runner masks the value as given, but it matches masks against one log line at
+        # a time: a multi-line secret is masked whole and then each of its lines, as the
+        # runner itself does for the job's secrets (actions/runner src/Runner.Worker/
+        # Worker.cs, InitializeSecretMasker, commit 8456f7667d77990752273e2cd2c68d311d1cb5d5).
+        parts = [text, *_LINE_BREAK.split(text)] if _LINE_BREAK.search(text) else [text]
+        for part in parts:
+            if len(part.strip()) < MIN_MASK_LENGTH or part in self._masked:
                 continue
-            self._masked.add(line)
+            self._masked.add(part)
             if self.active:
-                self._command("add-mask", line)
+                self._command("add-mask", part)
 
     def error(
         self,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
+import sysconfig
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,36 @@ _HEREDOC = re.compile(r"^([^=<\n]+)<<(.+)$")
 
 UsesStub = Callable[[Mapping[str, str]], dict[str, str]]
 GITHUB_CONTEXT = {"run_id": "42", "ref": "refs/heads/main"}
+
+
+def unescape_data(escaped: str) -> str:
+    """A workflow command's data as the runner reads it back: ``%0D``, then ``%0A``, then
+    ``%25`` (actions/runner src/Runner.Common/ActionCommand.cs, UnescapeData, commit
+    079cdb1d05fe0ec50f8c51de5a4fa51d0eb189b0)."""
+    return escaped.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
+
+
+def install_standin(temp: Path) -> Path:
+    """What install.sh leaves behind, made from this checkout without a package index
+    (tests never reach one): a real venv of the Python that runs the tests, whose ``.pth``
+    adds this interpreter's site-packages (where ollama-ondemand is installed, editable)
+    and whose ``bin/ondemand`` is the console script, recorded by action/verify_venv.py as
+    install.sh records it. Returns the venv."""
+    venv = temp / "ollama-ondemand" / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    here = sysconfig.get_paths()["purelib"]
+    (site / "ondemand_test_standin.pth").write_text(f"import site; site.addsitedir({here!r})\n")
+    launcher = venv / "bin" / "ondemand"
+    launcher.write_text(
+        f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom ondemand.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    launcher.chmod(0o755)
+    (venv / ".installed-from").write_text(f"{ROOT}@local")
+    record = [sys.executable, "-I", "-S", "-B", str(ROOT / "action" / "verify_venv.py")]
+    subprocess.run([*record, "record", str(venv)], check=True)
+    return venv
 
 
 def scalar(value: object) -> str:
@@ -141,8 +173,8 @@ class Runner:
                 result, outputs = self._run_script(name, str(step["run"]), step_env)
                 results.append(result)
                 masks += [
-                    line.removeprefix("::add-mask::")
-                    for line in result.stdout.splitlines()
+                    unescape_data(line.removeprefix("::add-mask::"))
+                    for line in result.stdout.split("\n")
                     if line.startswith("::add-mask::")
                 ]
             # A failed step's outputs are kept, as the runner keeps them.

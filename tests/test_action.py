@@ -20,6 +20,7 @@ from tests.actionrunner import (
     ActionRun,
     JobRun,
     Runner,
+    install_standin,
     load_action,
     run_workflow_job,
 )
@@ -36,14 +37,7 @@ def _setup_python(with_: Mapping[str, str]) -> dict[str, str]:
 
 
 def _installed(temp: Path) -> None:
-    """What install.sh leaves behind, made from this checkout without a package index
-    (tests never reach one): a venv whose `ondemand` is this interpreter's."""
-    venv = temp / "ollama-ondemand" / "venv"
-    (venv / "bin").mkdir(parents=True)
-    launcher = venv / "bin" / "ondemand"
-    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ondemand "$@"\n')
-    launcher.chmod(0o755)
-    (venv / ".installed-from").write_text(f"{ROOT}@local")
+    install_standin(temp)
 
 
 @pytest.fixture

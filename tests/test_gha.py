@@ -186,7 +186,7 @@ def test_annotations_with_properties(runner: Runner) -> None:
     assert runner.stderr.getvalue() == ""
 
 
-def test_mask_each_line(runner: Runner) -> None:
+def test_mask_the_whole_value_and_each_line(runner: Runner) -> None:
     runner.gha.mask("first-line-secret\nsecond-line-secret\n\nab\n")
     runner.gha.mask(SecretStr("odk_0123%0A"))
     runner.gha.mask(None)
@@ -194,6 +194,7 @@ def test_mask_each_line(runner: Runner) -> None:
     runner.gha.mask("abc")  # too short: would mask ordinary words everywhere
     runner.gha.mask("first-line-secret")  # already masked
     assert runner.stdout.getvalue().splitlines() == [
+        "::add-mask::first-line-secret%0Asecond-line-secret%0A%0Aab%0A",
         "::add-mask::first-line-secret",
         "::add-mask::second-line-secret",
         "::add-mask::odk_0123%250A",

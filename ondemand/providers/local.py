@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ondemand.childenv import OLLAMA, PASS_ENV, SERVER, SYSTEM, allowed, pass_env_names
 from ondemand.errors import ConfigError, ProviderError, UsageError
 from ondemand.processes import free_port, port_free
 from ondemand.providers.base import (
@@ -97,7 +98,8 @@ class LocalProvider(Provider):
     name: ClassVar[str] = "local"
 
     def __init__(self, *, env: Mapping[str, str], config: ResolvedConfig | None = None) -> None:
-        del config  # everything else it needs arrives in the Spec
+        # Everything else it needs arrives in the Spec.
+        self.pass_env = tuple(config.config.pass_env) if config else pass_env_names(env)
         self.env = env
         self.root = state_root(env) / "local"
 
@@ -155,7 +157,7 @@ class LocalProvider(Provider):
         port = port or free_port()
         secrets = _read(directory / "secrets.json") or {}
         binary, note = self._ollama(directory)
-        env = {k: v for k, v in self.env.items() if not _ours(k)}
+        env = server_environment(self.env, self.pass_env)
         env.update(record.get("env") or {})
         env.update(secrets)
         env.update(
@@ -295,6 +297,28 @@ class LocalProvider(Provider):
         from ondemand.sandbox.ollama import write_standin
 
         return str(write_standin(directory / "bin")), EMULATOR_NOTE
+
+
+# The caller's credentials: the server gets the keys of its deployment (secrets.json) and
+# nothing of the command that started it. OLLAMA_API_KEY is the client key `up` exported.
+_CALLER_CREDENTIALS = frozenset(
+    {
+        "ONDEMAND_API_KEY", "ONDEMAND_GITHUB_TOKEN", "GITHUB_TOKEN", "OVH_AI_TOKEN",
+        "RUNPOD_API_KEY", "RUNPOD_CLIENT_KEY", "ONDEMAND_SANDBOX_TOKEN",
+        "ONDEMAND_SANDBOX_READ_TOKEN", "OLLAMA_API_KEY", "OPENAI_API_KEY",
+    }
+)  # fmt: skip
+
+
+def server_environment(env: Mapping[str, str], pass_env: tuple[str, ...]) -> dict[str, str]:
+    """What the server gets of the caller's environment: what it and Ollama read
+    (ondemand/childenv.py) and what the user named, never the caller's credentials."""
+    chosen = allowed(env, (*SYSTEM, *OLLAMA, *SERVER, *pass_env))
+    out = {k: v for k, v in chosen.items() if not _ours(k) and k not in _CALLER_CREDENTIALS}
+    if pass_env:
+        # The server hands the same names on to Ollama.
+        out[PASS_ENV] = ",".join(pass_env)
+    return out
 
 
 def _ours(name: str) -> bool:

@@ -1,8 +1,8 @@
 """Keep one ``ollama serve`` running on loopback: start it, notice when it dies, restart it.
 
 Ollama listens only on 127.0.0.1: the proxy in front of it is the way in. Its environment
-is ours minus every secret: Ollama needs none, and a crash dump or a debug log of its
-environment must not carry our keys.
+is only what Ollama reads (ondemand/childenv.py), never one of our keys: Ollama needs none,
+and a crash dump or a debug log of its environment must not carry them.
 """
 
 from __future__ import annotations
@@ -11,29 +11,23 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import httpx
 
+from ondemand.childenv import ollama_environment
 from ondemand.processes import dies_with_parent, port_free
 
 log = logging.getLogger("ondemand.serve")
 ollama_log = logging.getLogger("ondemand.serve.ollama")
 
-_SECRET_VARS = re.compile(
-    r"^(AUTHORIZATION_APIKEY.*|ONDEMAND_ADMIN_KEY|ONDEMAND_API_KEY|ONDEMAND_BASIC_AUTH"
-    r"|OVHAI_BASIC_AUTH_.*|OVH_AI_TOKEN|RUNPOD_API_KEY|ONDEMAND_GITHUB_TOKEN|GITHUB_TOKEN"
-    r"|USER_MODEL_METRICS_WEBHOOK_API_KEY)$"
-)
-
 
 def child_environment(
     env: Mapping[str, str], port: int, keep_alive: str | int | None = None
 ) -> dict[str, str]:
-    out = {k: v for k, v in env.items() if not _SECRET_VARS.match(k)}
+    out = ollama_environment(env)
     out["OLLAMA_HOST"] = f"127.0.0.1:{port}"
     if keep_alive is not None:
         # /v1 requests cannot carry keep_alive: Ollama then uses its own default, so the
