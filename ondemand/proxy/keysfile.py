@@ -133,8 +133,7 @@ def parse_keys_file(path: Path) -> list[KeyEntry]:
             # message never quotes the key.
             problem = secret_problem(value) if isinstance(value, str) else "is not a string"
             if problem:
-                key_line = item.lc.key("key")[0] + 1
-                problems.append(_problem(path, key_line, f"{where}: 'key' {problem}"))
+                problems.append(_problem(path, item.lc.key("key"), f"{where}: 'key' {problem}"))
             else:
                 key_digest = digest(value)
         else:

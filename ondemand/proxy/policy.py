@@ -219,6 +219,10 @@ def prepare(
             if name and not allowed(identity, name):
                 raise _forbidden(name)
     model = next((n for n in reversed(names) if isinstance(n, str) and n), None)
+    if restricted and model is None:
+        # Default deny: a key limited to some models may not send a request whose model
+        # the proxy cannot name, whatever Ollama would make of it.
+        raise Rejected(403, "this key is limited to some models, and the request names none")
     stream_value = _last(body, "stream")
     stream = default_stream if stream_value is None else stream_value is True
     changed = False

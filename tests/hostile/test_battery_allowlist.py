@@ -50,12 +50,6 @@ OTHER_MODELS = [
     "\uff4c\uff4c\uff41\uff4d\uff41\uff13.\uff12",  # full-width
     "llama3.2\u0000",
 ]
-# Default deny (issue 15, item 3): a restricted key's request whose model cannot be read.
-NO_MODEL = pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 item 3: a restricted key's body naming no model is forwarded, "
-    "not refused (default deny)",
-)
 
 
 @pytest.fixture(params=["keys file", "per-run key"])
@@ -86,7 +80,7 @@ def test_spellings_of_the_allowed_model_pass(
     assert {canonical(_forwarded_model(seen.body)) for seen in clean.seen} == {"llama3.2:latest"}
 
 
-@pytest.mark.parametrize("model", [*OTHER_MODELS, pytest.param("", marks=NO_MODEL)])
+@pytest.mark.parametrize("model", [*OTHER_MODELS, ""])
 def test_other_models_are_refused_and_never_forwarded(
     proxy: Process, clean: RawUpstream, limited_key: str, model: str
 ) -> None:
@@ -121,8 +115,8 @@ BODIES = {
     "trailing garbage": b'{"model":"mistral"} x',
     "BOM": b'\xef\xbb\xbf{"model":"mistral"}',
     "not UTF-8": b'{"model":"mistral\xff"}',
-    "no model": pytest.param(b'{"prompt":"hi"}', marks=NO_MODEL),
-    "empty model": pytest.param(b'{"model":""}', marks=NO_MODEL),
+    "no model": b'{"prompt":"hi"}',
+    "empty model": b'{"model":""}',
     "deep nesting": b'{"x":' * 2000 + b"1" + b"}" * 2000,
     "NaN": b'{"model":"llama3.2","options":{"temperature":NaN},"model":"mistral"}',
 }

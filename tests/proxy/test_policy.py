@@ -85,7 +85,10 @@ def test_a_restricted_key_gets_400_for_a_body_it_cannot_be_checked_on(raw: bytes
 
 def test_an_unrestricted_key_passes_odd_bodies_to_ollama_unchanged() -> None:
     assert prepare("/api/chat", b"not json", OPEN, NONE).body == b"not json"
-    assert prepare("/api/chat", b'{"messages": []}', LIMITED, NONE).model is None
+    assert prepare("/api/chat", b'{"messages": []}', OPEN, NONE).model is None
+    with pytest.raises(Rejected) as refused:  # default deny: a limited key must name a model
+        prepare("/api/chat", b'{"messages": []}', LIMITED, NONE)
+    assert refused.value.status == 403
     with pytest.raises(Rejected):
         prepare("/api/chat", b'{"model": 7}', LIMITED, NONE)
 
