@@ -3,8 +3,11 @@ process outlives a test. The fixtures that start sandboxes are in tests/conftest
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +29,19 @@ FAST_APPS = {
     "OLLAMA_EMULATOR_PULL_SECONDS": "0.05",
     "ONDEMAND_DRAIN_TIMEOUT": "5",
 }
+
+
+def stop_group(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Stop the process group ``proc`` leads (a server and its Ollama): SIGTERM, then
+    SIGKILL if it has not exited within ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def group_alive(pgid: int) -> bool:

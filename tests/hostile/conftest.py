@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from ondemand.processes import free_port
 from ondemand.sandbox.ollama import write_standin
 from ondemand.sandbox.ollama.app import Emulator
 from ondemand.serving import BackgroundServer
+from tests.cloud import stop_group
 from tests.conftest import serve_emulator
 from tests.proxy.rawhttp import RawResponse, _dechunk, _headers
 
@@ -91,15 +91,7 @@ class Process:
         return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
 
     def stop(self) -> None:
-        # The whole group: serve's Ollama must not outlive it.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(10)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, 10)  # the whole group: serve's Ollama must not outlive it
 
 
 def _clean_environ() -> dict[str, str]:

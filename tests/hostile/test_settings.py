@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from ondemand.processes import free_port
 from ondemand.sandbox.ollama.standin import write_standin
+from tests.cloud import stop_group
 from tests.proxy.rawhttp import raw_request
 
 KEY = "odk_" + "k" * 40
@@ -86,14 +86,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
 
     yield run
     for one in started:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(one.proc.pid, sig)
-            try:
-                one.proc.wait(5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(one.proc)
 
 
 def exits(one: Started, within: float = 30.0) -> int | None:

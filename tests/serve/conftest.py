@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 from ondemand.processes import free_port
 from ondemand.sandbox.ollama import write_standin
+from tests.cloud import stop_group
 
 KEY = "odk_serve_test_key_0123456789"
 
@@ -123,11 +123,4 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     yield start
     for served in started:
         # The whole group: a test that killed the server must not leave its Ollama behind.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(served.proc.pid, sig)
-            try:
-                served.proc.wait(5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(served.proc)
