@@ -99,6 +99,20 @@ def _send_until_answered(sock: socket.socket, first: bytes, piece: bytes, most: 
     return sent
 
 
+def _trickle(sock: socket.socket, data: bytes) -> bool:
+    """Send ``data`` one byte every 0.2 s; True once the server answers (or hangs up)
+    before the last byte, False if it let all of it trickle in."""
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        readable, _, _ = select.select([sock], [], [], 0.2)
+        if readable:
+            return True
+    return False
+
+
 def _chat(model: str = "llama3.2", stream: bool = True) -> bytes:
     return json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
@@ -224,15 +238,7 @@ def test_slow_headers_are_timed_out_although_each_byte_arrives_in_time(port: int
     """One byte every 0.2 s never lets a 1 s gap pass, yet the head has 1 s in all."""
     request = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 100
     with _connect(port, timeout=10) as sock:
-        for byte in request:
-            try:
-                sock.sendall(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            readable, _, _ = select.select([sock], [], [], 0.2)
-            if readable:
-                break
-        else:
+        if not _trickle(sock, request):
             pytest.fail("the server let the head trickle for 20 s")
         assert read_response(sock).status == 408
 
@@ -253,15 +259,7 @@ def test_a_trickled_body_gets_408(port: int) -> None:
     head = f"POST /api/chat HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {len(body)}\r\n\r\n"
     with _connect(port, timeout=10) as sock:
         sock.sendall(head.encode())
-        for byte in body:
-            try:
-                sock.sendall(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            readable, _, _ = select.select([sock], [], [], 0.2)
-            if readable:
-                break
-        else:
+        if not _trickle(sock, body):
             pytest.fail("the server let the body trickle to its end")
         response = read_response(sock)
         assert response.status == 408
