@@ -149,3 +149,24 @@ def wait(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 30) 
 
 
 StartSandbox = Callable[..., tuple[SandboxServer, Ovh]]
+
+
+def use_ovh_cli(
+    running: SandboxServer, monkeypatch: pytest.MonkeyPatch, cwd: Path, **env: str
+) -> None:
+    """The environment a user's shell has for the CLI against the sandbox's OVH: its API
+    and operator token, the image, 30 s to be ready, ``env`` on top, none of the keys,
+    config or Actions variables of the machine running the tests, in ``cwd``."""
+    monkeypatch.chdir(cwd)
+    for name in ("ONDEMAND_API_KEY", "ONDEMAND_ADMIN_KEY", "ONDEMAND_CONFIG", "GITHUB_ACTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = {
+        "ONDEMAND_PROVIDER": "ovh",
+        "OVH_AI_API_URL": running.ovh_url,
+        "OVH_AI_TOKEN": running.sandbox.operator_token,
+        "ONDEMAND_IMAGE": "registry.example.com/team/ollama-ondemand:1.4.0",
+        "ONDEMAND_TIMEOUT": "30s",
+        **env,
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)

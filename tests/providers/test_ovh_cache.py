@@ -15,10 +15,9 @@ import pytest
 from ondemand.lifecycle import DownResult, down
 from ondemand.sandbox.server import SandboxServer
 from tests.clirun import run
-from tests.cloud import FAST_APPS, Ovh, StartSandbox, wait
+from tests.cloud import FAST_APPS, Ovh, StartSandbox, use_ovh_cli, wait
 from tests.jobs import lifecycle_of
 
-IMAGE = "registry.example.com/team/ollama-ondemand:1.4.0"
 MODEL = "qwen3:0.6b"
 VOLUME = "ollama-cache@s3-gra/models:/workspace/ollama:rw"
 # Nothing is in the emulated Ollama's store unless the model store brings it.
@@ -30,20 +29,7 @@ def cloud(
     start_sandbox: StartSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[SandboxServer, Ovh]:
     running, api = start_sandbox(app_env=EMPTY_STORE)
-    monkeypatch.chdir(tmp_path)
-    for name in ("ONDEMAND_API_KEY", "ONDEMAND_ADMIN_KEY", "ONDEMAND_CONFIG", "GITHUB_ACTIONS"):
-        monkeypatch.delenv(name, raising=False)
-    env = {
-        "ONDEMAND_PROVIDER": "ovh",
-        "OVH_AI_API_URL": running.ovh_url,
-        "OVH_AI_TOKEN": running.sandbox.operator_token,
-        "ONDEMAND_IMAGE": IMAGE,
-        "ONDEMAND_MODELS": MODEL,
-        "OLLAMA_VOLUME": VOLUME,
-        "ONDEMAND_TIMEOUT": "30s",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    use_ovh_cli(running, monkeypatch, tmp_path, ONDEMAND_MODELS=MODEL, OLLAMA_VOLUME=VOLUME)
     return running, api
 
 

@@ -12,9 +12,8 @@ import pytest
 
 from ondemand.sandbox.server import SandboxServer
 from tests.clirun import Result, run
-from tests.cloud import Ovh, StartSandbox
+from tests.cloud import Ovh, StartSandbox, use_ovh_cli
 
-IMAGE = "registry.example.com/team/ollama-ondemand:1.4.0"
 Cli = Any
 
 
@@ -23,19 +22,7 @@ def sandbox(
     start_sandbox: StartSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[SandboxServer, Ovh]:
     running, api = start_sandbox()
-    monkeypatch.chdir(tmp_path)
-    for name in ("ONDEMAND_API_KEY", "ONDEMAND_ADMIN_KEY", "ONDEMAND_CONFIG", "GITHUB_ACTIONS"):
-        monkeypatch.delenv(name, raising=False)
-    env = {
-        "ONDEMAND_PROVIDER": "ovh",
-        "OVH_AI_API_URL": running.ovh_url,
-        "OVH_AI_TOKEN": running.sandbox.operator_token,
-        "ONDEMAND_IMAGE": IMAGE,
-        "ONDEMAND_MODELS": "llama3.2",
-        "ONDEMAND_TIMEOUT": "30s",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    use_ovh_cli(running, monkeypatch, tmp_path, ONDEMAND_MODELS="llama3.2")
     return running, api
 
 
