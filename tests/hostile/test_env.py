@@ -9,10 +9,8 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from ondemand.gha import Actions
 from ondemand.serve.supervisor import child_environment
 from tests.actionrunner import ROOT, Runner, install_standin, unescape_data
 from tests.clirun import run
+from tests.providers.test_local import state  # noqa: F401 (the fixture)
 
 # Values a developer's shell or a CI job holds that are nobody's business but theirs.
 CALLER_SECRETS = {
@@ -37,20 +36,10 @@ PASSED = ("MY_APP_SETTING", "passed-through-value")
 
 
 @pytest.fixture
-def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in list(os.environ):
-        if name.startswith(("ONDEMAND_", "AUTHORIZATION_", "OLLAMA_", "PRELOAD_", "GITHUB_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("ONDEMAND_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("ONDEMAND_MODELS", "llama3.2")
-    monkeypatch.setenv("OLLAMA_EMULATOR_LOAD_TIME", "0.05")
-    monkeypatch.setenv("OLLAMA_EMULATOR_PULL_SECONDS", "0.1")
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no real ollama: the emulator stands in
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path / "state" / "local"
-    for server in (tmp_path / "state" / "local").glob("*/server.json"):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(json.loads(server.read_text())["pid"], signal.SIGKILL)
+def local(state: Path) -> Path:  # noqa: F811
+    """The local provider's state, in a clean environment (the local provider's tests' own
+    fixture: no real Ollama on PATH, none of the machine's keys)."""
+    return state
 
 
 def _environ(pid: int) -> dict[str, str]:
