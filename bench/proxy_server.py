@@ -53,7 +53,8 @@ def main() -> None:
     from ondemand.serving import run
 
     app = make_app()
-    run(app, host="127.0.0.1", port=args.port, lifespan="on", limits=app.settings.door)
+    run(app, host="127.0.0.1", port=args.port, lifespan="on", limits=app.settings.door,
+        counts=app.door)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from ondemand.descriptors import affordable_connections, raise_open_file_limit
+
+log = logging.getLogger("ondemand.frontdoor")
 
 DEFAULT_MAX_HEAD = 32 * 1024
 DEFAULT_MAX_REQUEST_LINE = 8 * 1024
@@ -22,7 +28,11 @@ DEFAULT_MAX_HEADERS = 100
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_BODY_GRACE = 30.0
 DEFAULT_BODY_MIN_RATE = 1024
-DEFAULT_MAX_CONNECTIONS = 1000
+# Held idle, a connection costs ~7 KiB (a partial head up to max_head more); the cap is
+# lowered to what the process's open-file limit affords (ondemand/descriptors.py).
+DEFAULT_MAX_CONNECTIONS = 4096
+# Turned-away connections are logged at most this often, as one summary line.
+SUMMARY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +49,9 @@ class DoorLimits:
     # ``body_min_rate`` bytes received (Apache's RequestReadTimeout body=…,MinRate=…).
     body_grace: float = DEFAULT_BODY_GRACE
     body_min_rate: int = DEFAULT_BODY_MIN_RATE
-    # Open connections at once, idle ones included; beyond it 503 and close.
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Open connections at once, idle ones included (None: DEFAULT_MAX_CONNECTIONS, or less
+    # where the open-file limit affords less; see ``resolved``).
+    max_connections: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DoorLimits:
@@ -56,11 +67,26 @@ class DoorLimits:
             header_timeout=seconds("ONDEMAND_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
             body_grace=seconds("ONDEMAND_BODY_TIMEOUT", DEFAULT_BODY_GRACE),
             body_min_rate=size("ONDEMAND_BODY_MIN_RATE", DEFAULT_BODY_MIN_RATE),
-            max_connections=count("ONDEMAND_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS),
+            max_connections=read.optional_count("ONDEMAND_MAX_CONNECTIONS"),
         )
 
+    def resolved(self) -> DoorLimits:
+        """These limits with the connection cap settled for this process, whose open-file
+        limit is raised to its hard limit first (as Go programs, Ollama among them, do at
+        start): a cap the descriptors cannot hold would turn a flood into failed accepts."""
+        affordable = affordable_connections(raise_open_file_limit())
+        if self.max_connections is None:
+            return replace(self, max_connections=min(DEFAULT_MAX_CONNECTIONS, affordable))
+        if self.max_connections > affordable:
+            log.warning(
+                "ONDEMAND_MAX_CONNECTIONS=%d is more than the open-file limit affords (about "
+                "%d: each busy connection also holds one to Ollama); raise `ulimit -n`",
+                self.max_connections, affordable,
+            )  # fmt: skip
+        return self
 
-_REASONS = {
+
+_STATUS_TEXT = {
     400: "Bad Request",
     408: "Request Timeout",
     414: "URI Too Long",
@@ -69,12 +95,55 @@ _REASONS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One way the front door turns a connection away: the answer, and its name in the
+    ``ondemand_front_door_turned_away`` metric and the log summary."""
+
+    status: int
+    message: str
+    reason: str
+    why: str  # for the log summary
+
+
+MALFORMED = Refusal(400, "invalid HTTP request", "malformed", "unreadable requests (400)")
+LINE_TOO_LONG = Refusal(
+    414, "request line too long", "line_too_long",
+    "request lines over ONDEMAND_MAX_REQUEST_LINE (414)",
+)  # fmt: skip
+HEAD_TOO_LARGE = Refusal(
+    431, "request header fields too large", "head_too_large",
+    "heads over ONDEMAND_MAX_HEADER_SIZE (431)",
+)  # fmt: skip
+TOO_MANY_HEADERS = Refusal(
+    431, "too many header fields", "too_many_headers", "heads over ONDEMAND_MAX_HEADERS (431)"
+)
+HEAD_TIMEOUT = Refusal(
+    408, "timed out reading the request headers", "head_timeout",
+    "heads unfinished after ONDEMAND_HEADER_TIMEOUT (408)",
+)  # fmt: skip
+BODY_TIMEOUT = Refusal(
+    408, "timed out reading the request body", "body_timeout",
+    "bodies slower than ONDEMAND_BODY_TIMEOUT / ONDEMAND_BODY_MIN_RATE (408)",
+)  # fmt: skip
+FULL = Refusal(
+    503, "too many connections; retry shortly", "full",
+    "new connections while all ONDEMAND_MAX_CONNECTIONS were busy (503)",
+)  # fmt: skip
+# Not an answer: a connection waiting for a request, closed to make room for a new one.
+EVICTED = Refusal(
+    0, "", "evicted", "waiting connections closed to make room under ONDEMAND_MAX_CONNECTIONS"
+)
+TURNED_AWAY = (EVICTED, FULL, MALFORMED, LINE_TOO_LONG, HEAD_TOO_LARGE, TOO_MANY_HEADERS,
+               HEAD_TIMEOUT, BODY_TIMEOUT)  # fmt: skip
+
+
 def refusal(status: int, message: str, extra: bytes = b"") -> bytes:
     """A whole response that ends the connection; JSON, as Ollama's clients read errors."""
     body = json.dumps({"error": message}).encode()
     return (
         (
-            f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
+            f"HTTP/1.1 {status} {_STATUS_TEXT[status]}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n"
         ).encode()
         + extra
@@ -83,23 +152,60 @@ def refusal(status: int, message: str, extra: bytes = b"") -> bytes:
     )
 
 
+class DoorCounts:
+    """What one server's front door did since it started: connections open now and those
+    turned away by reason (read by the proxy's ``/metrics``). Turned-away connections are
+    logged too, the first after a quiet spell at once and the rest as one line a minute, so
+    a flood of thousands a second is visible without flooding the log."""
+
+    def __init__(self, summary_seconds: float = SUMMARY_SECONDS) -> None:
+        self.summary_seconds = summary_seconds
+        self.open = 0
+        self.turned_away: Counter[str] = Counter()
+        self._unlogged: Counter[str] = Counter()
+        self._summary: asyncio.TimerHandle | None = None
+
+    def add(self, refused: Refusal, loop: asyncio.AbstractEventLoop) -> None:
+        self.turned_away[refused.reason] += 1
+        if self._summary is not None:
+            self._unlogged[refused.reason] += 1
+            return
+        log.warning("front door turned a connection away: %s", refused.why)
+        self._summary = loop.call_later(self.summary_seconds, self._log_summary, loop)
+
+    def _log_summary(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._unlogged:
+            self._summary = None
+            return
+        parts = [f"{self._unlogged[r.reason]:,} {r.why}" for r in TURNED_AWAY
+                 if self._unlogged[r.reason]]  # fmt: skip
+        log.warning(
+            "front door turned %s connections away in the last %g s: %s",
+            f"{sum(self._unlogged.values()):,}", self.summary_seconds, "; ".join(parts),
+        )  # fmt: skip
+        self._unlogged.clear()
+        self._summary = loop.call_later(self.summary_seconds, self._log_summary, loop)
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop httptools at once."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    def __init__(self, refused: Refusal) -> None:
+        super().__init__(refused.message)
+        self.refused = refused
 
 
-def protocol_class(limits: DoorLimits) -> type[Any]:
-    """uvicorn's httptools protocol, with ``limits`` enforced before the parser works."""
+def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type[Any]:
+    """uvicorn's httptools protocol, with ``limits`` enforced before the parser works and
+    what it turns away counted in ``counts``. ``limits`` must be ``resolved()``."""
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     # The connections of this server waiting for a request's head, longest first: a dict
     # keeps insertion order, so finding the one to evict and moving one are both O(1).
     waiting: dict[FrontDoorProtocol, None] = {}
+    counted = counts or DoorCounts()
+    cap = limits.max_connections or DEFAULT_MAX_CONNECTIONS
 
     class FrontDoorProtocol(HttpToolsProtocol):
         door = limits
@@ -120,12 +226,13 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            counted.open += 1
             self._arm_head_timer()
-            if len(self.connections) > self.door.max_connections and not self._evict_one():
+            if len(self.connections) > cap and not self._evict_one():
                 # Every connection is busy with a request: refused before a byte is read,
                 # so a flood cannot grow memory or hold sockets. The answer waits in the
                 # client's buffer for its request.
-                self._refuse(503, "too many connections; retry shortly", b"retry-after: 1\r\n")
+                self._refuse(FULL, b"retry-after: 1\r\n")
 
         def _evict_one(self) -> bool:
             """Make room by closing the connection that has waited longest for a request
@@ -133,11 +240,13 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
             flood of idle or slow connections cannot lock out clients that send requests."""
             for victim in waiting:  # oldest first
                 if victim is not self:
-                    victim._give_up()
+                    counted.add(EVICTED, self.loop)
+                    victim._give_up(counting=False)
                     return True
             return False
 
         def connection_lost(self, exc: Exception | None) -> None:
+            counted.open -= 1
             self._cancel_timers()
             super().connection_lost(exc)
 
@@ -148,11 +257,13 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
                     timer.cancel()
             self._head_timer = self._body_timer = None
 
-        def _refuse(self, status: int, message: str, extra: bytes = b"") -> None:
+        def _refuse(self, refused: Refusal, extra: bytes = b"", *, counting: bool = True) -> None:
+            if counting:
+                counted.add(refused, self.loop)
             self._refused = True
             self._cancel_timers()
             if not self.transport.is_closing():
-                self.transport.write(refusal(status, message, extra))
+                self.transport.write(refusal(refused.status, refused.message, extra))
                 self.transport.close()
 
         # -- bytes in ----------------------------------------------------------------------
@@ -172,7 +283,7 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
             if self._head_pending():
                 # A long target was refused by on_url already (414) unless its own cap is
                 # above this one's.
-                self._refuse(431, "request header fields too large")
+                self._refuse(HEAD_TOO_LARGE)
                 return
             # The head ended inside the piece: the rest is body (or a pipelined request,
             # whose head counts from where the previous message ended).
@@ -187,13 +298,10 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserCallbackError as exc:
-                refused = exc.__context__
-                if isinstance(refused, _Refused):
-                    self._refuse(refused.status, refused.message)
-                else:
-                    self._refuse(400, "invalid HTTP request")
+                stopped = exc.__context__
+                self._refuse(stopped.refused if isinstance(stopped, _Refused) else MALFORMED)
             except httptools.HttpParserError:
-                self._refuse(400, "invalid HTTP request")
+                self._refuse(MALFORMED)
             except httptools.HttpParserUpgrade:
                 # Ollama's API has no upgrades; the request was handed to the app as is.
                 self._unsupported_upgrade_warning()
@@ -209,13 +317,13 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
         def on_url(self, url: bytes) -> None:
             self._line_bytes += len(url)
             if self._line_bytes > self.door.max_request_line:
-                raise _Refused(414, "request line too long")
+                raise _Refused(LINE_TOO_LONG)
             super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._header_count += 1
             if self._header_count > self.door.max_headers:
-                raise _Refused(431, "too many header fields")
+                raise _Refused(TOO_MANY_HEADERS)
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
@@ -261,14 +369,14 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
                 return
             self._give_up()
 
-        def _give_up(self) -> None:
+        def _give_up(self, *, counting: bool = True) -> None:
             if self._head_bytes == 0:
                 # An idle connection: close it quietly, as for an idle keep-alive.
                 self._refused = True
                 self._cancel_timers()
                 self.transport.close()
             else:
-                self._refuse(408, "timed out reading the request headers")
+                self._refuse(HEAD_TIMEOUT, counting=counting)
 
         def _watch_body(self) -> None:
             if self._in_head or self._body_timer is not None or self._refused:
@@ -295,9 +403,10 @@ def protocol_class(limits: DoorLimits) -> type[Any]:
                 return
             cycle = self.cycle
             if cycle is not None and cycle.response_started:
+                counted.add(BODY_TIMEOUT, self.loop)
                 self._refused = True
                 self.transport.close()
             else:
-                self._refuse(408, "timed out reading the request body")
+                self._refuse(BODY_TIMEOUT)
 
     return FrontDoorProtocol

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from ondemand.errors import NotAvailableError, UsageError
-from ondemand.frontdoor import DoorLimits
+from ondemand.frontdoor import DoorCounts, DoorLimits
 
 if TYPE_CHECKING:
     from ondemand.asgi import ASGIApp
@@ -32,6 +32,7 @@ def _uvicorn_config(
     log_level: str,
     lifespan: Lifespan,
     limits: DoorLimits | None = None,
+    counts: DoorCounts | None = None,
     **extra: Any,
 ) -> Any:
     try:
@@ -43,12 +44,12 @@ def _uvicorn_config(
             hint="pip install 'ollama-ondemand[server]'",
         ) from exc
     fast = importlib.util.find_spec("uvloop") is not None
-    limits = limits or DoorLimits()
+    limits = (limits or DoorLimits()).resolved()
     http: Any = "h11"
     if importlib.util.find_spec("httptools"):
         from ondemand.frontdoor import protocol_class
 
-        http = protocol_class(limits)
+        http = protocol_class(limits, counts)
     return uvicorn.Config(
         app,
         loop="uvloop" if fast else "asyncio",
@@ -102,6 +103,7 @@ def run(
     graceful_timeout: float | None = 10.0,
     lifespan: Lifespan = "off",
     limits: DoorLimits | None = None,
+    counts: DoorCounts | None = None,
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM. Blocks.
 
@@ -111,7 +113,7 @@ def run(
     listener = sock if sock is not None else bind(host, port)
     timeout = None if graceful_timeout is None else max(1, round(graceful_timeout))
     config = _uvicorn_config(
-        app, log_level=log_level, lifespan=lifespan, limits=limits,
+        app, log_level=log_level, lifespan=lifespan, limits=limits, counts=counts,
         timeout_graceful_shutdown=timeout,
     )  # fmt: skip
     server = _graceful_server(config)
@@ -152,6 +154,7 @@ def embedded_server(
     graceful_timeout: float = 10.0,
     lifespan: Lifespan = "off",
     limits: DoorLimits | None = None,
+    counts: DoorCounts | None = None,
 ) -> Any:
     """A uvicorn server to run inside a caller's event loop: ``await server.serve(sockets)``.
 
@@ -163,6 +166,7 @@ def embedded_server(
         log_level=log_level,
         lifespan=lifespan,
         limits=limits,
+        counts=counts,
         timeout_graceful_shutdown=max(1, round(graceful_timeout)),
     )
     return _graceful_server(config, own_signals=False)

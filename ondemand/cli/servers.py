@@ -47,7 +47,9 @@ def proxy(app: App, upstream: str | None, host: str | None, port: int | None) ->
     if settings.keys.insecure_no_auth:
         app.info("warning: ONDEMAND_INSECURE_NO_AUTH is set: anyone who can connect is admin")
     app.info(f"proxy listening on http://{bind_host}:{shown_port} -> {settings.upstream}")
-    run(create_app(settings), sock=sock, log_level="warning", lifespan="on", limits=settings.door)
+    proxy = create_app(settings)
+    run(proxy, sock=sock, log_level="warning", lifespan="on", limits=settings.door,
+        counts=proxy.door)  # fmt: skip
 
 
 @cli.command()

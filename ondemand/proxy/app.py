@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ondemand import __version__
 from ondemand.asgi import Headers, Message, Receive, Scope, Send, header, send_bytes, send_json
+from ondemand.frontdoor import DoorCounts
 from ondemand.proxy.activity import Activity
 from ondemand.proxy.auth import AuthFailure, Identity, KeyStore, keystore_from_env
 from ondemand.proxy.context import RequestContext
@@ -103,8 +104,12 @@ class ProxyApp:
         self._replica_header = [(b"x-ondemand-replica", self.replica.encode())]
         self.limits = Limits(settings.max_inflight)
         self.ledger = Ledger()
+        # Counted by the server's front door (give it to serving.run), shown on /metrics.
+        self.door = DoorCounts()
         self.metrics = Metrics(
-            inflight=lambda: self.limits.inflight, last_request=lambda: self.activity.last
+            inflight=lambda: self.limits.inflight,
+            last_request=lambda: self.activity.last,
+            door=self.door,
         )
         # Alone in front of an Ollama, health is whether it answers; under `serve`, the
         # supervisor knows better (starting, warming, a failed preload) and says so.

@@ -7,12 +7,14 @@ model names gets 404s, counted under "other", not a new series each).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ondemand.frontdoor import TURNED_AWAY, DoorCounts
 from ondemand.modelnames import canonical
 from ondemand.proxy.usage import UsageRecord
 
@@ -31,11 +33,38 @@ class _Series(NamedTuple):
     duration: Histogram
 
 
+class _FrontDoor:
+    """The front door's own counts (ondemand/frontdoor.py), read when scraped."""
+
+    def __init__(self, counts: DoorCounts) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        turned = CounterMetricFamily(
+            "ondemand_front_door_turned_away",
+            "Connections closed or refused before a request reached the proxy, by reason.",
+            labels=["reason"],
+        )
+        for refused in TURNED_AWAY:
+            turned.add_metric([refused.reason], self.counts.turned_away[refused.reason])
+        yield turned
+        yield GaugeMetricFamily(
+            "ondemand_connections_open",
+            "Client connections open now, idle ones included.",
+            value=self.counts.open,
+        )
+
+
 class Metrics:
     def __init__(
-        self, inflight: Callable[[], float], last_request: Callable[[], float | None]
+        self,
+        inflight: Callable[[], float],
+        last_request: Callable[[], float | None],
+        door: DoorCounts | None = None,
     ) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
+        if door is not None:
+            registry.register(_FrontDoor(door))
         self._models: set[str] = set()
         self._cache: dict[tuple[str, int, str, str], _Series] = {}
         self.requests = Counter(

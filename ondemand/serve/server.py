@@ -291,6 +291,7 @@ class Serve:
                     lifespan="on" if index == 0 else "off",
                     graceful_timeout=settings.drain_timeout,
                     limits=settings.proxy.door,
+                    counts=proxy.door,
                 )
             )
         stop = asyncio.Event()

@@ -117,16 +117,32 @@ def _accepts(port: int) -> bool:
     return True
 
 
+def _python(open_files: tuple[int, int] | None) -> list[str]:
+    """The interpreter, started under an RLIMIT_NOFILE of (soft, hard) when given: a
+    launcher sets it and execs, so the server's pid is the one started."""
+    if open_files is None:
+        return [sys.executable]
+    launcher = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, {open_files!r}); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
+    return [sys.executable, "-c", launcher]
+
+
 _LISTENING = re.compile(r"proxy listening on http://[^:]+:(\d+)")
 
 
-def start_proxy_process(tmp: Path, upstream: str, env: Mapping[str, str]) -> Process:
-    """``ondemand proxy --upstream URL`` on a port of its choosing (docs/proxy.md)."""
+def start_proxy_process(
+    tmp: Path, upstream: str, env: Mapping[str, str], *, open_files: tuple[int, int] | None = None
+) -> Process:
+    """``ondemand proxy --upstream URL`` on a port of its choosing (docs/proxy.md), with
+    ``open_files`` as its (soft, hard) RLIMIT_NOFILE if given, as `ulimit -n` would set it."""
     tmp.mkdir(parents=True, exist_ok=True)
     out, err = tmp / "proxy.out", tmp / "proxy.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ondemand", "proxy", "--upstream", upstream,
+            [*_python(open_files), "-m", "ondemand", "proxy", "--upstream", upstream,
              "--host", "127.0.0.1", "--port", "0"],
             env={**_clean_environ(), **env},
             stdout=stdout, stderr=stderr, start_new_session=True,
