@@ -28,7 +28,7 @@ DEFAULT_MAX_HEADERS = 100
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_BODY_GRACE = 30.0
 DEFAULT_BODY_MIN_RATE = 1024
-# Held idle, a connection costs ~7 KiB (a partial head up to max_head more); the cap is
+# Held idle, a connection costs ~8 KiB (a partial head up to max_head more); the cap is
 # lowered to what the process's open-file limit affords (ondemand/descriptors.py).
 DEFAULT_MAX_CONNECTIONS = 4096
 # Turned-away connections are logged at most this often, as one summary line.
