@@ -3,11 +3,13 @@
     python bench/proxy.py                 # the shipped stack; figures for docs/benchmarks.md
     python bench/proxy.py --quick         # shorter rounds
     python bench/proxy.py --compare       # ASGI server x upstream client matrix (needs granian)
-    python bench/proxy.py --only flood    # one scenario: realistic, saturation, cancel, flood
+    python bench/proxy.py --only burst    # one scenario (see --help); --only may repeat
 
 Every figure is a ratio or a difference against the direct baseline taken in the same run,
 with direct and proxied rounds alternating (ABBA), because this machine is shared and noisy.
-The emulator, the proxy and this load generator are separate processes on 127.0.0.1.
+The emulator, the proxy and this load generator are separate processes on 127.0.0.1. Where
+nginx is installed, the burst and small-request scenarios also run through it, as a second
+baseline: what forwarding alone costs.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.nginx import nginx
+from bench.nginx import version as nginx_version
 from ondemand.processes import free_port, running
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "odk_bench_key_0123456789abcdef"
 MODEL = "llama3.2:1b"
-SCENARIOS = {"realistic", "saturation", "cancel", "flood"}
+SCENARIOS = {"realistic", "burst", "saturation", "cancel", "flood"}
 # Oversized-header senders and slow-header connections in the flood scenario.
 FLOOD = (16, 2000)
 
@@ -407,13 +413,21 @@ async def alternate(
     direct: str, proxied: str, rounds: int, run: Callable[[str], Awaitable[Round]]
 ) -> tuple[list[Round], list[Round]]:
     """ABBA order so drift in machine load hits both sides alike."""
-    d: list[Round] = []
-    p: list[Round] = []
-    for index in range(rounds):
-        order = [(direct, d), (proxied, p)] if index % 2 == 0 else [(proxied, p), (direct, d)]
-        for url, sink in order:
-            sink.append(await run(url))
+    d, p = await alternate_many([direct, proxied], rounds, run)
     return d, p
+
+
+async def alternate_many(
+    targets: list[str], rounds: int, run: Callable[[str], Awaitable[Round]]
+) -> list[list[Round]]:
+    """Each target once per round, in order and then in reverse (ABBA for two, ABCCBA for
+    three), so drift in machine load hits every side alike."""
+    out: list[list[Round]] = [[] for _ in targets]
+    for index in range(rounds):
+        order = list(enumerate(targets))
+        for side, url in order if index % 2 == 0 else order[::-1]:
+            out[side].append(await run(url))
+    return out
 
 
 def _tokens_per_second(rounds: list[Round]) -> float:
@@ -460,6 +474,7 @@ async def measure(
     parts: set[str],
     policy: bool = True,
     flood: tuple[int, int] = FLOOD,
+    with_nginx: bool = True,
 ) -> dict[str, object]:
     rounds = 2 if quick else 4
     results: dict[str, object] = {"server": server, "client": client}
@@ -475,10 +490,23 @@ async def measure(
                 d,
                 p,
             )
-            d, p = await alternate(up, px, rounds, lambda url: streams(url, 64))
+    if "burst" in parts:
+        # CI jobs start their requests together: 64 arrivals in one instant, each on a new
+        # connection, is the case users meet. Many short rounds: one burst is one sample.
+        tokens = 50
+        with contextlib.ExitStack() as stack:
+            up = stack.enter_context(emulator(100, tokens))
+            px = stack.enter_context(proxy(up, server, client, policy))
+            other = stack.enter_context(nginx(up)) if with_nginx else None
+            targets = [up, px] + ([other] if other else [])
+            sides = await alternate_many(targets, 8 if quick else 16, lambda u: streams(u, 64))
             results["burst"] = report_streams(
-                f"64 streams arriving at the same instant ({server}+{client})", d, p
+                f"64 streams arriving at the same instant ({server}+{client})", sides[0], sides[1]
             )
+            if other:
+                results["burst_nginx"] = report_streams(
+                    f"the same burst through nginx {nginx_version()}", sides[0], sides[2]
+                )
     if "saturation" in parts:
         with emulator(0, 2000) as up, proxy(up, server, client, policy) as px:
             d, p = await alternate(up, px, rounds, lambda url: streams(url, 16))
@@ -486,10 +514,18 @@ async def measure(
                 f"16 streams x 2000 tokens, unpaced ({server}+{client})", d, p
             )
             seconds = 2.0 if quick else 4.0
-            d, p = await alternate(up, px, rounds, lambda url: small_requests(url, 32, seconds))
+            with nginx(up) if with_nginx else contextlib.nullcontext() as other:
+                targets = [up, px] + ([other] if other else [])
+                sides = await alternate_many(
+                    targets, rounds, lambda url: small_requests(url, 32, seconds)
+                )
             results["small"] = report_requests(
-                f"/api/tags at concurrency 32 ({server}+{client})", d, p
+                f"/api/tags at concurrency 32 ({server}+{client})", sides[0], sides[1]
             )
+            if other:
+                results["small_nginx"] = report_requests(
+                    f"the same through nginx {nginx_version()}", sides[0], sides[2]
+                )
     if "cancel" in parts:
         with emulator(100, 100_000) as up, proxy(up, server, client, policy) as px:
             trials = 10 if quick else 20
@@ -546,6 +582,9 @@ def main() -> None:
         "--only", choices=sorted(SCENARIOS), action="append", help="run only these scenarios"
     )
     parser.add_argument(
+        "--no-nginx", action="store_true", help="no nginx baseline even where it is installed"
+    )
+    parser.add_argument(
         "--flood",
         metavar="OVERSIZED,SLOW",
         help=f"the flood's shape (default: {FLOOD[0]},{FLOOD[1]})",
@@ -566,6 +605,7 @@ def main() -> None:
         everything["shipped"] = asyncio.run(
             measure(
                 "uvicorn", "aiohttp", args.quick, parts, policy=not args.no_policy, flood=flood,
+                with_nginx=not args.no_nginx,
             )
         )  # fmt: skip
         if args.only is None:

@@ -274,7 +274,10 @@ def test_usage_records_match_the_tokens_clients_saw(
     assert len(records) == len(expected)
     seen = [(r["route"], r["prompt_tokens"], r["completion_tokens"]) for r in records]
     assert seen == expected
+    fields = {"ts", "request_id", "key_name", "model", "route", "method", "status",
+              "prompt_tokens", "completion_tokens", "duration_ms", "ttft_ms"}  # fmt: skip
     for record in records:
+        assert set(record) == fields  # docs/proxy.md's record, every field and no other
         assert record["key_name"] == "ci"
         assert record["status"] == 200
         assert isinstance(record["ttft_ms"], float)
