@@ -335,9 +335,12 @@ def test_beyond_the_cap_idle_connections_make_room_for_new_ones(capped: int) -> 
 def test_beyond_the_cap_of_busy_connections_new_ones_get_503(capped: int) -> None:
     body = _chat()
     request = f"POST /api/chat HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {len(body)}\r\n\r\n"
-    busy = [_connect(capped) for _ in range(8)]
+    busy: list[socket.socket] = []
     try:
-        for sock in busy:  # 8 streams of 2.5 s each, under way
+        for _ in range(8):  # 8 streams of 2.5 s each, under way
+            # Each connects as it sends: one opened earlier would sit idle through the
+            # first stream's model load (1.5 s), past the header timeout (1 s).
+            busy.append(sock := _connect(capped))
             sock.sendall(request.encode() + body)
             assert sock.recv(12).startswith(b"HTTP/1.1 200")
         with _connect(capped) as extra:
