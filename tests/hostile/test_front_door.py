@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import select
 import socket
 import sys
@@ -211,6 +212,85 @@ def test_normal_clients_are_served_while_oversized_heads_flood_in(port: int) -> 
         for thread in flooders:
             thread.join(10)
     assert set(refused) == {431}
+
+
+# -- pipelined heads ---------------------------------------------------------------------
+
+# A head over the 4 KiB cap, and a last request that ends the connection either way.
+BIG_HEAD = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 5000 + b"\r\n\r\n"
+PING = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+LAST = b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+SHOW = json.dumps({"model": "llama3.2", "pad": "s" * 6000}).encode()
+SIZED = (
+    f"POST /api/show HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Type: application/json\r\n"
+    f"Content-Length: {len(SHOW)}\r\n\r\n"
+).encode() + SHOW
+CHUNKED = (
+    f"POST /api/show HTTP/1.1\r\nHost: x\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n"
+    f"{len(SHOW) - 1000:x}\r\n".encode() + SHOW[:-1000]
+    + f"\r\n{1000:x}\r\n".encode() + SHOW[-1000:] + b"\r\n0\r\n\r\n"
+)  # fmt: skip
+STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
+
+
+def _statuses(data: bytes) -> list[int]:
+    return [int(code) for code in STATUS.findall(data)]
+
+
+@pytest.mark.parametrize(
+    "sends",
+    [
+        # One read: a sized body ending past the first 4 KiB, then the oversized head.
+        [(SIZED + BIG_HEAD + LAST, 0)],
+        # The same with a chunked body.
+        [(CHUNKED + BIG_HEAD + LAST, 0)],
+        # The oversized head begins in the read that ends the request before it and ends
+        # in the next: neither read holds more than 4 KiB of it.
+        [(PING + BIG_HEAD[:3000], 1), (BIG_HEAD[3000:] + LAST, 0)],
+        # The same, with the blank line ending the request before it split across reads.
+        [(PING + PING[:-1], 1), (PING[-1:] + BIG_HEAD[:3000], 2), (BIG_HEAD[3000:] + LAST, 0)],
+        # The same after a chunked body whose closing blank line is split across reads.
+        [(PING + CHUNKED[:-1], 1), (CHUNKED[-1:] + BIG_HEAD[:3000], 2), (BIG_HEAD[3000:], 0)],
+    ],
+    ids=["sized-body", "chunked-body", "split-head", "split-blank-line", "split-chunked-end"],
+)
+def test_a_pipelined_head_over_the_cap_gets_431_however_the_reads_split(
+    port: int, sends: list[tuple[bytes, int]]
+) -> None:
+    """Every byte of a head counts against ONDEMAND_MAX_HEADER_SIZE, those that share a
+    read with the end of the request before it included."""
+    received = b""
+    with _connect(port) as sock:
+        for piece, answered in sends:
+            sock.sendall(piece)
+            # The next piece goes out once the server has answered the requests this one
+            # completed: it was read, and what follows comes in a read of its own.
+            while len(_statuses(received)) < answered:
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    # The requests before it are answered (those still in the app when the refusal is
+    # written are cut off with the connection); the oversized one, never.
+    statuses = _statuses(received)
+    assert statuses[-1] == 431, received
+    assert statuses[:-1] == [200] * (len(statuses) - 1), received
+    assert received.endswith(b'{"error": "request header fields too large"}')
+
+
+def test_pipelined_heads_each_under_the_cap_are_all_served(port: int) -> None:
+    """Counted exactly, not by the read: heads of 3 KiB, together far over the cap, sent
+    at once after bodies of both kinds, each one complete in the read with the next."""
+    pad = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 3000 + b"\r\n\r\n"
+    with _connect(port) as sock:
+        sock.sendall(SIZED + pad + CHUNKED + pad + pad + pad + LAST)
+        received = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert _statuses(received) == [200] * 7, received
 
 
 # -- time -------------------------------------------------------------------------------
