@@ -16,6 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from ondemand.descriptors import affordable_connections, raise_open_file_limit
@@ -58,7 +59,8 @@ class DoorLimits:
         from ondemand.envvalues import Env
 
         read = Env(env)
-        size, count, seconds = read.size, read.count, read.seconds
+        # A size of 0 would refuse every request (or divide by zero, for the rate).
+        size, count, seconds = partial(read.size, minimum=1), read.count, read.seconds
 
         return cls(
             max_head=size("ONDEMAND_MAX_HEADER_SIZE", DEFAULT_MAX_HEAD),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ondemand.envvalues import Env
 from ondemand.errors import ConfigError
 from ondemand.frontdoor import DoorLimits
 from ondemand.processes import free_port, running
@@ -456,9 +457,17 @@ def test_limits_are_read_from_the_environment_and_bad_values_refused() -> None:
         ("ONDEMAND_MAX_HEADERS", "0"),
         ("ONDEMAND_HEADER_TIMEOUT", "-1"),
         ("ONDEMAND_MAX_CONNECTIONS", "1.5"),
+        ("ONDEMAND_MAX_HEADER_SIZE", "0"),
+        ("ONDEMAND_MAX_REQUEST_LINE", "0KiB"),
+        ("ONDEMAND_BODY_MIN_RATE", "0"),
     ]:
         with pytest.raises(ConfigError, match=name):
             DoorLimits.from_env({name: value})
+    with pytest.raises(ConfigError, match="ONDEMAND_MAX_HEADER_SIZE must be at least 1 byte"):
+        DoorLimits.from_env({"ONDEMAND_MAX_HEADER_SIZE": "0"})
+    assert DoorLimits.from_env({"ONDEMAND_BODY_MIN_RATE": "1"}).body_min_rate == 1
+    # Elsewhere a size of 0 keeps its meaning (ONDEMAND_MAX_BODY=0: no body at all).
+    assert Env({"ONDEMAND_MAX_BODY": "0"}).size("ONDEMAND_MAX_BODY", 64) == 0
 
 
 # -- ondemand serve ---------------------------------------------------------------------
