@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from ondemand.descriptors import affordable_connections, raise_open_file_limit
+from ondemand.errors import NotAvailableError
 
 log = logging.getLogger("ondemand.frontdoor")
 
@@ -189,6 +190,27 @@ class DoorCounts:
         self._summary = loop.call_later(self.summary_seconds, self._log_summary, loop)
 
 
+# A blank line ends a head and a chunked body: CRLF, or a bare LF where the parser is lenient
+# about CR (httptools' llhttp before 9). Both patterns end where the blank line does.
+_BLANK_LINES = (b"\n\r\n", b"\n\n")
+
+
+def _blank_line_end(data: bytes, start: int, stop: int, *, last: bool = False) -> int:
+    """Where the first (or ``last``) blank line within ``data[start:stop]`` ends; -1 if
+    there is none. Searches run in C: no Python loop over the bytes."""
+    crlf, lf = _BLANK_LINES
+    if last:
+        return max((i + len(p) for p in _BLANK_LINES if (i := data.rfind(p, start, stop)) >= 0),
+                   default=-1)  # fmt: skip
+    found = data.find(crlf, start, stop)
+    end = found + len(crlf) if found >= 0 else stop
+    # A bare-LF blank line counts only before the first CRLF one: no scan past it.
+    bare = data.find(lf, start, end)
+    if bare >= 0:
+        return bare + len(lf)
+    return end if found >= 0 else -1
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop httptools at once."""
 
@@ -197,11 +219,47 @@ class _Refused(Exception):
         self.refused = refused
 
 
+# The oldest uvicorn whose HttpToolsProtocol has every method below with the meaning relied
+# on here (``_unsupported_upgrade_warning`` arrived in 0.30.6); pyproject.toml says the same.
+OLDEST_UVICORN = (0, 30, 6)
+# What FrontDoorProtocol calls or overrides of uvicorn's protocol. It also reads attributes
+# that uvicorn sets per connection (parser, transport, loop, connections, pipeline, cycle,
+# flow.read_paused), which exist in the same releases.
+_UVICORN_METHODS = (
+    "connection_made", "connection_lost", "data_received", "_unset_keepalive_if_required",
+    "_unsupported_upgrade_warning", "on_message_begin", "on_url", "on_header",
+    "on_headers_complete", "on_body", "on_message_complete", "on_response_complete",
+)  # fmt: skip
+
+
+def _check_uvicorn(protocol: type[Any]) -> None:
+    """Refuse, with a message naming the version, a uvicorn whose protocol lacks what the
+    front door builds on, rather than failing with an AttributeError mid-request."""
+    import uvicorn
+
+    version = str(getattr(uvicorn, "__version__", "?"))
+    missing = [name for name in _UVICORN_METHODS if not callable(getattr(protocol, name, None))]
+    try:
+        too_old = tuple(int(part) for part in version.split(".")[:3]) < OLDEST_UVICORN
+    except ValueError:  # a development version: the methods decide
+        too_old = False
+    if missing or too_old:
+        oldest = ".".join(map(str, OLDEST_UVICORN))
+        raise NotAvailableError(
+            f"uvicorn {version} is not supported by ondemand's front door"
+            + (f" (its HTTP protocol lacks {', '.join(missing)})" if missing else ""),
+            cause=f"the front door extends uvicorn's httptools protocol, as of uvicorn {oldest}",
+            hint=f"pip install 'uvicorn>={oldest}' (or reinstall 'ollama-ondemand[server]')",
+        )
+
+
 def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type[Any]:
     """uvicorn's httptools protocol, with ``limits`` enforced before the parser works and
     what it turns away counted in ``counts``. ``limits`` must be ``resolved()``."""
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    _check_uvicorn(HttpToolsProtocol)
 
     # The connections of this server waiting for a request's head, longest first: a dict
     # keeps insertion order, so finding the one to evict and moving one are both O(1).
@@ -300,17 +358,17 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
             cut = -1
             if self._begun:
                 # The blank line may have begun at the end of the previous read.
-                probe = (self._tail + data[at : at + 3]).find(b"\r\n\r\n")
-                if probe >= 0:
-                    cut = at + probe + 4 - len(self._tail)
+                probe = self._tail + data[at : at + 3]
+                end = _blank_line_end(probe, 0, len(probe))
+                if end > len(self._tail):
+                    cut = at + end - len(self._tail)
             if cut < 0:
                 start = at
                 if not self._begun and data[at] in b"\r\n":
                     # Blank lines before a request, which the parser skips: not its end.
                     start = stop - len(data[at:stop].lstrip(b"\r\n"))
-                found = data.find(b"\r\n\r\n", start, stop)
-                cut = found + 4 if found >= 0 else stop
-            cut = min(cut, stop)
+                cut = _blank_line_end(data, start, stop)
+            cut = stop if cut < 0 else min(cut, stop)
             self._head_bytes += cut - at
             self._remember_tail(data, at, cut)
             self._feed(view[at:cut])
@@ -339,12 +397,11 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
             self._remember_tail(data, at, cut)
             self._feed(view[at:cut])
             if self._messages != messages and self._head_pending():
-                last = data.rfind(b"\r\n\r\n", at, cut)
-                if last >= 0:
-                    self._head_bytes = cut - last - 4
-                else:  # the blank line began in the previous piece
-                    probe = (tail + data[at : at + 3]).rfind(b"\r\n\r\n")
-                    self._head_bytes = cut - at - max(probe + 4 - len(tail), 0)
+                end = _blank_line_end(data, at, cut, last=True)
+                if end < 0:  # the blank line began in the previous piece
+                    probe = tail + data[at : at + 3]
+                    end = at + max(_blank_line_end(probe, 0, len(probe)) - len(tail), 0)
+                self._head_bytes = cut - end
             return cut
 
         def _remember_tail(self, data: bytes, at: int, cut: int) -> None:

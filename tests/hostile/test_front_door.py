@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from ondemand.envvalues import Env
-from ondemand.errors import ConfigError
-from ondemand.frontdoor import DoorLimits
+from ondemand.errors import ConfigError, NotAvailableError
+from ondemand.frontdoor import DoorLimits, protocol_class
 from ondemand.processes import free_port, running
 from ondemand.proxy import ProxySettings, create_app
 from ondemand.sandbox.ollama import EmulatorConfig
@@ -468,6 +468,29 @@ def test_limits_are_read_from_the_environment_and_bad_values_refused() -> None:
     assert DoorLimits.from_env({"ONDEMAND_BODY_MIN_RATE": "1"}).body_min_rate == 1
     # Elsewhere a size of 0 keeps its meaning (ONDEMAND_MAX_BODY=0: no body at all).
     assert Env({"ONDEMAND_MAX_BODY": "0"}).size("ONDEMAND_MAX_BODY", 64) == 0
+
+
+def test_a_uvicorn_without_what_the_door_extends_is_refused_by_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    limits = DoorLimits(max_connections=8)
+    assert protocol_class(limits).__mro__[1] is HttpToolsProtocol
+    with monkeypatch.context() as patched:
+        patched.delattr(HttpToolsProtocol, "_unsupported_upgrade_warning")
+        with pytest.raises(NotAvailableError) as lacking:
+            protocol_class(limits)
+    assert lacking.value.message == (
+        f"uvicorn {uvicorn.__version__} is not supported by ondemand's front door "
+        "(its HTTP protocol lacks _unsupported_upgrade_warning)"
+    )
+    assert lacking.value.hint is not None
+    assert "uvicorn>=0.30.6" in lacking.value.hint
+    monkeypatch.setattr(uvicorn, "__version__", "0.30.5")
+    with pytest.raises(NotAvailableError, match=r"^uvicorn 0\.30\.5 is not supported"):
+        protocol_class(limits)
 
 
 # -- ondemand serve ---------------------------------------------------------------------
