@@ -135,14 +135,17 @@ class Env:
             raise self._fail(name, "a number greater than 0")
         return value
 
-    def size(self, name: str, default: int) -> int:
+    def size(self, name: str, default: int, *, minimum: int = 0) -> int:
         raw = self.text(name)
         if not raw:
             return default
         try:
-            return parse_size(raw)
+            value = parse_size(raw)
         except ValueError:
             raise self._fail(name, "bytes or a size with a unit, like 64MiB or 10MB") from None
+        if value < minimum:
+            raise self._fail(name, f"at least {minimum} byte{'s' if minimum != 1 else ''}")
+        return value
 
     def secret(self, name: str) -> str | None:
         """A key or password: None when unset or empty; refused when whitespace surrounds it

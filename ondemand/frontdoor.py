@@ -16,9 +16,11 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from ondemand.descriptors import affordable_connections, raise_open_file_limit
+from ondemand.errors import NotAvailableError
 
 log = logging.getLogger("ondemand.frontdoor")
 
@@ -58,7 +60,8 @@ class DoorLimits:
         from ondemand.envvalues import Env
 
         read = Env(env)
-        size, count, seconds = read.size, read.count, read.seconds
+        # A size of 0 would refuse every request (or divide by zero, for the rate).
+        size, count, seconds = partial(read.size, minimum=1), read.count, read.seconds
 
         return cls(
             max_head=size("ONDEMAND_MAX_HEADER_SIZE", DEFAULT_MAX_HEAD),
@@ -187,6 +190,27 @@ class DoorCounts:
         self._summary = loop.call_later(self.summary_seconds, self._log_summary, loop)
 
 
+# A blank line ends a head and a chunked body: CRLF, or a bare LF where the parser is lenient
+# about CR (httptools' llhttp before 9). Both patterns end where the blank line does.
+_BLANK_LINES = (b"\n\r\n", b"\n\n")
+
+
+def _blank_line_end(data: bytes, start: int, stop: int, *, last: bool = False) -> int:
+    """Where the first (or ``last``) blank line within ``data[start:stop]`` ends; -1 if
+    there is none. Searches run in C: no Python loop over the bytes."""
+    crlf, lf = _BLANK_LINES
+    if last:
+        return max((i + len(p) for p in _BLANK_LINES if (i := data.rfind(p, start, stop)) >= 0),
+                   default=-1)  # fmt: skip
+    found = data.find(crlf, start, stop)
+    end = found + len(crlf) if found >= 0 else stop
+    # A bare-LF blank line counts only before the first CRLF one: no scan past it.
+    bare = data.find(lf, start, end)
+    if bare >= 0:
+        return bare + len(lf)
+    return end if found >= 0 else -1
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop httptools at once."""
 
@@ -195,11 +219,47 @@ class _Refused(Exception):
         self.refused = refused
 
 
+# The oldest uvicorn whose HttpToolsProtocol has every method below with the meaning relied
+# on here (``_unsupported_upgrade_warning`` arrived in 0.30.6); pyproject.toml says the same.
+OLDEST_UVICORN = (0, 30, 6)
+# What FrontDoorProtocol calls or overrides of uvicorn's protocol. It also reads attributes
+# that uvicorn sets per connection (parser, transport, loop, connections, pipeline, cycle,
+# flow.read_paused), which exist in the same releases.
+_UVICORN_METHODS = (
+    "connection_made", "connection_lost", "data_received", "_unset_keepalive_if_required",
+    "_unsupported_upgrade_warning", "on_message_begin", "on_url", "on_header",
+    "on_headers_complete", "on_body", "on_message_complete", "on_response_complete",
+)  # fmt: skip
+
+
+def _check_uvicorn(protocol: type[Any]) -> None:
+    """Refuse, with a message naming the version, a uvicorn whose protocol lacks what the
+    front door builds on, rather than failing with an AttributeError mid-request."""
+    import uvicorn
+
+    version = str(getattr(uvicorn, "__version__", "?"))
+    missing = [name for name in _UVICORN_METHODS if not callable(getattr(protocol, name, None))]
+    try:
+        too_old = tuple(int(part) for part in version.split(".")[:3]) < OLDEST_UVICORN
+    except ValueError:  # a development version: the methods decide
+        too_old = False
+    if missing or too_old:
+        oldest = ".".join(map(str, OLDEST_UVICORN))
+        raise NotAvailableError(
+            f"uvicorn {version} is not supported by ondemand's front door"
+            + (f" (its HTTP protocol lacks {', '.join(missing)})" if missing else ""),
+            cause=f"the front door extends uvicorn's httptools protocol, as of uvicorn {oldest}",
+            hint=f"pip install 'uvicorn>={oldest}' (or reinstall 'ollama-ondemand[server]')",
+        )
+
+
 def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type[Any]:
     """uvicorn's httptools protocol, with ``limits`` enforced before the parser works and
     what it turns away counted in ``counts``. ``limits`` must be ``resolved()``."""
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    _check_uvicorn(HttpToolsProtocol)
 
     # The connections of this server waiting for a request's head, longest first: a dict
     # keeps insertion order, so finding the one to evict and moving one are both O(1).
@@ -214,6 +274,15 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
             super().__init__(*args, **kwargs)
             self._in_head = True
             self._head_bytes = 0
+            # Whether the parser has seen the first byte of the pending request (blank lines
+            # before one are skipped), and the last bytes fed: a blank line ending a head
+            # or a chunked body may be split across two reads.
+            self._begun = False
+            self._tail = b""
+            # The body's declared length (None: chunked, or none) and what of it has come.
+            self._content_length: int | None = None
+            self._body_seen = 0
+            self._messages = 0
             self._line_bytes = 0
             self._header_count = 0
             self._head_timer: asyncio.TimerHandle | None = None
@@ -269,31 +338,80 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
         # -- bytes in ----------------------------------------------------------------------
 
         def data_received(self, data: bytes) -> None:
-            if self._refused:
-                return
-            if not self._in_head:
-                self._feed(data)
-                return
-            room = self.door.max_head - self._head_bytes
-            piece = data[:room]
-            self._head_bytes += len(piece)
-            self._feed(piece)
-            if self._refused or self.transport.is_closing() or len(data) <= room:
-                return
-            if self._head_pending():
-                # A long target was refused by on_url already (414) unless its own cap is
-                # above this one's.
-                self._refuse(HEAD_TOO_LARGE)
-                return
-            # The head ended inside the piece: the rest is body (or a pipelined request,
-            # whose head counts from where the previous message ended).
-            self.data_received(data[room:])
+            # Each feed ends where the parser may finish a head (its blank line) or a
+            # message (the end of a sized body), so a pipelined request's head is counted
+            # from its first byte even when it shares a read with the request before it.
+            # Pieces are memoryview slices: a body is not copied on its way to the parser.
+            view = memoryview(data)
+            at = 0
+            while at < len(data) and not self._refused and not self.transport.is_closing():
+                at = (
+                    self._feed_head(data, view, at)
+                    if self._in_head
+                    else self._feed_body(data, view, at)
+                )
+
+        def _feed_head(self, data: bytes, view: memoryview, at: int) -> int:
+            """Feed the pending head from ``data[at:]``, up to its blank line or the cap;
+            where the feed stopped."""
+            stop = min(at + self.door.max_head - self._head_bytes, len(data))
+            cut = -1
+            if self._begun:
+                # The blank line may have begun at the end of the previous read.
+                probe = self._tail + data[at : at + 3]
+                end = _blank_line_end(probe, 0, len(probe))
+                if end > len(self._tail):
+                    cut = at + end - len(self._tail)
+            if cut < 0:
+                start = at
+                if not self._begun and data[at] in b"\r\n":
+                    # Blank lines before a request, which the parser skips: not its end.
+                    start = stop - len(data[at:stop].lstrip(b"\r\n"))
+                cut = _blank_line_end(data, start, stop)
+            cut = stop if cut < 0 else min(cut, stop)
+            self._head_bytes += cut - at
+            self._remember_tail(data, at, cut)
+            self._feed(view[at:cut])
+            if cut == stop < len(data) and self._head_pending():
+                if not (self._refused or self.transport.is_closing()):
+                    # A long target was refused by on_url already (414) unless its own
+                    # cap is above this one's.
+                    self._refuse(HEAD_TOO_LARGE)
+                return len(data)
+            return cut
+
+        def _feed_body(self, data: bytes, view: memoryview, at: int) -> int:
+            """Feed the body from ``data[at:]``, no further than its end where that is
+            known; where the feed stopped."""
+            if self._content_length is not None and self._content_length > self._body_seen:
+                cut = min(at + self._content_length - self._body_seen, len(data))
+                self._feed(view[at:cut])
+                return cut
+            # A chunked body ends with a blank line ("0", trailers, CRLF) that only parsing
+            # the chunks can tell from one inside the data. Fed at most max_head at a time,
+            # a head that begins in the same piece stays under the cap; its bytes are those
+            # after the piece's last blank line (which the pending head cannot contain).
+            cut = min(at + self.door.max_head, len(data))
+            messages = self._messages
+            tail = self._tail
+            self._remember_tail(data, at, cut)
+            self._feed(view[at:cut])
+            if self._messages != messages and self._head_pending():
+                end = _blank_line_end(data, at, cut, last=True)
+                if end < 0:  # the blank line began in the previous piece
+                    probe = tail + data[at : at + 3]
+                    end = at + max(_blank_line_end(probe, 0, len(probe)) - len(tail), 0)
+                self._head_bytes = cut - end
+            return cut
+
+        def _remember_tail(self, data: bytes, at: int, cut: int) -> None:
+            self._tail = data[cut - 3 : cut] if cut - at >= 3 else (self._tail + data[at:cut])[-3:]
 
         def _head_pending(self) -> bool:
             # A method, not the attribute: the parser's callbacks change it during a feed.
             return self._in_head
 
-        def _feed(self, data: bytes) -> None:
+        def _feed(self, data: memoryview) -> None:
             self._unset_keepalive_if_required()
             try:
                 self.parser.feed_data(data)
@@ -311,8 +429,11 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._begun = True
             self._line_bytes = 0
             self._header_count = 0
+            self._content_length = None
+            self._body_seen = 0
 
         def on_url(self, url: bytes) -> None:
             self._line_bytes += len(url)
@@ -324,6 +445,10 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
             self._header_count += 1
             if self._header_count > self.door.max_headers:
                 raise _Refused(TOO_MANY_HEADERS)
+            if len(name) == 14 and name.lower() == b"content-length":
+                # Where the body ends, so a feed can stop there (the parser has checked
+                # the value is digits, and refuses it beside Transfer-Encoding).
+                self._content_length = int(value)
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
@@ -338,12 +463,15 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
 
         def on_body(self, body: bytes) -> None:
             self._body_bytes += len(body)
+            self._body_seen += len(body)
             super().on_body(body)
 
         def on_message_complete(self) -> None:
             # What follows is the next request's head; it counts from here.
             self._in_head = True
+            self._begun = False
             self._head_bytes = 0
+            self._messages += 1
             if self._body_timer is not None:
                 self._body_timer.cancel()
                 self._body_timer = None

@@ -107,6 +107,7 @@ class Serve:
         self.state.supervisor = self.supervisor
         self._preload: asyncio.Task[None] | None = None
         self._rewarm: asyncio.Task[None] | None = None
+        self._rewarms_done = 0  # re-warms finished, however they ended
         self._added: set[asyncio.Task[None]] = set()
         self.proxy: ProxyApp | None = None
 
@@ -173,15 +174,27 @@ class Serve:
                 # Ollama down is the supervisor's to notice; an odd answer waits a round.
                 log.debug("residency check skipped: %s", exc)
 
+    def _rewarming(self) -> bool:
+        return self._rewarm is not None and not self._rewarm.done()
+
     async def check_residency(self) -> None:
-        """Load again every warm model that Ollama no longer holds; /ping says 204 till then."""
+        """Load again every warm model that Ollama no longer holds; /ping says 204 till then.
+
+        A model being loaded is present: Ollama lists it in /api/ps from the start of its
+        load (a reload for a request's other ``num_ctx`` included), and while a re-warm of
+        ours is under way no second one starts."""
+        if self._rewarming():
+            return
+        rewarms_done = self._rewarms_done
         async with httpx.AsyncClient(base_url=self.supervisor.url, timeout=10.0) as client:
             response = await client.get("/api/ps")
             response.raise_for_status()
             items = response.json().get("models") or []
         loaded = {canonical(m.get("model") or m["name"]) for m in items}
         state = self.state
-        if state.phase != READY:
+        if state.phase != READY or self._rewarming() or self._rewarms_done != rewarms_done:
+            # A re-warm began or ended while Ollama answered: the answer may predate its
+            # load, and would have the model loaded a second time.
             return
         for model in state.models:
             if model.phase is Phase.UNLOADED and model.key in loaded:
@@ -214,6 +227,8 @@ class Serve:
         except httpx.HTTPError as exc:
             log.warning("loading again interrupted: %s", exc)
             return  # Ollama went away: its restart preloads every model
+        finally:
+            self._rewarms_done += 1
         if state.phase != REWARMING:
             return
         if problems:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import select
 import socket
 import sys
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from ondemand.errors import ConfigError
-from ondemand.frontdoor import DoorLimits
+from ondemand.envvalues import Env
+from ondemand.errors import ConfigError, NotAvailableError
+from ondemand.frontdoor import DoorLimits, protocol_class
 from ondemand.processes import free_port, running
 from ondemand.proxy import ProxySettings, create_app
 from ondemand.sandbox.ollama import EmulatorConfig
@@ -213,6 +215,85 @@ def test_normal_clients_are_served_while_oversized_heads_flood_in(port: int) -> 
     assert set(refused) == {431}
 
 
+# -- pipelined heads ---------------------------------------------------------------------
+
+# A head over the 4 KiB cap, and a last request that ends the connection either way.
+BIG_HEAD = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 5000 + b"\r\n\r\n"
+PING = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+LAST = b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+SHOW = json.dumps({"model": "llama3.2", "pad": "s" * 6000}).encode()
+SIZED = (
+    f"POST /api/show HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Type: application/json\r\n"
+    f"Content-Length: {len(SHOW)}\r\n\r\n"
+).encode() + SHOW
+CHUNKED = (
+    f"POST /api/show HTTP/1.1\r\nHost: x\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n"
+    f"{len(SHOW) - 1000:x}\r\n".encode() + SHOW[:-1000]
+    + f"\r\n{1000:x}\r\n".encode() + SHOW[-1000:] + b"\r\n0\r\n\r\n"
+)  # fmt: skip
+STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
+
+
+def _statuses(data: bytes) -> list[int]:
+    return [int(code) for code in STATUS.findall(data)]
+
+
+@pytest.mark.parametrize(
+    "sends",
+    [
+        # One read: a sized body ending past the first 4 KiB, then the oversized head.
+        [(SIZED + BIG_HEAD + LAST, 0)],
+        # The same with a chunked body.
+        [(CHUNKED + BIG_HEAD + LAST, 0)],
+        # The oversized head begins in the read that ends the request before it and ends
+        # in the next: neither read holds more than 4 KiB of it.
+        [(PING + BIG_HEAD[:3000], 1), (BIG_HEAD[3000:] + LAST, 0)],
+        # The same, with the blank line ending the request before it split across reads.
+        [(PING + PING[:-1], 1), (PING[-1:] + BIG_HEAD[:3000], 2), (BIG_HEAD[3000:] + LAST, 0)],
+        # The same after a chunked body whose closing blank line is split across reads.
+        [(PING + CHUNKED[:-1], 1), (CHUNKED[-1:] + BIG_HEAD[:3000], 2), (BIG_HEAD[3000:], 0)],
+    ],
+    ids=["sized-body", "chunked-body", "split-head", "split-blank-line", "split-chunked-end"],
+)
+def test_a_pipelined_head_over_the_cap_gets_431_however_the_reads_split(
+    port: int, sends: list[tuple[bytes, int]]
+) -> None:
+    """Every byte of a head counts against ONDEMAND_MAX_HEADER_SIZE, those that share a
+    read with the end of the request before it included."""
+    received = b""
+    with _connect(port) as sock:
+        for piece, answered in sends:
+            sock.sendall(piece)
+            # The next piece goes out once the server has answered the requests this one
+            # completed: it was read, and what follows comes in a read of its own.
+            while len(_statuses(received)) < answered:
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    # The requests before it are answered (those still in the app when the refusal is
+    # written are cut off with the connection); the oversized one, never.
+    statuses = _statuses(received)
+    assert statuses[-1] == 431, received
+    assert statuses[:-1] == [200] * (len(statuses) - 1), received
+    assert received.endswith(b'{"error": "request header fields too large"}')
+
+
+def test_pipelined_heads_each_under_the_cap_are_all_served(port: int) -> None:
+    """Counted exactly, not by the read: heads of 3 KiB, together far over the cap, sent
+    at once after bodies of both kinds, each one complete in the read with the next."""
+    pad = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 3000 + b"\r\n\r\n"
+    with _connect(port) as sock:
+        sock.sendall(SIZED + pad + CHUNKED + pad + pad + pad + LAST)
+        received = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert _statuses(received) == [200] * 7, received
+
+
 # -- time -------------------------------------------------------------------------------
 
 
@@ -379,9 +460,40 @@ def test_limits_are_read_from_the_environment_and_bad_values_refused() -> None:
         ("ONDEMAND_MAX_HEADERS", "0"),
         ("ONDEMAND_HEADER_TIMEOUT", "-1"),
         ("ONDEMAND_MAX_CONNECTIONS", "1.5"),
+        ("ONDEMAND_MAX_HEADER_SIZE", "0"),
+        ("ONDEMAND_MAX_REQUEST_LINE", "0KiB"),
+        ("ONDEMAND_BODY_MIN_RATE", "0"),
     ]:
         with pytest.raises(ConfigError, match=name):
             DoorLimits.from_env({name: value})
+    with pytest.raises(ConfigError, match="ONDEMAND_MAX_HEADER_SIZE must be at least 1 byte"):
+        DoorLimits.from_env({"ONDEMAND_MAX_HEADER_SIZE": "0"})
+    assert DoorLimits.from_env({"ONDEMAND_BODY_MIN_RATE": "1"}).body_min_rate == 1
+    # Elsewhere a size of 0 keeps its meaning (ONDEMAND_MAX_BODY=0: no body at all).
+    assert Env({"ONDEMAND_MAX_BODY": "0"}).size("ONDEMAND_MAX_BODY", 64) == 0
+
+
+def test_a_uvicorn_without_what_the_door_extends_is_refused_by_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    limits = DoorLimits(max_connections=8)
+    assert protocol_class(limits).__mro__[1] is HttpToolsProtocol
+    with monkeypatch.context() as patched:
+        patched.delattr(HttpToolsProtocol, "_unsupported_upgrade_warning")
+        with pytest.raises(NotAvailableError) as lacking:
+            protocol_class(limits)
+    assert lacking.value.message == (
+        f"uvicorn {uvicorn.__version__} is not supported by ondemand's front door "
+        "(its HTTP protocol lacks _unsupported_upgrade_warning)"
+    )
+    assert lacking.value.hint is not None
+    assert "uvicorn>=0.30.6" in lacking.value.hint
+    monkeypatch.setattr(uvicorn, "__version__", "0.30.5")
+    with pytest.raises(NotAvailableError, match=r"^uvicorn 0\.30\.5 is not supported"):
+        protocol_class(limits)
 
 
 # -- ondemand serve ---------------------------------------------------------------------

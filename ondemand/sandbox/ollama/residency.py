@@ -5,6 +5,10 @@
 - The timer starts when the last request using the model ends; 0 unloads at that moment.
 - A different ``options.num_ctx`` reloads the model.
 - Expiry is evaluated lazily whenever the loaded set is read.
+- A model is listed from the moment its load begins: Ollama puts the runner in its loaded
+  set (``loading: true``) before waiting for it to run, and ``/api/ps`` lists every entry
+  of that set, estimating ``expires_at`` while it loads (ollama/ollama ``server/sched.go``
+  ``Scheduler.load`` and ``server/routes.go`` ``PsHandler``, at 09f15872d925).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class Residency:
         self.stats = stats
         self.loaded: dict[str, Loaded] = {}
         self._loading: dict[str, asyncio.Future[None]] = {}
+        # What /api/ps shows of a model while it loads (until ``loaded`` holds it).
+        self._arriving: dict[str, Loaded] = {}
 
     def sweep(self) -> None:
         now = time.time_ns()
@@ -73,6 +79,7 @@ class Residency:
 
     def _loaded(self, key: str, _task: asyncio.Future[None]) -> None:
         self._loading.pop(key, None)
+        self._arriving.pop(key, None)
 
     def get(self, key: str) -> Loaded | None:
         self.sweep()
@@ -82,7 +89,10 @@ class Residency:
         """Longest time left first."""
         self.sweep()
         now = time.time_ns()
-        entries = sorted(self.loaded.values(), key=lambda e: e.expires_at_ns(now), reverse=True)
+        arriving = [e for key, e in self._arriving.items() if key not in self.loaded]
+        entries = sorted(
+            [*self.loaded.values(), *arriving], key=lambda e: e.expires_at_ns(now), reverse=True
+        )
         return [entry.ps_entry(now) for entry in entries]
 
     async def acquire(
@@ -106,19 +116,12 @@ class Residency:
                 if pending is None:
                     pending = asyncio.ensure_future(asyncio.sleep(self.config.load_time))
                     self._loading[key] = pending
+                    self._arriving[key] = self._entry(model, keep_alive_ns, num_ctx, refs=1)
                     pending.add_done_callback(functools.partial(self._loaded, key))
                 await watch.wait(pending)
             entry = self.loaded.get(key)
             if entry is None:
-                first_keep_alive = keep_alive_ns
-                if first_keep_alive is None:
-                    first_keep_alive = self.config.keep_alive_ns
-                entry = Loaded(
-                    model=model,
-                    keep_alive_ns=first_keep_alive,
-                    context_length=num_ctx or self.config.context_length,
-                    on_cpu=self.config.runs_on_cpu(model.name),
-                )
+                entry = self._entry(model, keep_alive_ns, num_ctx)
                 self.loaded[key] = entry
                 self.stats.loads += 1
                 self.stats.event("load", model=model.name)
@@ -127,6 +130,17 @@ class Residency:
             entry.keep_alive_ns = keep_alive_ns
         entry.refs += 1
         return entry, time.perf_counter_ns() - started
+
+    def _entry(
+        self, model: StoredModel, keep_alive_ns: int | None, num_ctx: int | None, refs: int = 0
+    ) -> Loaded:
+        return Loaded(
+            model=model,
+            keep_alive_ns=self.config.keep_alive_ns if keep_alive_ns is None else keep_alive_ns,
+            context_length=num_ctx or self.config.context_length,
+            on_cpu=self.config.runs_on_cpu(model.name),
+            refs=refs,
+        )
 
     def release(self, entry: Loaded) -> None:
         """One request is done with ``entry``; start its keep-alive timer if it was the last."""
@@ -150,3 +164,4 @@ class Residency:
 
     def clear(self) -> None:
         self.loaded.clear()
+        self._arriving.clear()
