@@ -1,0 +1,78 @@
+"""CPU per request of each upstream client, alone: sequential keep-alive requests against
+the Ollama emulator (its own process), timed with ``time.process_time`` in this one.
+
+    python bench/upstream_cpu.py [--requests 5000] [--rounds 4]
+
+Clients alternate ABBA over the rounds, so drift in machine load hits each alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.proxy import emulator
+from ondemand.proxy.upstream import Upstream, UpstreamClient
+from ondemand.proxy.upstream_http import HttpUpstream
+
+CLIENTS = {"httptools": HttpUpstream, "aiohttp": Upstream}
+HEADERS = [(b"accept", b"*/*"), (b"user-agent", b"bench"), (b"x-request-id", b"0123456789abcdef")]
+
+
+async def _round(client: UpstreamClient, requests: int, path: str) -> float:
+    """CPU microseconds per request (after a warm-up that opens the connection)."""
+    for _ in range(50):
+        response = await client.send("GET", path, b"", HEADERS, b"")
+        async for _chunk in response.chunks():
+            pass
+        await response.aclose()
+    start = time.process_time()
+    for _ in range(requests):
+        response = await client.send("GET", path, b"", HEADERS, b"")
+        async for _chunk in response.chunks():
+            pass
+        await response.aclose()
+    return (time.process_time() - start) / requests * 1e6
+
+
+async def measure(url: str, requests: int, rounds: int, path: str) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {name: [] for name in CLIENTS}
+    order = list(CLIENTS)
+    for number in range(rounds):
+        for name in order if number % 4 in (0, 3) else order[::-1]:
+            client = CLIENTS[name](url)
+            try:
+                results[name].append(await _round(client, requests, path))
+            finally:
+                await client.aclose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--path", default="/api/tags")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()  # as the proxy runs
+    except ImportError:
+        pass
+    with emulator(0, 10) as url:
+        results = asyncio.run(measure(url, args.requests, args.rounds, args.path))
+    print(f"{args.requests} sequential keep-alive GET {args.path}, {args.rounds} rounds (ABBA)")
+    for name, values in results.items():
+        shown = ", ".join(f"{v:.0f}" for v in values)
+        print(f"  {name:10} median {statistics.median(values):6.1f} us CPU/request  ({shown})")
+
+
+if __name__ == "__main__":
+    main()
