@@ -13,6 +13,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,7 +22,10 @@ from bench.proxy import emulator
 from ondemand.proxy.upstream import Upstream, UpstreamClient
 from ondemand.proxy.upstream_http import HttpUpstream
 
-CLIENTS = {"httptools": HttpUpstream, "aiohttp": Upstream}
+CLIENTS: dict[str, Callable[[str], UpstreamClient]] = {
+    "httptools": HttpUpstream,
+    "aiohttp": Upstream,
+}
 HEADERS = [(b"accept", b"*/*"), (b"user-agent", b"bench"), (b"x-request-id", b"0123456789abcdef")]
 
 
