@@ -25,9 +25,9 @@ def make_app() -> ProxyApp:
 
         return ProxyApp(settings, upstream=HttpxUpstream(settings.upstream))
     if client == "aiohttp":
-        from ondemand.proxy.upstream import Upstream
+        from bench.aiohttp_upstream import AiohttpUpstream
 
-        return ProxyApp(settings, upstream=Upstream(settings.upstream))
+        return ProxyApp(settings, upstream=AiohttpUpstream(settings.upstream))
     return ProxyApp(settings)  # the shipped default
 
 

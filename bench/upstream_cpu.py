@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
@@ -18,30 +19,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.proxy import emulator
-from ondemand.proxy.upstream import Upstream, UpstreamClient
+from bench.aiohttp_upstream import AiohttpUpstream
+from bench.proxy import MODEL, emulator
+from ondemand.proxy.upstream import UpstreamClient
 from ondemand.proxy.upstream_http import HttpUpstream
 
 CLIENTS: dict[str, Callable[[str], UpstreamClient]] = {
     "httptools": HttpUpstream,
-    "aiohttp": Upstream,
+    "aiohttp": AiohttpUpstream,
 }
+CHAT = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
 HEADERS = [(b"accept", b"*/*"), (b"user-agent", b"bench"), (b"x-request-id", b"0123456789abcdef")]
+
+
+async def _one(client: UpstreamClient, path: str) -> None:
+    if path == "/api/chat":  # a whole stream, as fast as the emulator writes it
+        response = await client.send("POST", path, b"", HEADERS, CHAT)
+    else:
+        response = await client.send("GET", path, b"", HEADERS, b"")
+    async for _chunk in response.chunks():
+        pass
+    await response.aclose()
 
 
 async def _round(client: UpstreamClient, requests: int, path: str) -> float:
     """CPU microseconds per request (after a warm-up that opens the connection)."""
-    for _ in range(50):
-        response = await client.send("GET", path, b"", HEADERS, b"")
-        async for _chunk in response.chunks():
-            pass
-        await response.aclose()
+    for _ in range(min(50, requests)):
+        await _one(client, path)
     start = time.process_time()
     for _ in range(requests):
-        response = await client.send("GET", path, b"", HEADERS, b"")
-        async for _chunk in response.chunks():
-            pass
-        await response.aclose()
+        await _one(client, path)
     return (time.process_time() - start) / requests * 1e6
 
 
@@ -62,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--path", default="/api/tags")
+    parser.add_argument("--path", default="/api/tags", help="or /api/chat: 2,000-token streams")
     args = parser.parse_args()
     try:
         import uvloop
@@ -70,9 +77,10 @@ def main() -> None:
         uvloop.install()  # as the proxy runs
     except ImportError:
         pass
-    with emulator(0, 10) as url:
+    with emulator(0, 2000) as url:
         results = asyncio.run(measure(url, args.requests, args.rounds, args.path))
-    print(f"{args.requests} sequential keep-alive GET {args.path}, {args.rounds} rounds (ABBA)")
+    shape = f"{args.requests} sequential keep-alive requests to {args.path}"
+    print(f"{shape}, {args.rounds} rounds (ABBA)")
     for name, values in results.items():
         shown = ", ".join(f"{v:.0f}" for v in values)
         print(f"  {name:10} median {statistics.median(values):6.1f} us CPU/request  ({shown})")

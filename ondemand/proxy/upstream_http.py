@@ -52,7 +52,7 @@ class HttpUpstream:
         name = f"[{self._host}]" if ":" in self._host else self._host
         self._where = f"{name}:{self._port}"
         host = name if self._port == default_port else self._where
-        self._host_line = b"Host: " + host.encode("idna") + b"\r\n"
+        self._host_line = b"Host: " + _ascii_host(host) + b"\r\n"
         self._prefix = parts.path.encode("latin-1")
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self._connect_timeout = connect_timeout
@@ -376,7 +376,7 @@ class _Response:
             raise _SecondMessage  # more than the one answer we asked for
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.head.done():  # trailers (after the body) are not forwarded
+        if not self.head.done():  # trailers (RFC 9112 §7.1.2) are not forwarded
             self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -391,6 +391,7 @@ class _Response:
                 name == b"transfer-encoding" and b"chunked" in value.lower()
             ):
                 framed = True
+        # How the body ends: RFC 9112 §6.3 (no length and no chunking: at the close).
         self._until_close = not (framed or self._head_only or status in (204, 304))
         if not self.head.done():
             self.head.set_result(None)
@@ -457,6 +458,13 @@ class _Response:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _ascii_host(host: str) -> bytes:
+    try:
+        return host.encode("ascii")
+    except UnicodeEncodeError:
+        return host.encode("idna")  # an internationalised name, as DNS knows it
 
 
 class _SecondMessage(Exception):
