@@ -20,7 +20,7 @@ from ondemand.proxy.upstream import UpstreamBroken, UpstreamUnavailable
 
 IDLE_SECONDS = 30.0  # a kept-alive connection unused this long is closed
 # Body bytes held for a consumer that falls behind before reading from Ollama pauses.
-HIGH_WATER = 256 * 1024
+HIGH_WATER = 64 * 1024  # as aiohttp (its read_bufsize), the client this replaced
 # Methods that carry no Content-Length when empty (as HTTP clients commonly do).
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 # Only these may be sent again on a fresh connection when a kept-alive one turns out dead.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ Script = Callable[[Conn], Awaitable[None]]
 class Scripted:
     script: Script
     host: str = "127.0.0.1"
+    tls: ssl.SSLContext | None = None
     connections: int = 0
     requests: list[tuple[int, Request]] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)  # connections whose script has returned
@@ -127,10 +129,10 @@ class Scripted:
             writer.close()
 
     async def __aenter__(self) -> Scripted:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.tls)
         port = self._server.sockets[0].getsockname()[1]
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{port}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -7,8 +7,12 @@ Each test runs on asyncio's own loop and on uvloop (which the proxy serves with)
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -413,7 +417,7 @@ async def test_a_slow_consumer_pauses_reading_instead_of_buffering() -> None:
             received = len(await anext(chunks))
             # The consumer stalls here: reading from Ollama must stop, with little held.
             await until(lambda: not conn.transport.is_reading())  # type: ignore[union-attr]
-            assert response._size <= HIGH_WATER + 256 * 1024  # one read past the mark at most
+            assert response._size <= HIGH_WATER + 256 * 1024  # one read (256 KiB) past the mark
             async for chunk in chunks:
                 received += len(chunk)
             assert received == total
@@ -436,3 +440,42 @@ async def test_ipv6_literals_are_dialled() -> None:
             await client.aclose()
     [(_, request)] = server.requests
     assert request.header(b"host") == [server.url.removeprefix("http://").encode()]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (certificate, key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_https_is_verified_then_spoken(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    async with Scripted(lambda conn: answer_forever(conn, ok(b"over tls")), tls=context) as server:
+        client = HttpUpstream(server.url)
+        try:  # an unknown issuer is refused as unavailable, never ignored
+            with pytest.raises(UpstreamUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await client.send("GET", "/", b"", [], b"")
+        finally:
+            await client.aclose()
+        client = HttpUpstream(server.url)
+        client._ssl = ssl.create_default_context(cafile=str(cert))  # as if a CA had issued it
+        try:
+            for _ in range(2):
+                response = await client.send("GET", "/", b"", [], b"")
+                assert await collect(response.chunks()) == b"over tls"
+            assert len(client._open) == 1
+        finally:
+            await client.aclose()
