@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = "odk_bench_key_0123456789abcdef"
 MODEL = "llama3.2:1b"
 SCENARIOS = {"realistic", "burst", "saturation", "cancel", "flood"}
+CLIENTS = ("httptools", "aiohttp", "httpx")  # bench/proxy_server.py --client; shipped first
 # Oversized-header senders and slow-header connections in the flood scenario.
 FLOOD = (16, 2000)
 
@@ -87,7 +88,7 @@ def policy_env() -> Iterator[dict[str, str]]:
 
 @contextlib.contextmanager
 def proxy(
-    upstream: str, server: str = "uvicorn", client: str = "aiohttp", policy: bool = True
+    upstream: str, server: str = "uvicorn", client: str = "httptools", policy: bool = True
 ) -> Iterator[str]:
     with proxy_process(upstream, server, client, policy) as (url, _):
         yield url
@@ -95,7 +96,7 @@ def proxy(
 
 @contextlib.contextmanager
 def proxy_process(
-    upstream: str, server: str = "uvicorn", client: str = "aiohttp", policy: bool = True
+    upstream: str, server: str = "uvicorn", client: str = "httptools", policy: bool = True
 ) -> Iterator[tuple[str, int]]:
     """The proxy's URL and process id (to read its memory)."""
     port = free_port()
@@ -582,6 +583,12 @@ def main() -> None:
         "--only", choices=sorted(SCENARIOS), action="append", help="run only these scenarios"
     )
     parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default=CLIENTS[0],
+        help=f"the proxy's upstream client (default: {CLIENTS[0]}, the shipped one)",
+    )
+    parser.add_argument(
         "--no-nginx", action="store_true", help="no nginx baseline even where it is installed"
     )
     parser.add_argument(
@@ -596,7 +603,7 @@ def main() -> None:
     everything: dict[str, object] = {}
     if args.compare:
         for server in ("uvicorn", "granian"):
-            for client in ("aiohttp", "httpx"):
+            for client in CLIENTS:
                 key = f"{server}+{client}"
                 everything[key] = asyncio.run(
                     measure(server, client, args.quick, {"realistic", "saturation", "cancel"})
@@ -604,7 +611,7 @@ def main() -> None:
     else:
         everything["shipped"] = asyncio.run(
             measure(
-                "uvicorn", "aiohttp", args.quick, parts, policy=not args.no_policy, flood=flood,
+                "uvicorn", args.client, args.quick, parts, policy=not args.no_policy, flood=flood,
                 with_nginx=not args.no_nginx,
             )
         )  # fmt: skip

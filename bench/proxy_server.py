@@ -1,6 +1,6 @@
 """Serve the proxy with a chosen ASGI server and upstream client, for the comparison runs.
 
-    python bench/proxy_server.py --server uvicorn --client aiohttp --port 9000 --upstream URL
+    python bench/proxy_server.py --server uvicorn --client httptools --port 9000 --upstream URL
 
 Keys and limits come from the environment, as for ``ondemand proxy``.
 """
@@ -19,17 +19,22 @@ from ondemand.proxy import ProxyApp, ProxySettings
 
 def make_app() -> ProxyApp:
     settings = ProxySettings.from_env(os.environ)
-    if os.environ.get("BENCH_CLIENT", "aiohttp") == "httpx":
+    client = os.environ.get("BENCH_CLIENT", "httptools")
+    if client == "httpx":
         from bench.httpx_upstream import HttpxUpstream
 
         return ProxyApp(settings, upstream=HttpxUpstream(settings.upstream))
-    return ProxyApp(settings)
+    if client == "aiohttp":
+        from bench.aiohttp_upstream import AiohttpUpstream
+
+        return ProxyApp(settings, upstream=AiohttpUpstream(settings.upstream))
+    return ProxyApp(settings)  # the shipped default
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
-    parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
+    parser.add_argument("--client", choices=["httptools", "aiohttp", "httpx"], default="httptools")
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()

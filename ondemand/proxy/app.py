@@ -29,7 +29,8 @@ from ondemand.proxy.responses import family_of, send_error
 from ondemand.proxy.routes import ALLOW, METHODS, Access, BadPath, resolve
 from ondemand.proxy.runkeys import RunKeys, run_key_secret
 from ondemand.proxy.settings import scaled_clock
-from ondemand.proxy.upstream import Upstream, UpstreamClient, UpstreamUnavailable
+from ondemand.proxy.upstream import UpstreamClient, UpstreamUnavailable
+from ondemand.proxy.upstream_http import HttpUpstream
 from ondemand.proxy.usage import Ledger, UsageRecord
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ class ProxyApp:
     ) -> None:
         self.settings = settings
         self.keys: KeyStore = settings.keys
-        self.upstream: UpstreamClient = upstream or Upstream(
+        self.upstream: UpstreamClient = upstream or HttpUpstream(
             settings.upstream, connect_timeout=settings.connect_timeout
         )
         # One clock for idle time and lease expiry (tests pass a fake one).
