@@ -257,6 +257,8 @@ class Sandbox:
                     "id": record.id,
                     "name": record.name,
                     "state": record.state,
+                    # The states with their dates, as OVH's API shows them for the app.
+                    "history": list(record.history),
                     "url": record.url,
                     "pid": process.pid if process else None,
                     "log": str(engine.app_dir(record.id) / "serve.log"),
