@@ -48,9 +48,16 @@ class Shell:
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
 
-    def start(self, *args: str, **extra: str) -> subprocess.Popen[str]:
+    def start(
+        self, *args: str, sigint_ignored: bool = False, **extra: str
+    ) -> subprocess.Popen[str]:
+        """``ondemand ARGS`` in the background; with ``sigint_ignored`` as a shell starts a
+        background job (`ondemand up &` in a script): SIGINT ignored, inherited through exec."""
+        command = ["ondemand", *args]
+        if sigint_ignored:
+            command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
         return subprocess.Popen(
-            ["ondemand", *args], env={**self.env, **extra}, cwd=self.cwd,
+            command, env={**self.env, **extra}, cwd=self.cwd,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
@@ -192,8 +199,14 @@ def test_keep_on_failure_keeps_it_for_debugging(shell: Shell) -> None:
     assert down.stdout.startswith("stopped shapes")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_cancelled_up_stops_what_it_started(shell: Shell, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "sigint_ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGINT", "SIGTERM", "SIGINT-to-a-background-job"],
+)
+def test_a_cancelled_up_stops_what_it_started(
+    shell: Shell, sig: signal.Signals, sigint_ignored: bool
+) -> None:
     # Pulls that take a minute: the up is cancelled while it waits.
     slow = {"OLLAMA_EMULATOR_PULL_SECONDS": "60"} if shell.provider == "local" else {}
     models = "llama3.2,qwen3:0.6b" if shell.provider == "local" else "llama3.2"
@@ -201,7 +214,7 @@ def test_a_cancelled_up_stops_what_it_started(shell: Shell, sig: signal.Signals)
         # The sandbox's apps pull in 0.05 s: hold the app in QUEUED instead.
         faults = {"ovh": {"slow": {"seconds": {"QUEUED": 60}}}}
         httpx.post(shell.env["ONDEMAND_SANDBOX_URL"] + "/_sandbox/faults", json=faults)
-    up = shell.start("up", "--models", models, **slow)
+    up = shell.start("up", "--models", models, sigint_ignored=sigint_ignored, **slow)
     assert up.stderr is not None
     seen = ""
     deadline = time.monotonic() + 30

@@ -211,7 +211,7 @@ def up(
     if github:
         github.started(f"starting {name} on {provider.name}")
     try:
-        with _cancel_on_sigterm():
+        with _cancel_on_signals():
             result = lifecycle.up(
                 resolved, provider, progress=app.info, announce=announced(app),
                 holder=holder, keep_on_failure=keep_on_failure,
@@ -231,9 +231,11 @@ def up(
 
 
 @contextlib.contextmanager
-def _cancel_on_sigterm() -> Iterator[None]:
+def _cancel_on_signals() -> Iterator[None]:
     """A cancelled workflow run sends SIGINT, then SIGTERM a few seconds later: both end a
-    waiting 'up' the same way, so it cleans up after itself before it is killed."""
+    waiting 'up' the same way, so it cleans up after itself before it is killed. SIGINT is
+    handled even where the parent left it ignored (a shell starts a background `ondemand up
+    &` so, and Python then installs no handler), or the cleanup would wait for SIGTERM."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -241,11 +243,13 @@ def _cancel_on_sigterm() -> Iterator[None]:
     def cancel(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, cancel)
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, cancel) for sig in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @cli.command()
