@@ -23,6 +23,8 @@ IDLE_SECONDS = 30.0  # a kept-alive connection unused this long is closed
 HIGH_WATER = 64 * 1024  # as aiohttp (its read_bufsize), the client this replaced
 # Methods that carry no Content-Length when empty (as HTTP clients commonly do).
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+# Bodies up to this size go out in the same write as the head.
+_ONE_WRITE = 64 * 1024
 # Only these may be sent again on a fresh connection when a kept-alive one turns out dead.
 _RETRYABLE = frozenset({"GET", "HEAD"})
 # The framing is ours to write; a caller's copy of these could contradict it.
@@ -275,7 +277,11 @@ class _Connection(asyncio.Protocol):
         response = self.response = _Response(self, head_only=head_only)
         try:
             if isinstance(body, bytes):
-                self.transport.write(head + body)  # one write, one syscall
+                if len(body) <= _ONE_WRITE:
+                    self.transport.write(head + body)  # one write, one syscall
+                else:  # no copy of a large body (a blob upload) just to save a syscall
+                    self.transport.write(head)
+                    self.transport.write(body)
                 await response.head
             else:
                 self.transport.write(head)

@@ -128,6 +128,20 @@ async def test_the_request_is_forwarded_exactly_in_one_write() -> None:
     assert tags.headers == [(b"host", host), (b"x-one", b"1")]
 
 
+async def test_a_large_body_is_forwarded_whole_behind_its_head() -> None:
+    body = bytes(range(256)) * 1024  # 256 KiB: written apart from the head, not copied
+    async with Scripted(lambda conn: answer_forever(conn, ok())) as server:
+        client = HttpUpstream(server.url)
+        try:
+            response = await client.send("POST", "/api/blobs/sha256:1", b"", [], body)
+            await collect(response.chunks())
+        finally:
+            await client.aclose()
+    [(_, post)] = server.requests
+    assert post.header(b"content-length") == [str(len(body)).encode()]
+    assert post.body == body
+
+
 async def test_a_streamed_body_goes_chunked() -> None:
     async def parts() -> AsyncIterator[bytes]:
         for part in (b"abc", b"", b"d" * 70000, b"end"):
