@@ -166,7 +166,7 @@ class Serve:
         interval = self.settings.residency_interval
         while True:
             await asyncio.sleep(interval)
-            if self.state.phase != READY:
+            if self.state.phase not in (READY, REWARMING):
                 continue
             try:
                 await self.check_residency()
@@ -184,6 +184,16 @@ class Serve:
         load (a reload for a request's other ``num_ctx`` included), and while a re-warm of
         ours is under way no second one starts."""
         if self._rewarming():
+            return
+        if self.state.phase == REWARMING:
+            # The last re-warm was cut off by an error while Ollama stayed up (a restart
+            # of Ollama would have preloaded everything): /ping still says 204; try again.
+            stuck = [m for m in self.state.models if m.phase is Phase.LOADING]
+            if stuck:
+                log.warning("loading again: %s", ", ".join(m.name for m in stuck))
+                self._rewarm = asyncio.ensure_future(self._run_rewarm(stuck))
+            else:
+                self.state.phase = READY
             return
         rewarms_done = self._rewarms_done
         async with httpx.AsyncClient(base_url=self.supervisor.url, timeout=10.0) as client:
@@ -225,8 +235,10 @@ class Serve:
         try:
             problems = await Preloader(self.supervisor.url, models, self.settings.policy).run()
         except httpx.HTTPError as exc:
+            # Ollama went away (its restart preloads every model) or answered oddly: the
+            # next residency check tries again.
             log.warning("loading again interrupted: %s", exc)
-            return  # Ollama went away: its restart preloads every model
+            return
         finally:
             self._rewarms_done += 1
         if state.phase != REWARMING:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from ondemand.proxy import ProxySettings
-from ondemand.sandbox.ollama import EmulatorConfig
+from ondemand.sandbox.ollama import EmulatorConfig, Fault
 from ondemand.sandbox.ollama import create_app as create_emulator
 from ondemand.sandbox.ollama.app import Emulator
 from ondemand.serve.models import Phase
@@ -161,3 +161,25 @@ async def test_a_model_reloaded_for_a_request_is_present_while_it_loads(
     await serve.check_residency()
     assert serve._rewarm is None
     assert serve.state.phase == READY
+
+
+async def test_a_rewarm_cut_off_by_an_error_is_tried_again_by_the_next_check(
+    emulator: Emulator, held: tuple[HeldPs, int]
+) -> None:
+    _, port = held
+    serve = await _ready(port)
+    await _generate(port, {"keep_alive": 0})  # unloaded behind the server's back
+    # The re-warm's first call to Ollama fails, Ollama staying up.
+    emulator.config.faults.append(Fault(path="/api/tags", status=500))
+    await serve.check_residency()
+    assert serve._rewarm is not None
+    await serve._rewarm
+    assert serve.state.phase == REWARMING  # /ping keeps saying 204: nothing is loaded
+    assert emulator.loaded() == []
+
+    await serve.check_residency()
+    assert serve._rewarm is not None
+    await serve._rewarm
+    assert serve.state.phase == READY
+    assert serve.state.models[0].phase is Phase.WARM
+    assert [m["name"] for m in emulator.loaded()] == ["llama3.2:latest"]
