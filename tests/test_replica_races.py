@@ -147,6 +147,9 @@ def test_a_replica_that_restarts_with_an_empty_memory_still_takes_every_key(
     )
     assert restarted.status_code == 200, restarted.text
     _wait_ready(running, str(app_id), 2)
+    # The platform sends traffic to a replica whose probe passes, and a warming one's
+    # passes (204) while it answers requests 503 "still starting": wait for it to be warm.
+    _wait_warm(running, str(app_id))
     # The new replica never saw either lease, yet takes both keys (they are signed) ...
     chatter = Chatter(a)
     chatter.thread.start()
@@ -162,6 +165,17 @@ def test_a_replica_that_restarts_with_an_empty_memory_still_takes_every_key(
     assert kept.holders == [b.holder]
     assert b.chat()
     assert not b.down().kept
+
+
+def _wait_warm(running: SandboxServer, app_id: str) -> None:
+    """Until every replica's own /ping says 200: its models are loaded."""
+    apps = httpx.get(running.url + "/_sandbox/apps", timeout=5).json()["apps"]
+    [app] = [x for x in apps if x.get("id") == app_id]
+    deadline = time.monotonic() + 30
+    for replica in app["replicas"]:
+        while httpx.get(replica["url"] + "/ping", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, replica
+            time.sleep(0.05)
 
 
 def _wait_ready(running: SandboxServer, app_id: str, replicas: int) -> None:
