@@ -368,12 +368,7 @@ class _Response:
     async def aclose(self) -> None:
         """Release the response; an unfinished one drops its connection, which is how
         Ollama learns that the client went away and stops generating."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.response = None
-            conn.close()
-        if self.writer is not None and not self.writer.done():
-            self.writer.cancel()
+        self._drop()
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -453,6 +448,10 @@ class _Response:
     def abandon(self) -> None:
         """send() gave up (cancelled, or the body's source failed) before the head came."""
         self.head.cancel()
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close the connection unless it was handed back finished, and stop sending."""
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.response = None
