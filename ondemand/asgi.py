@@ -20,6 +20,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 H = TypeVar("H")
 
+# The ASGI extension the front door (frontdoor.py) adds to ``scope["extensions"]``.
+# ON_DISCONNECT takes a callback (None withdraws it) to call once if the client goes away
+# before the response is complete: cheaper than a task parked on ``receive()`` for every
+# request. BODY_GRACE: the seconds after which the server itself answers 408 to a request
+# body that has stopped coming (a little more once some of it came).
+FRONT_DOOR = "ondemand.front_door"
+ON_DISCONNECT = "on_disconnect"
+BODY_GRACE = "body_grace"
+
 JSON_TYPE = b"application/json; charset=utf-8"
 TEXT_TYPE = b"text/plain; charset=utf-8"
 
@@ -73,8 +82,11 @@ async def read_body(
     chunks: list[bytes] = []
     size = 0
     while True:
-        async with asyncio.timeout(idle_timeout):
+        if idle_timeout is None:
             message = await receive()
+        else:
+            async with asyncio.timeout(idle_timeout):
+                message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         chunk = message.get("body", b"")

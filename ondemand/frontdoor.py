@@ -14,11 +14,12 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+from ondemand.asgi import BODY_GRACE, FRONT_DOOR, ON_DISCONNECT
 from ondemand.descriptors import affordable_connections, raise_open_file_limit
 from ondemand.errors import NotAvailableError
 
@@ -253,6 +254,10 @@ def _check_uvicorn(protocol: type[Any]) -> None:
         )
 
 
+# A closed connection's disconnect callbacks: none kept, each called at once.
+_GONE: dict[Any, Callable[[], None]] = {}
+
+
 def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type[Any]:
     """uvicorn's httptools protocol, with ``limits`` enforced before the parser works and
     what it turns away counted in ``counts``. ``limits`` must be ``resolved()``."""
@@ -290,6 +295,8 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
             self._body_started = 0.0
             self._body_bytes = 0
             self._refused = False
+            # Per request still being answered: what to call if the client goes away.
+            self._on_lost: dict[Any, Callable[[], None]] = {}
 
         # -- connection --------------------------------------------------------------------
 
@@ -317,7 +324,19 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
         def connection_lost(self, exc: Exception | None) -> None:
             counted.open -= 1
             self._cancel_timers()
+            on_lost, self._on_lost = self._on_lost, _GONE
             super().connection_lost(exc)
+            for cycle, callback in on_lost.items():
+                if not cycle.response_complete:
+                    callback()
+
+        def _watch_disconnect(self, cycle: Any, callback: Callable[[], None] | None) -> None:
+            if callback is None:
+                self._on_lost.pop(cycle, None)
+            elif self._on_lost is not _GONE:
+                self._on_lost[cycle] = callback
+            elif not cycle.response_complete:
+                self.loop.call_soon(callback)  # the client has gone already
 
         def _cancel_timers(self) -> None:
             waiting.pop(self, None)
@@ -459,7 +478,18 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
                 self._head_timer = None
             self._body_started = self.loop.time()
             self._body_bytes = 0
+            scope = self.scope
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.scope is scope:
+                # Bound to this request's cycle: a pipelined request replaces self.cycle
+                # while the one before it is still being answered.
+                scope["extensions"] = {
+                    FRONT_DOOR: {
+                        ON_DISCONNECT: partial(self._watch_disconnect, cycle),
+                        BODY_GRACE: self.door.body_grace,
+                    }
+                }
 
         def on_body(self, body: bytes) -> None:
             self._body_bytes += len(body)

@@ -86,8 +86,9 @@ class RequestContext:
         return None if self.first_byte is None else (self.first_byte - self.started) * 1000
 
     def log(self) -> None:
-        if self.quiet and not access_log.isEnabledFor(logging.DEBUG):
-            return
+        level = logging.DEBUG if self.quiet else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return  # nothing to build: a silenced log costs a request nothing
         status = self.status if self.status is not None else 499
         duration, ttft = self.duration_ms, self.ttft_ms
         tokens = (
@@ -96,7 +97,7 @@ class RequestContext:
             else ""
         )
         access_log.log(
-            logging.DEBUG if self.quiet else logging.INFO,
+            level,
             "%s %r %d key=%s model=%s %.0fms%s%s id=%s%s",
             self.method, self.path, status, self.key_name or "-", self.model or "-", duration,
             f" ttft={ttft:.0f}ms" if ttft is not None else "", tokens, self.request_id,

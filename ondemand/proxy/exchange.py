@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from ondemand.asgi import (
+    BODY_GRACE,
+    FRONT_DOOR,
+    ON_DISCONNECT,
     BodyTooLarge,
     ClientDisconnected,
     Message,
@@ -71,6 +74,7 @@ class Exchange:
         self.meter: Meter | None = None
         self.strip_usage = False
         self.content_type: str | None = None  # set when the body was rewritten as a form
+        self.door: dict[str, object] | None = (scope.get("extensions") or {}).get(FRONT_DOOR)
 
     async def error(
         self, status: int, message: str, *, headers: list[tuple[bytes, bytes]] | None = None
@@ -134,8 +138,13 @@ class Exchange:
             if too_big:
                 await self.error(413, f"request body is larger than the limit of {limit} bytes")
                 return None
+        # A front door at least as strict times the body out itself: no timer here.
+        timeout: float | None = self.settings.body_timeout
+        grace = self.door.get(BODY_GRACE) if self.door is not None else None
+        if isinstance(grace, float | int) and grace <= self.settings.body_timeout:
+            timeout = None
         try:
-            return await read_body(self.receive, limit, self.settings.body_timeout)
+            return await read_body(self.receive, limit, timeout)
         except TimeoutError:
             await self.error(408, "timed out reading the request body")
         except BodyTooLarge:
@@ -166,14 +175,19 @@ class Exchange:
             except _Disconnected:
                 log.info("client disconnected while sending %s", route.path)
             return
-        # The body is read, so the next thing receive() reports is the client going away (or
-        # our own response ending). One pending receive() per request cancels this task on a
-        # disconnect; that is cheaper than running the exchange in a second task.
+        # A client going away cancels this task. The front door says so with a callback;
+        # elsewhere the body is read, so the next thing receive() reports is the client
+        # going away (or our own response ending), and one pending receive() watches.
         task = asyncio.current_task()
         assert task is not None
         watch = _DisconnectWatch(task)
-        watcher = asyncio.ensure_future(self.receive())
-        watcher.add_done_callback(watch.on_receive)
+        on_disconnect = self.door.get(ON_DISCONNECT) if self.door is not None else None
+        watcher: asyncio.Future[Message] | None = None
+        if callable(on_disconnect):
+            on_disconnect(watch.lost)
+        else:
+            watcher = asyncio.ensure_future(self.receive())
+            watcher.add_done_callback(watch.on_receive)
         try:
             await self._relay(body)
         except asyncio.CancelledError:
@@ -184,7 +198,10 @@ class Exchange:
             log.info("client disconnected: %s %s cancelled", self.ctx.method, route.path)
         finally:
             watch.finished = True
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            elif callable(on_disconnect):
+                on_disconnect(None)
 
     async def _relay(self, body: bytes | AsyncIterator[bytes]) -> None:
         headers = request_headers(self.scope["headers"])
@@ -327,9 +344,13 @@ class _DisconnectWatch:
         self.finished = False
 
     def on_receive(self, watcher: asyncio.Future[Message]) -> None:
-        if self.finished or watcher.cancelled() or watcher.exception() is not None:
+        if watcher.cancelled() or watcher.exception() is not None:
             return
         if watcher.result()["type"] == "http.disconnect":
+            self.lost()
+
+    def lost(self) -> None:
+        if not self.finished:
             self.disconnected = True
             self.task.cancel()
 

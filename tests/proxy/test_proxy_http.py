@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from ondemand.asgi import Message
 from ondemand.processes import free_port
+from ondemand.proxy import ProxyApp, ProxySettings
 from ondemand.serving import BackgroundServer
 from tests.conftest import ADMIN_KEY, KEY_ENV, USER_KEY, ProxyFactory
 from tests.proxy.rawhttp import get, raw_request, read_response
@@ -360,6 +363,51 @@ def test_client_disconnect_cancels_the_upstream_request(
     assert len(app.sent_at) < 100
     status = httpx.get(proxy.url + "/ondemand/status", headers=USER).json()
     assert status["inflight"] == 0
+
+
+def test_a_disconnect_cancels_the_upstream_request_under_any_asgi_server(
+    recorder: Upstream,
+) -> None:
+    """Without the front door's disconnect callback (another ASGI server), the proxy
+    learns of the disconnect from receive(), and still stops the generation."""
+    app, upstream = recorder
+    proxy = ProxyApp(ProxySettings.from_env(dict(KEY_ENV), upstream=upstream.url))
+    lines: list[bytes] = []
+
+    async def run() -> None:
+        gone = asyncio.Event()
+        body = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive() -> Message:
+            if body:
+                return body.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if message.get("body"):
+                lines.append(message["body"])
+                if len(lines) == 2:
+                    gone.set()
+
+        scope = {
+            "type": "http", "method": "POST", "path": "/api/chat",
+            "raw_path": b"/api/chat", "query_string": b"n=200&gap=0.02",
+            "headers": [(b"authorization", f"Bearer {USER_KEY}".encode())],
+        }  # fmt: skip
+        try:
+            await asyncio.wait_for(proxy(scope, receive, send), 5)
+        finally:
+            await proxy.shutdown()
+
+    asyncio.run(run())
+    deadline = time.monotonic() + 2
+    while not app.disconnects and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert app.disconnects, "the upstream never saw the disconnect"
+    assert len(lines) == 2
+    assert len(app.sent_at) < 100
+    assert proxy.limits.inflight == 0
 
 
 NATIVE_TAIL = b'{"error":"upstream Ollama closed the stream before it was complete"}'
