@@ -7,9 +7,10 @@
 
 Every figure is a ratio or a difference against the direct baseline taken in the same run,
 with direct and proxied rounds alternating (ABBA), because this machine is shared and noisy.
-The emulator, the proxy and this load generator are separate processes on 127.0.0.1. Where
-nginx is installed, the burst and small-request scenarios also run through it, as a second
-baseline: what forwarding alone costs.
+The emulator, the proxy and this load generator are separate processes on 127.0.0.1. The
+burst and small-request scenarios also run through two more baselines: the floor (the same
+server, front door and upstream client with no app: bench/forward_server.py), and nginx
+where it is installed: what forwarding alone costs in Python, and at all.
 """
 
 from __future__ import annotations
@@ -107,6 +108,53 @@ def proxy_process(
         env = stack.enter_context(policy_env()) if policy else {"AUTHORIZATION_APIKEY": KEY}
         proc = stack.enter_context(running(args, env=env, ready_url=url + "/ping", cwd=ROOT))
         yield url, proc.pid
+
+
+@contextlib.contextmanager
+def floor_process(upstream: str) -> Iterator[tuple[str, int]]:
+    """The forward-only floor's URL and process id (bench/forward_server.py)."""
+    port = free_port()
+    args = [sys.executable, str(ROOT / "bench" / "forward_server.py"), "--upstream", upstream,
+            "--port", str(port)]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with running(args, ready_url=url + "/api/tags", cwd=ROOT) as proc:
+        yield url, proc.pid
+
+
+class CpuPerRequest:
+    """CPU time the processes behind some targets spend per request they serve, over the
+    rounds run through ``wrap`` (scheduler nanoseconds, not clock ticks: a burst lasts
+    less than a tick's worth of some figures)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.spent: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+
+    def wrap(self, run: Callable[[str], Awaitable[Round]]) -> Callable[[str], Awaitable[Round]]:
+        async def measured(url: str) -> Round:
+            pid = self.pids.get(url)
+            before = cpu_nanoseconds(pid) if pid else 0
+            result = await run(url)
+            if pid:
+                self.spent[url] += cpu_nanoseconds(pid) - before
+                # A burst's round also sends one request first, to open a connection.
+                self.requests[url] += result.requests or len(result.streams) + 1
+            return result
+
+        return measured
+
+    def microseconds(self, url: str) -> float:
+        return self.spent[url] / max(self.requests[url], 1) / 1e3
+
+
+def cpu_nanoseconds(pid: int) -> int:
+    """CPU time of all a process's threads so far, from the scheduler (Linux)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 # -- load -------------------------------------------------------------------------------
@@ -439,7 +487,9 @@ def _all(rounds: list[Round], pick: Callable[[StreamResult], list[float]]) -> li
     return [value for r in rounds for s in r.streams for value in pick(s)]
 
 
-def report_streams(title: str, d: list[Round], p: list[Round]) -> dict[str, float]:
+def report_streams(
+    title: str, d: list[Round], p: list[Round], cpu_us: float | None = None
+) -> dict[str, float]:
     ttft_d, ttft_p = _all(d, lambda s: [s.ttft]), _all(p, lambda s: [s.ttft])
     gaps_d, gaps_p = _all(d, lambda s: s.gaps), _all(p, lambda s: s.gaps)
     out = {
@@ -452,16 +502,22 @@ def report_streams(title: str, d: list[Round], p: list[Round]) -> dict[str, floa
         "gap_p99_direct_ms": _pct(gaps_d, 99) * 1e3,
         "gap_p99_added_ms": (_pct(gaps_p, 99) - _pct(gaps_d, 99)) * 1e3,
     }
+    if cpu_us is not None:
+        out["cpu_us_per_request"] = cpu_us
     print(f"\n{title}")
     for key, value in out.items():
         print(f"  {key:24} {value:10.3f}")
     return out
 
 
-def report_requests(title: str, d: list[Round], p: list[Round]) -> dict[str, float]:
+def report_requests(
+    title: str, d: list[Round], p: list[Round], cpu_us: float | None = None
+) -> dict[str, float]:
     rate_d = sum(r.requests for r in d) / sum(r.wall for r in d)
     rate_p = sum(r.requests for r in p) / sum(r.wall for r in p)
     out = {"rps_ratio": rate_p / rate_d, "direct_rps": rate_d, "proxied_rps": rate_p}
+    if cpu_us is not None:
+        out["cpu_us_per_request"] = cpu_us
     print(f"\n{title}")
     for key, value in out.items():
         print(f"  {key:24} {value:10.3f}")
@@ -497,35 +553,52 @@ async def measure(
         tokens = 50
         with contextlib.ExitStack() as stack:
             up = stack.enter_context(emulator(100, tokens))
-            px = stack.enter_context(proxy(up, server, client, policy))
+            px, px_pid = stack.enter_context(proxy_process(up, server, client, policy))
+            low, low_pid = stack.enter_context(floor_process(up))
             other = stack.enter_context(nginx(up)) if with_nginx else None
-            targets = [up, px] + ([other] if other else [])
-            sides = await alternate_many(targets, 8 if quick else 16, lambda u: streams(u, 64))
-            results["burst"] = report_streams(
-                f"64 streams arriving at the same instant ({server}+{client})", sides[0], sides[1]
+            targets = [up, px, low] + ([other] if other else [])
+            cpu = CpuPerRequest({px: px_pid, low: low_pid})
+            sides = await alternate_many(
+                targets, 8 if quick else 16, cpu.wrap(lambda u: streams(u, 64))
             )
+            results["burst"] = report_streams(
+                f"64 streams arriving at the same instant ({server}+{client})", sides[0], sides[1],
+                cpu_us=cpu.microseconds(px),
+            )  # fmt: skip
+            results["burst_floor"] = report_streams(
+                "the same burst through the floor (server and client, no app)", sides[0],
+                sides[2], cpu_us=cpu.microseconds(low),
+            )  # fmt: skip
             if other:
                 results["burst_nginx"] = report_streams(
-                    f"the same burst through nginx {nginx_version()}", sides[0], sides[2]
+                    f"the same burst through nginx {nginx_version()}", sides[0], sides[3]
                 )
     if "saturation" in parts:
-        with emulator(0, 2000) as up, proxy(up, server, client, policy) as px:
+        with emulator(0, 2000) as up, proxy_process(up, server, client, policy) as (px, px_pid):
             d, p = await alternate(up, px, rounds, lambda url: streams(url, 16))
             results["saturation"] = report_streams(
                 f"16 streams x 2000 tokens, unpaced ({server}+{client})", d, p
             )
             seconds = 2.0 if quick else 4.0
-            with nginx(up) if with_nginx else contextlib.nullcontext() as other:
-                targets = [up, px] + ([other] if other else [])
+            with contextlib.ExitStack() as stack:
+                low, low_pid = stack.enter_context(floor_process(up))
+                other = stack.enter_context(nginx(up)) if with_nginx else None
+                targets = [up, px, low] + ([other] if other else [])
+                cpu = CpuPerRequest({px: px_pid, low: low_pid})
                 sides = await alternate_many(
-                    targets, rounds, lambda url: small_requests(url, 32, seconds)
+                    targets, rounds, cpu.wrap(lambda url: small_requests(url, 32, seconds))
                 )
             results["small"] = report_requests(
-                f"/api/tags at concurrency 32 ({server}+{client})", sides[0], sides[1]
-            )
+                f"/api/tags at concurrency 32 ({server}+{client})", sides[0], sides[1],
+                cpu_us=cpu.microseconds(px),
+            )  # fmt: skip
+            results["small_floor"] = report_requests(
+                "the same through the floor (server and client, no app)", sides[0], sides[2],
+                cpu_us=cpu.microseconds(low),
+            )  # fmt: skip
             if other:
                 results["small_nginx"] = report_requests(
-                    f"the same through nginx {nginx_version()}", sides[0], sides[2]
+                    f"the same through nginx {nginx_version()}", sides[0], sides[3]
                 )
     if "cancel" in parts:
         with emulator(100, 100_000) as up, proxy(up, server, client, policy) as px:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import math
 import signal
@@ -105,7 +106,8 @@ def run(
     limits: DoorLimits | None = None,
     counts: DoorCounts | None = None,
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM. Blocks.
+    """Serve ``app`` until SIGINT/SIGTERM. Blocks. The process is the server's: once it
+    has started, its heap is settled (``settle_heap``).
 
     ``lifespan="on"`` for apps that hold resources (the proxy's upstream pool) and must
     release them on shutdown; the emulators need no lifespan.
@@ -120,7 +122,18 @@ def run(
     server.run(sockets=[listener])
 
 
-def _graceful_server(config: Any, *, own_signals: bool = True) -> Any:
+def settle_heap() -> None:
+    """Take what a server holds from its start out of the cyclic collector's sight.
+
+    Modules, settings and the app live as long as the process, yet every full collection
+    walks them all: pauses of 20-50 ms every thousand-odd requests in the proxy under load
+    (docs/benchmarks.md, "Garbage collection"). Frozen, they are never walked again.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def _graceful_server(config: Any, *, own_signals: bool = True, settle: bool = True) -> Any:
     """A uvicorn server whose graceful stop on SIGTERM/SIGINT ends with exit status 0.
 
     uvicorn re-raises the signal once it has shut down, so the process would die by the
@@ -131,6 +144,11 @@ def _graceful_server(config: Any, *, own_signals: bool = True) -> Any:
     import uvicorn
 
     class GracefulServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)  # the app's lifespan start runs first
+            if settle:
+                settle_heap()
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if not own_signals or threading.current_thread() is not threading.main_thread():
@@ -155,11 +173,13 @@ def embedded_server(
     lifespan: Lifespan = "off",
     limits: DoorLimits | None = None,
     counts: DoorCounts | None = None,
+    settle: bool = False,
 ) -> Any:
     """A uvicorn server to run inside a caller's event loop: ``await server.serve(sockets)``.
 
     It installs no signal handlers; set ``server.should_exit = True`` to stop it. In-flight
-    requests then get up to ``graceful_timeout`` seconds to finish.
+    requests then get up to ``graceful_timeout`` seconds to finish. ``settle``: the process
+    is this server's alone, so its start-up heap is frozen once it has started.
     """
     config = _uvicorn_config(
         app,
@@ -169,7 +189,7 @@ def embedded_server(
         counts=counts,
         timeout_graceful_shutdown=max(1, round(graceful_timeout)),
     )
-    return _graceful_server(config, own_signals=False)
+    return _graceful_server(config, own_signals=False, settle=settle)
 
 
 def run_loop(main: Any) -> Any:

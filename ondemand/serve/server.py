@@ -319,6 +319,7 @@ class Serve:
                     graceful_timeout=settings.drain_timeout,
                     limits=settings.proxy.door,
                     counts=proxy.door,
+                    settle=index == 0,
                 )
             )
         stop = asyncio.Event()
