@@ -23,7 +23,7 @@ def _serve_once(settle: bool) -> int:
         sock = bind("127.0.0.1", 0)
         server = embedded_server(_hello, settle=settle)
         task = asyncio.ensure_future(server.serve(sockets=[sock]))
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110 - uvicorn's start is a flag, not an event
             await asyncio.sleep(0.01)
         frozen = gc.get_freeze_count()
         port = sock.getsockname()[1]

@@ -37,6 +37,9 @@ class RequestContext:
     completion_tokens: int | None = None
     detail: str | None = None  # why the proxy itself answered, e.g. "credentials invalid"
     quiet: bool = False  # /ping: probes every few seconds are not worth a line each
+    # The server's own send, under what ``wrap`` returns: once the response has started
+    # and its first body bytes are out, a stream's later chunks need no wrapper.
+    unwrapped: Send | None = None
 
     @classmethod
     def of(cls, scope: Scope, cors: frozenset[str]) -> RequestContext:
@@ -66,6 +69,7 @@ class RequestContext:
     def wrap(self, send: Send) -> Send:
         """``send`` that stamps the response with its id (and CORS) and notes what went out."""
         extra: Headers = [(b"x-request-id", self.request_id.encode()), *self.cors_headers()]
+        self.unwrapped = send
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":

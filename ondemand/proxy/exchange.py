@@ -296,6 +296,8 @@ class Exchange:
                         return
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
+                    # The first bytes are noted: the rest of a stream goes to the server as is.
+                    send = self.ctx.unwrapped or send
         except UpstreamBroken as exc:
             self.proxy.metrics.upstream_errors.labels("broken").inc()
             log.warning("upstream closed %s mid-response: %s", route.path, exc)

@@ -8,29 +8,18 @@ model names gets 404s, counted under "other", not a new series each).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ondemand.frontdoor import TURNED_AWAY, DoorCounts
 from ondemand.modelnames import canonical
+from ondemand.proxy.tally import UsageTally
 from ondemand.proxy.usage import UsageRecord
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 MAX_MODEL_LABELS = 64
-# Seconds: from a fast cached answer to a model load on a cold GPU.
-_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-
-
-class _Series(NamedTuple):
-    requests: Counter
-    prompt: Counter
-    completion: Counter
-    ttft: Histogram
-    duration: Histogram
 
 
 class _FrontDoor:
@@ -66,24 +55,9 @@ class Metrics:
         if door is not None:
             registry.register(_FrontDoor(door))
         self._models: set[str] = set()
-        self._cache: dict[tuple[str, int, str, str], _Series] = {}
-        self.requests = Counter(
-            "ondemand_requests", "Requests forwarded to Ollama, by outcome.",
-            ["route", "status", "key", "model"], registry=registry,
-        )  # fmt: skip
-        self.tokens = Counter(
-            "ondemand_tokens", "Tokens processed, by direction (prompt or completion).",
-            ["direction", "key", "model"], registry=registry,
-        )  # fmt: skip
-        self.ttft = Histogram(
-            "ondemand_time_to_first_byte_seconds",
-            "Time from the request to the first byte of the response body.",
-            ["route", "model"], buckets=_TTFT_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.duration = Histogram(
-            "ondemand_request_duration_seconds", "Time from the request to the end of the answer.",
-            ["route", "model"], buckets=_DURATION_BUCKETS, registry=registry,
-        )  # fmt: skip
+        # Per-request usage: plain sums, made into series when scraped (tally.py).
+        self.usage = UsageTally()
+        registry.register(self.usage)
         self.rate_limited = Counter(
             "ondemand_rate_limited", "Requests answered 429, by key and limit.",
             ["key", "limit"], registry=registry,
@@ -120,30 +94,13 @@ class Metrics:
             return name
         return "other"
 
-    def _series(self, route: str, status: int, key: str, model: str) -> _Series:
-        # labels() validates and locks on every call; the label sets are few, so each
-        # one's children are looked up once.
-        found = self._cache.get((route, status, key, model))
-        if found is None:
-            found = self._cache[(route, status, key, model)] = _Series(
-                self.requests.labels(route, str(status), key, model),
-                self.tokens.labels("prompt", key, model),
-                self.tokens.labels("completion", key, model),
-                self.ttft.labels(route, model),
-                self.duration.labels(route, model),
-            )
-        return found
-
     def observe(self, record: UsageRecord, route: str) -> None:
-        series = self._series(route, record.status, record.key_name, self._model_label(record))
-        series.requests.inc()
-        if record.prompt_tokens:
-            series.prompt.inc(record.prompt_tokens)
-        if record.completion_tokens:
-            series.completion.inc(record.completion_tokens)
-        if record.ttft_ms is not None:
-            series.ttft.observe(record.ttft_ms / 1000)
-        series.duration.observe(record.duration_ms / 1000)
+        labels = (route, record.status, record.key_name, self._model_label(record))
+        ttft = record.ttft_ms
+        self.usage.add(
+            labels, record.prompt_tokens, record.completion_tokens,
+            None if ttft is None else ttft / 1000, record.duration_ms / 1000,
+        )  # fmt: skip
 
     def webhook_event(self, name: str, count: int) -> None:
         self.webhook.labels(name).inc(count)
