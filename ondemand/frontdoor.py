@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -258,6 +259,23 @@ def _check_uvicorn(protocol: type[Any]) -> None:
 _GONE: dict[Any, Callable[[], None]] = {}
 
 
+class _DisconnectHook:
+    """A request's ``on_disconnect``: registers with its connection a callback for when the
+    client goes away. Weak references: held in the request's scope, strong ones would tie
+    each finished request into a reference cycle, left for the collector to find."""
+
+    __slots__ = ("_cycle", "_protocol")
+
+    def __init__(self, protocol: Any, cycle: Any) -> None:
+        self._protocol = weakref.ref(protocol)
+        self._cycle = weakref.ref(cycle)
+
+    def __call__(self, callback: Callable[[], None] | None) -> None:
+        protocol, cycle = self._protocol(), self._cycle()
+        if protocol is not None and cycle is not None:
+            protocol._watch_disconnect(cycle, callback)
+
+
 def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type[Any]:
     """uvicorn's httptools protocol, with ``limits`` enforced before the parser works and
     what it turns away counted in ``counts``. ``limits`` must be ``resolved()``."""
@@ -486,7 +504,7 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
                 # while the one before it is still being answered.
                 scope["extensions"] = {
                     FRONT_DOOR: {
-                        ON_DISCONNECT: partial(self._watch_disconnect, cycle),
+                        ON_DISCONNECT: _DisconnectHook(self, cycle),
                         BODY_GRACE: self.door.body_grace,
                     }
                 }

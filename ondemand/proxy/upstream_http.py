@@ -199,8 +199,12 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         response.received = True
+        parser = response.parser
+        if parser is None:  # settled already: nothing more can belong to it
+            self.close()
+            return
         try:
-            response.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             response.fail("Ollama switched protocols")
             self.close()
@@ -327,8 +331,9 @@ class _Response:
     def __init__(self, conn: _Connection, *, head_only: bool) -> None:
         self._conn: _Connection | None = conn
         # A parser per response: after a HEAD answer, one would still expect the body that
-        # Content-Length announced.
-        self.parser = httptools.HttpResponseParser(self)
+        # Content-Length announced. It holds this response's methods, and this response
+        # holds it: let go once settled, both are freed at once, not by the collector.
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._head_only = head_only
         self._reused = conn.reused
         self.status = 0
@@ -381,6 +386,7 @@ class _Response:
             self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        assert self.parser is not None  # called by it
         status = self.parser.get_status_code()
         if status < 200:
             self.headers = []  # an interim answer (103 Early Hints): the real one follows
@@ -418,13 +424,16 @@ class _Response:
     def _finish(self) -> None:
         self._done = True
         self._wake()
+        parser, self.parser = self.parser, None
         conn, self._conn = self._conn, None
         if conn is not None:
             writing = self.writer is not None and not self.writer.done()
-            conn.finished(keep_alive=self.parser.should_keep_alive() and not writing)
+            kept = parser is not None and parser.should_keep_alive()
+            conn.finished(keep_alive=kept and not writing)
 
     def lost(self, exc: Exception | None) -> None:
         self._conn = None
+        self.parser = None
         if not self.head.done():
             message = "Ollama closed the connection before answering"
             if exc is not None:
@@ -453,6 +462,7 @@ class _Response:
     def _drop(self) -> None:
         """Close the connection unless it was handed back finished, and stop sending."""
         conn, self._conn = self._conn, None
+        self.parser = None
         if conn is not None:
             conn.response = None
             conn.close()
