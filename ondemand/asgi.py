@@ -30,6 +30,15 @@ ON_DISCONNECT = "on_disconnect"
 BODY_GRACE = "body_grace"
 
 JSON_TYPE = b"application/json; charset=utf-8"
+# One encoder for every compact body: json.dumps with separators builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def compact_json(value: object) -> bytes:
+    """``value`` as JSON without spaces, UTF-8 with non-ASCII escaped, as json.dumps does."""
+    return _COMPACT.encode(value).encode()
+
+
 TEXT_TYPE = b"text/plain; charset=utf-8"
 
 
@@ -61,7 +70,7 @@ async def send_bytes(
 async def send_json(
     send: Send, status: int, payload: object, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = compact_json(payload)
     await send_bytes(send, status, body, JSON_TYPE, headers)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ondemand.asgi import compact_json
 from ondemand.errors import ConfigError
 from ondemand.modelnames import canonical
 from ondemand.proxy import multipart
@@ -238,7 +239,7 @@ def prepare(
             _replace(merged, "include_usage", True)
             _replace(body, "stream_options", merged)
             strip_usage = changed = True
-    out = json.dumps(body, separators=(",", ":")).encode() if changed else raw
+    out = compact_json(body) if changed else raw
     return Prepared(out, model, stream, strip_usage)
 
 
@@ -339,4 +340,4 @@ def filter_listing(path: str, raw: bytes, identity: Identity) -> bytes:
         return name is not None and allowed(identity, name)
 
     body[field] = [item for item in items if keep(item)]
-    return json.dumps(body, separators=(",", ":")).encode()
+    return compact_json(body)
