@@ -43,8 +43,11 @@ class HttpUpstream:
     can hold the first byte back for minutes).
     """
 
-    def __init__(self, base_url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, *, connect_timeout: float = 10.0, peer: str = "Ollama"
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.peer = peer  # who answers, as errors name it
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http:// or https:// URL: {base_url!r}")
@@ -206,10 +209,10 @@ class _Connection(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            response.fail("Ollama switched protocols")
+            response.fail(f"{self.pool.peer} switched protocols")
             self.close()
         except httptools.HttpParserError as exc:
-            response.fail(f"invalid response from Ollama: {exc}")
+            response.fail(f"invalid response from {self.pool.peer}: {exc}")
             self.close()
 
     def eof_received(self) -> bool:
@@ -222,7 +225,7 @@ class _Connection(asyncio.Protocol):
         self.pool._forget(self)
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
-            drain.set_exception(ConnectionResetError("Ollama closed the connection"))
+            drain.set_exception(ConnectionResetError(f"{self.pool.peer} closed the connection"))
         response, self.response = self.response, None
         if response is not None:
             response.lost(exc)
@@ -306,7 +309,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         async for chunk in body:
             if self.closed:
-                raise ConnectionResetError("Ollama closed the connection")
+                raise ConnectionResetError(f"{self.pool.peer} closed the connection")
             if chunk:
                 self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 if self._drain is not None:
@@ -324,12 +327,13 @@ class _Connection(asyncio.Protocol):
 class _Response:
     """Status, headers and the body as it arrives; also the parser's callbacks."""
 
-    __slots__ = ("_buffer", "_conn", "_done", "_error", "_head_only", "_reused", "_size",
+    __slots__ = ("_buffer", "_conn", "_done", "_error", "_head_only", "_peer", "_reused", "_size",
                  "_until_close", "_waiter", "head", "headers", "parser", "received", "status",
                  "writer")  # fmt: skip
 
     def __init__(self, conn: _Connection, *, head_only: bool) -> None:
         self._conn: _Connection | None = conn
+        self._peer = conn.pool.peer
         # A parser per response: after a HEAD answer, one would still expect the body that
         # Content-Length announced. It holds this response's methods, and this response
         # holds it: let go once settled, both are freed at once, not by the collector.
@@ -435,9 +439,9 @@ class _Response:
         self._conn = None
         self.parser = None
         if not self.head.done():
-            message = "Ollama closed the connection before answering"
+            message = f"{self._peer} closed the connection before answering"
             if exc is not None:
-                message = f"connection to Ollama lost: {exc}"
+                message = f"connection to {self._peer} lost: {exc}"
             stale = self._reused and not self.received
             self.head.set_exception((_StaleConnection if stale else UpstreamUnavailable)(message))
         elif not self._done:
@@ -445,7 +449,7 @@ class _Response:
                 self._done = True  # the body was framed by the close itself
                 self._wake()
             else:
-                self.fail("Ollama closed the connection mid-response")
+                self.fail(f"{self._peer} closed the connection mid-response")
 
     def fail(self, message: str) -> None:
         if not self.head.done():

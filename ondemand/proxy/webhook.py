@@ -16,14 +16,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 from ondemand import __version__
 from ondemand.envvalues import Env
 from ondemand.errors import ConfigError
+from ondemand.proxy.upstream import UpstreamBroken, UpstreamUnavailable
 
 if TYPE_CHECKING:
-    import aiohttp
+    from ondemand.proxy.upstream_http import HttpUpstream
 
 log = logging.getLogger("ondemand.proxy.webhook")
 
@@ -37,6 +40,13 @@ Outcome = Literal["sent", "retry", "fatal"]
 _COUNTERS = ("produced", "sent", "dropped_queue_full", "dropped_delivery", "dropped_shutdown",
              "batches_sent", "batches_failed", "retries")  # fmt: skip
 _EVENTS = {"batches_sent": "batch_sent", "batches_failed": "batch_failed", "retries": "retry"}
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _host(url: str) -> str:
@@ -117,10 +127,14 @@ class WebhookSender:
         self._last_error = ""
         self._logged_statuses: set[int] = set()
         self._where = _host(settings.url)
-        auth = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-        agent = f"{SOURCE}/{__version__}"
-        self._headers = {"Content-Type": "application/json", "User-Agent": agent, **auth}
-        self._session: aiohttp.ClientSession | None = None
+        agent = f"{SOURCE}/{__version__}".encode()
+        self._headers = [(b"content-type", b"application/json"), (b"user-agent", agent)]
+        if settings.api_key:
+            self._headers.append((b"authorization", f"Bearer {settings.api_key}".encode()))
+        parts = urlsplit(settings.url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._path, self._query = parts.path or "/", parts.query.encode("latin-1")
+        self._client: HttpUpstream | None = None
         self._task: asyncio.Task[None] | None = None
 
     def submit(self, record: Record) -> None:
@@ -142,10 +156,13 @@ class WebhookSender:
         if self._closed:
             raise RuntimeError("a stopped WebhookSender cannot be started again")
         if self._task is None:
-            import aiohttp
+            # The proxy's own HTTP client (upstream_http.py): kept-alive connections, one
+            # write per batch, TLS verified; no redirects are followed.
+            from ondemand.proxy.upstream_http import HttpUpstream
 
-            timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
-            self._session = aiohttp.ClientSession(timeout=timeout)
+            self._client = HttpUpstream(
+                self._origin, connect_timeout=self.settings.timeout, peer="the webhook"
+            )
             self._task = asyncio.create_task(self._run(), name="ondemand-webhook")
 
     async def stop(self, flush_timeout: float = 10.0) -> None:
@@ -167,9 +184,9 @@ class WebhookSender:
             if unsent:
                 log.warning("metrics webhook: %d records unsent at shutdown, dropped", unsent)
                 self._add("dropped_shutdown", unsent)
-            if self._session is not None:
-                await self._session.close()
-                self._session = None
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
 
     def stats(self) -> dict[str, int]:
         n = self._n
@@ -237,21 +254,32 @@ class WebhookSender:
         self._finish(sent=False)
 
     async def _post(self, records: str) -> tuple[Outcome, float | None]:
-        import aiohttp
-
-        assert self._session is not None
+        assert self._client is not None
         body = f'{{"source":"{SOURCE}","sent_at":{time.time()!r},"records":{records}}}'
         try:
-            # A redirect is a configuration error to report, not a place to send the key.
-            async with self._session.post(
-                self.settings.url, data=body.encode(), headers=self._headers, allow_redirects=False
-            ) as response:
-                await response.read()
-                status, retry_after = response.status, response.headers.get("Retry-After")
-                self._last_error = f"HTTP {status} {response.reason or ''}".strip()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(self.settings.timeout):
+                response = await self._client.send(
+                    "POST", self._path, self._query, self._headers, body.encode()
+                )
+                try:
+                    async for _ in response.chunks():
+                        pass  # read whole, so the connection can carry the next batch
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            self._last_error = f"no answer within {self.settings.timeout:g} s"
+            return "retry", None
+        except (UpstreamUnavailable, UpstreamBroken) as exc:
+            self._last_error = str(exc)  # names the webhook's host, or what it did
+            return "retry", None
+        except OSError as exc:
             self._last_error = f"{type(exc).__name__} {exc}".strip()
             return "retry", None
+        status = response.status
+        retry_after = next(
+            (v.decode("latin-1") for n, v in response.headers if n == b"retry-after"), None
+        )
+        self._last_error = f"HTTP {status} {_phrase(status)}".strip()
         if 200 <= status < 300:
             return "sent", None
         if status == 429 or status >= 500:

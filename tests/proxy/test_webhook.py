@@ -40,6 +40,7 @@ class Hit:
     headers: dict[str, str]
     body: dict[str, Any]
     status: int
+    peer: tuple[str, int] | None = None  # the sender's address: which connection it used
 
 
 @dataclass
@@ -56,7 +57,8 @@ class Receiver:
         body = await read_body(receive)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         reply = self.replies.pop(0) if self.replies else self.then
-        self.hits.append(Hit(time.monotonic(), headers, json.loads(body), reply.status))
+        peer = scope.get("client")
+        self.hits.append(Hit(time.monotonic(), headers, json.loads(body), reply.status, peer))
         if reply.delay:
             # Returns when the client hangs up, so the server can stop without waiting.
             with contextlib.suppress(TimeoutError):
@@ -164,6 +166,21 @@ async def test_a_full_batch_goes_at_once(receiver: tuple[Receiver, str]) -> None
         assert (stats["sent"], stats["pending"], stats["batches_sent"]) == (10, 2, 2)
         balanced(stats)
     assert "authorization" not in app.hits[0].headers
+
+
+@pytest.mark.anyio
+async def test_batches_share_one_kept_alive_connection(receiver: tuple[Receiver, str]) -> None:
+    # A busy proxy sends a batch every few requests: a connection (and a TLS handshake)
+    # per batch would cost it more than the batch does.
+    app, url = receiver
+    async with running(WebhookSettings(url, batch_size=5, interval=30)) as sender:
+        for batch in range(4):
+            for record in records(5, start=5 * batch):
+                sender.submit(record)
+            sent = batch + 1
+            await eventually(lambda: len(app.hits) == sent)  # noqa: B023 - awaited right here
+    assert len({hit.peer for hit in app.hits}) == 1
+    assert app.ids() == [f"req-{i}" for i in range(20)]
 
 
 @pytest.mark.anyio
@@ -505,3 +522,33 @@ def test_from_env_rejects_bad_values(name: str, value: str) -> None:
         WebhookSettings.from_env(env)
     assert name in str(error.value)
     assert "secret" not in str(error.value)
+
+
+SENDS_WITHOUT_AIOHTTP = """
+import asyncio, sys
+sys.modules["aiohttp"] = None  # any import of it now fails
+from ondemand.proxy.app import ProxyApp
+from ondemand.proxy.webhook import WebhookSender, WebhookSettings
+
+async def main():
+    sender = WebhookSender(WebhookSettings(sys.argv[1], batch_size=1))
+    await sender.start()
+    sender.submit({"request_id": "without-aiohttp"})
+    await sender.stop()
+    assert sender.stats()["sent"] == 1, sender.stats()
+
+asyncio.run(main())
+"""
+
+
+def test_the_server_needs_no_aiohttp(server: tuple[Receiver, str]) -> None:
+    # The image installs the server extra only; aiohttp is a development dependency.
+    import subprocess
+    import sys
+
+    app, url = server
+    app.hits = []
+    done = subprocess.run([sys.executable, "-c", SENDS_WITHOUT_AIOHTTP, url],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert app.ids() == ["without-aiohttp"]
