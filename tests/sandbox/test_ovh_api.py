@@ -303,3 +303,20 @@ def test_capabilities_and_mounts(ovh: tuple[SandboxServer, Ovh]) -> None:
     assert plain.get("/runpod/v1/pods").status_code == 404
     assert plain.get("/_sandbox/nothing").status_code == 404
     plain.close()
+
+
+def test_apps_created_within_one_millisecond_do_not_tie_on_created_at(
+    parked: tuple[SandboxServer, Ovh], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Racing clients keep the oldest of the apps they both created: a tie would let each
+    # think its own is the oldest, and two apps would run (and bill) for one name.
+    from datetime import UTC, datetime
+
+    from ondemand.sandbox.ovh import engine
+
+    instant = datetime(2026, 12, 4, 15, 30, 50, 318_400, tzinfo=UTC)
+    monkeypatch.setattr(engine, "now", lambda: instant)
+    _, client = parked
+    stamps = [client.create(name=f"twin-{i}")["createdAt"] for i in range(3)]
+    assert stamps == ["2026-12-04T15:30:50.318Z", "2026-12-04T15:30:50.319Z",
+                      "2026-12-04T15:30:50.320Z"]  # fmt: skip

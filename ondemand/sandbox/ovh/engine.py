@@ -12,6 +12,7 @@ import contextlib
 import logging
 import shutil
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class OvhEngine(Machine):
         self.syncs = DataSyncs(self)
         self.syncs.pause = transition_seconds
         self._resume: list[str] = []
+        self._last_created: datetime | None = None
         self._load()
 
     # -- persistence ----------------------------------------------------------------------
@@ -182,7 +184,7 @@ class OvhEngine(Machine):
         return record
 
     def create(self, spec: dict[str, Any]) -> AppRecord:
-        stamp = iso(now())
+        stamp = iso(self._creation_moment())
         record = AppRecord(
             id=str(uuid.uuid4()),
             spec=spec,
@@ -196,6 +198,19 @@ class OvhEngine(Machine):
         self._set(record, QUEUED)
         self._drive(record, self._walk)
         return record
+
+    def _creation_moment(self) -> datetime:
+        """Now, or a millisecond after the last app's creation: two apps created within one
+        millisecond must not tie on ``createdAt``, or two clients racing to create the same
+        app could each see theirs as the oldest (the order of creation is the order in which
+        they become visible) and both keep it."""
+        moment = now()
+        moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)  # as written
+        last = self._last_created
+        if last is not None and moment <= last:
+            moment = last + timedelta(milliseconds=1)
+        self._last_created = moment
+        return moment
 
     def start(self, app_id: str) -> None:
         record = self.find(app_id)
