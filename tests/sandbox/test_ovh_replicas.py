@@ -418,17 +418,23 @@ def test_a_restart_stops_every_replica_a_dead_sandbox_left(
         app = create(client, 2)
         client.close()
     # What a sandbox killed outside Linux leaves: each replica's server, still serving.
-    ports = [free_port(), free_port()]
+    # Four distinct ports: two servers and their two Ollamas (a port handed out twice
+    # would leave one replica unhealthy, 503, for good).
+    picked: list[int] = []
+    while len(picked) < 4:
+        if (port := free_port()) not in picked:
+            picked.append(port)
+    ports, ollama_ports = picked[:2], picked[2:]
     standin = str(write_standin(tmp_path / "bin"))
     base = {**os.environ, **FAST_APPS, "AUTHORIZATION_APIKEY": APP_KEY, "HOST": "127.0.0.1"}
     orphans = [
         subprocess.Popen(
             [sys.executable, "-m", "ondemand", "serve"],
             env={**base, "PORT": str(port), "OLLAMA_BIN": standin,
-                 "ONDEMAND_OLLAMA_HOST": f"127.0.0.1:{free_port()}"},
+                 "ONDEMAND_OLLAMA_HOST": f"127.0.0.1:{ollama}"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
-        for port in ports
+        for port, ollama in zip(ports, ollama_ports, strict=True)
     ]  # fmt: skip
     try:
         # Warm: its SIGTERM handler is in place, so stopping it is a clean exit.
