@@ -311,6 +311,7 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
             self._head_timer: asyncio.TimerHandle | None = None
             self._body_timer: asyncio.TimerHandle | None = None
             self._body_started = 0.0
+            self._body_last = 0.0  # when the last piece of the body came
             self._body_bytes = 0
             self._refused = False
             # Per request still being answered: what to call if the client goes away.
@@ -494,7 +495,7 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
-            self._body_started = self.loop.time()
+            self._body_started = self._body_last = self.loop.time()
             self._body_bytes = 0
             scope = self.scope
             super().on_headers_complete()
@@ -510,6 +511,7 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
                 }
 
         def on_body(self, body: bytes) -> None:
+            self._body_last = self.loop.time()
             self._body_bytes += len(body)
             self._body_seen += len(body)
             super().on_body(body)
@@ -562,8 +564,11 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
             self._body_timer = self.loop.call_at(self._body_deadline(), self._body_late)
 
         def _body_deadline(self) -> float:
+            # The whole body at the minimum rate after a grace, and no gap longer than the
+            # grace between two pieces (the app relies on both: BODY_GRACE in asgi.py).
             door = self.door
-            return self._body_started + door.body_grace + self._body_bytes / door.body_min_rate
+            whole = self._body_started + door.body_grace + self._body_bytes / door.body_min_rate
+            return min(whole, self._body_last + door.body_grace)
 
         def _body_late(self) -> None:
             self._body_timer = None
@@ -572,7 +577,7 @@ def protocol_class(limits: DoorLimits, counts: DoorCounts | None = None) -> type
             if self.flow.read_paused:
                 # The app, not the client, is slow to take the body (flow control): the
                 # client is not trickling. Count afresh from now.
-                self._body_started = self.loop.time()
+                self._body_started = self._body_last = self.loop.time()
                 self._body_bytes = 0
             if self.loop.time() < self._body_deadline():
                 self._body_timer = self.loop.call_at(self._body_deadline(), self._body_late)

@@ -347,6 +347,22 @@ def test_a_trickled_body_gets_408(port: int) -> None:
         assert response.json() == {"error": "timed out reading the request body"}
 
 
+def test_a_body_that_stops_coming_gets_408_after_the_gap_not_the_whole_allowance(
+    port: int,
+) -> None:
+    """100 KiB at once earns 100 s more at the minimum rate, but no gap between two pieces
+    may pass ONDEMAND_BODY_TIMEOUT (1 s here)."""
+    head = (f"POST /api/chat HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {200 << 10}"
+            "\r\n\r\n")  # fmt: skip
+    with _connect(port, timeout=10) as sock:
+        sock.sendall(head.encode() + b'{"model":"llama3.2","prompt":"' + b"x" * (100 << 10))
+        started = time.monotonic()
+        response = read_response(sock)
+        assert response.status == 408
+        assert response.json() == {"error": "timed out reading the request body"}
+        assert time.monotonic() - started < 5
+
+
 def test_an_upload_at_a_normal_rate_longer_than_the_timeouts_passes(port: int) -> None:
     """3 MiB at ~1.5 MiB/s: two seconds of body, past the 1 s grace and timeouts."""
     text = "x" * (3 << 20)
