@@ -7,6 +7,7 @@ request. One task sends, retries and, on shutdown, flushes; every record is coun
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -18,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ondemand import __version__
 from ondemand.envvalues import Env
@@ -129,10 +130,15 @@ class WebhookSender:
         self._where = _host(settings.url)
         agent = f"{SOURCE}/{__version__}".encode()
         self._headers = [(b"content-type", b"application/json"), (b"user-agent", agent)]
+        parts = urlsplit(settings.url)
         if settings.api_key:
             self._headers.append((b"authorization", f"Bearer {settings.api_key}".encode()))
-        parts = urlsplit(settings.url)
-        self._origin = f"{parts.scheme}://{parts.netloc}"
+        elif parts.username is not None:
+            # Credentials in the URL (https://user:pass@host/...) go as Basic auth, as
+            # HTTP clients send them; never into the Host header or a log line.
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self._headers.append((b"authorization", b"Basic " + base64.b64encode(pair)))
+        self._origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         self._path, self._query = parts.path or "/", parts.query.encode("latin-1")
         self._client: HttpUpstream | None = None
         self._task: asyncio.Task[None] | None = None

@@ -169,6 +169,25 @@ async def test_a_full_batch_goes_at_once(receiver: tuple[Receiver, str]) -> None
 
 
 @pytest.mark.anyio
+async def test_credentials_in_the_url_go_as_basic_auth_and_nowhere_else(
+    receiver: tuple[Receiver, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import base64
+
+    app, url = receiver
+    app.replies = [Reply(status=503)]  # a failure, so that the host is logged once
+    with_user = url.replace("http://", "http://alice:s%40cret@")
+    async with running(WebhookSettings(with_user, batch_size=1, retries=1)) as sender:
+        sender.submit(records(1)[0])
+        await eventually(lambda: len(app.hits) == 2)
+    expected = "Basic " + base64.b64encode(b"alice:s@cret").decode()
+    assert [hit.headers["authorization"] for hit in app.hits] == [expected, expected]
+    assert "alice" not in app.hits[0].headers["host"]
+    assert not any("s%40cret" in r.getMessage() or "s@cret" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+
+
+@pytest.mark.anyio
 async def test_batches_share_one_kept_alive_connection(receiver: tuple[Receiver, str]) -> None:
     # A busy proxy sends a batch every few requests: a connection (and a TLS handshake)
     # per batch would cost it more than the batch does.
