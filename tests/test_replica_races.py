@@ -128,8 +128,9 @@ def test_cleanups_racing_on_three_replicas_stop_the_app_once_and_cut_no_one_off(
         runs = [partial(lifecycle, job, random.Random(rng.random())) for job in jobs]
         assert run_threads(*runs) == []
         assert [f for job in jobs for f in job.failures] == []
+        downs = [job.down_result.message if job.down_result else None for job in jobs]
         with lifecycle_of(env) as (_, provider):
-            assert not provider.status("random").status.billable
+            assert not provider.status("random").status.billable, downs
     assert "QUEUED" in _history(api, "random")
 
 

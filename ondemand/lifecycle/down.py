@@ -4,6 +4,7 @@ nothing else needs it, verify the stop, and say what it cost."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,11 @@ if TYPE_CHECKING:
     from ondemand.lifecycle.deployment import Progress
     from ondemand.providers.base import Deployment, Provider
     from ondemand.providers.costs import Estimate
+
+
+# How long a cleanup kept by other leases waits before it looks again: long enough for a
+# cleanup that ended with it to have released its lease on every replica.
+SECOND_LOOK_SECONDS = 1.0
 
 
 @dataclass
@@ -62,18 +68,31 @@ def down(
     check = StopCheck(True, "")
     drain_seconds = config.drain_timeout.total_seconds()
     if was_running and not force:
-        check = check_stop(
-            before,
-            admin_key=admin_key(resolved, provider, name),
-            headers=provider.gateway_headers(),
-            lease_ids=lease_ids,
-            holder=holder,
-            # Long enough for the wait below and the stop; a killed cleanup blocks no one
-            # for longer.
-            drain_seconds=drain_seconds + config.timeout.total_seconds() + 60,
-            max_lifetime_seconds=config.max_lifetime.total_seconds(),
-            server_absent=asleep,
-        )
+
+        def ask() -> StopCheck:
+            return check_stop(
+                before,
+                admin_key=admin_key(resolved, provider, name),
+                headers=provider.gateway_headers(),
+                lease_ids=lease_ids,
+                holder=holder,
+                # Long enough for the wait below and the stop; a killed cleanup blocks no
+                # one for longer.
+                drain_seconds=drain_seconds + config.timeout.total_seconds() + 60,
+                max_lifetime_seconds=config.max_lifetime.total_seconds(),
+                server_absent=asleep,
+            )
+
+        check = ask()
+        if not check.stop and check.holders:
+            # Cleanups that end together (a matrix's jobs) each release their lease and
+            # may each see another's on a replica the other has not reached yet: all keep
+            # the app, and nobody stops it. A second look, once their releases have landed,
+            # finds none (releasing again changes nothing; docs/safety.md).
+            time.sleep(SECOND_LOOK_SECONDS)
+            first = check
+            check = ask()
+            check.released = [*first.released, *check.released]
     share = _share(resolved, provider, check.released)
     if not check.stop:
         message = f"{name}: {check.message}"
