@@ -69,12 +69,12 @@ def down(
     drain_seconds = config.drain_timeout.total_seconds()
     if was_running and not force:
 
-        def ask() -> StopCheck:
+        def ask(leases: list[str]) -> StopCheck:
             return check_stop(
                 before,
                 admin_key=admin_key(resolved, provider, name),
                 headers=provider.gateway_headers(),
-                lease_ids=lease_ids,
+                lease_ids=leases,
                 holder=holder,
                 # Long enough for the wait below and the stop; a killed cleanup blocks no
                 # one for longer.
@@ -83,7 +83,7 @@ def down(
                 server_absent=asleep,
             )
 
-        check = ask()
+        check = ask(lease_ids)
         if not check.stop and check.holders:
             # Cleanups that end together (a matrix's jobs) each release their lease and
             # may each see another's on a replica the other has not reached yet: all keep
@@ -91,7 +91,8 @@ def down(
             # finds none (releasing again changes nothing; docs/safety.md).
             time.sleep(SECOND_LOOK_SECONDS)
             first = check
-            check = ask()
+            gone = {str(lease.get("id")) for lease in first.released}
+            check = ask([i for i in lease_ids if i not in gone])
             check.released = [*first.released, *check.released]
     share = _share(resolved, provider, check.released)
     if not check.stop:
