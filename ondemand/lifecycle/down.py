@@ -68,12 +68,14 @@ def down(
     check = StopCheck(True, "")
     drain_seconds = config.drain_timeout.total_seconds()
     if was_running and not force:
+        # Looked up once: the admin key may come from the provider (the deployment's env).
+        key, headers = admin_key(resolved, provider, name), provider.gateway_headers()
 
         def ask(leases: list[str]) -> StopCheck:
             return check_stop(
                 before,
-                admin_key=admin_key(resolved, provider, name),
-                headers=provider.gateway_headers(),
+                admin_key=key,
+                headers=headers,
                 lease_ids=leases,
                 holder=holder,
                 # Long enough for the wait below and the stop; a killed cleanup blocks no
