@@ -75,15 +75,18 @@ class UsageTally:
         duration_seconds: float,
     ) -> None:
         """One request under ``labels`` (route, status, key, model)."""
+        timing = (labels[0], labels[3])
         series = self._series.get(labels)
         if series is None:
             series = self._series[labels] = _Series(time.time())
+            # Both histograms appear with their label set, a request without a first
+            # byte included (all zeros), as prometheus_client's children did.
+            self._histogram(self._ttft, timing, TTFT_BUCKETS)
         series.requests += 1
         if prompt:
             series.prompt += prompt
         if completion:
             series.completion += completion
-        timing = (labels[0], labels[3])
         if ttft_seconds is not None:
             self._histogram(self._ttft, timing, TTFT_BUCKETS).observe(ttft_seconds)
         self._histogram(self._duration, timing, DURATION_BUCKETS).observe(duration_seconds)

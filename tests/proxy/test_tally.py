@@ -68,3 +68,6 @@ def test_requests_tokens_and_latencies_add_up_per_label_set() -> None:
     assert bucket(duration, "600.0") == 2
     assert bucket(duration, "+Inf") == 3
     assert got[(f"{duration}_count", chat)] == 3
+    # A route whose requests had no first byte still has its (empty) TTFT histogram.
+    generate = (("model", "llama3.2:1b"), ("route", "/api/generate"))
+    assert got[(f"{ttft}_count", generate)] == 0
