@@ -127,7 +127,7 @@ def settle_heap() -> None:
 
     Modules, settings and the app live as long as the process, yet every full collection
     walks them all: pauses of 20-50 ms every thousand-odd requests in the proxy under load
-    (docs/benchmarks.md, "Garbage collection"). Frozen, they are never walked again.
+    (docs/benchmarks.md, "Per-request cost"). Frozen, they are never walked again.
     """
     gc.collect()
     gc.freeze()
