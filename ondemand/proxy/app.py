@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ from ondemand.proxy.leases import LeaseBook
 from ondemand.proxy.limits import Limits
 from ondemand.proxy.metrics import CONTENT_TYPE, Metrics
 from ondemand.proxy.policy import Residency
-from ondemand.proxy.responses import family_of, send_error
+from ondemand.proxy.responses import Refusal, family_of, send_error
 from ondemand.proxy.routes import ALLOW, METHODS, Access, BadPath, resolve
 from ondemand.proxy.runkeys import RunKeys, run_key_secret
 from ondemand.proxy.settings import scaled_clock
@@ -248,6 +249,28 @@ class ProxyApp:
         await send({"type": "http.response.start", "status": 204,
                     "headers": ctx.preflight_headers()})  # fmt: skip
         await send({"type": "http.response.body", "body": b""})
+
+    # -- admission: the one place that counts requests in flight -------------------------
+
+    async def admit(self, identity: Identity) -> Refusal | None:
+        """Let a request through to Ollama (taking its slot and marking activity), or say
+        why not. Every ``admit`` that returns None is followed by one ``leave``."""
+        return self.admit_now(identity)
+
+    def admit_now(self, identity: Identity) -> Refusal | None:
+        limited = self.limits.acquire(identity, time.monotonic())
+        if limited is not None:
+            self.metrics.rate_limited.labels(identity.name, limited.limit).inc()
+            self.ledger.rate_limited(identity.name)
+            retry = ((b"retry-after", str(limited.retry_after).encode()),)
+            return Refusal(429, limited.message, retry)
+        self.activity.begin()
+        return None
+
+    def leave(self, identity: Identity, record: UsageRecord) -> None:
+        self.limits.release(identity)
+        self.activity.end()
+        self.usage(record)
 
     def usage(self, record: UsageRecord) -> None:
         """One forwarded request is done: count it, total it, send it on."""

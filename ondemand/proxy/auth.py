@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ondemand.envvalues import Env, secret_problem
 from ondemand.errors import ConfigError
+from ondemand.proxy.runkeys import RunKeyClaim
 
 # Longer values are refused before hashing: no real key is this long, and it bounds the work
 # an anonymous client can make the proxy do.
@@ -45,6 +46,8 @@ class KeyEntry:
     max_concurrency: int | None = None
     rpm: int | None = None
     source: str = ""
+    # A per-run key's: the lease that must still live for the key to work.
+    claim: RunKeyClaim | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -105,21 +104,14 @@ class Exchange:
             self.strip_usage = prepared.strip_usage
             self.content_type = prepared.content_type
             body = prepared.body
-        limited = self.proxy.limits.acquire(self.identity, time.monotonic())
-        if limited is not None:
-            self.proxy.metrics.rate_limited.labels(self.identity.name, limited.limit).inc()
-            self.proxy.ledger.rate_limited(self.identity.name)
-            await self.error(
-                429, limited.message, headers=[(b"retry-after", str(limited.retry_after).encode())]
-            )
+        refused = await self.proxy.admit(self.identity)
+        if refused is not None:
+            await refused.send(self.send, self.route.family)
             return
-        self.proxy.activity.begin()
         try:
             await self._exchange(body)
         finally:
-            self.proxy.limits.release(self.identity)
-            self.proxy.activity.end()
-            self._record()
+            self.proxy.leave(self.identity, self._record())
 
     # -- the request body -------------------------------------------------------------
 
@@ -316,12 +308,12 @@ class Exchange:
 
     # -- usage --------------------------------------------------------------------------
 
-    def _record(self) -> None:
+    def _record(self) -> UsageRecord:
         ctx = self.ctx
         meter = self.meter
         if meter is not None:
             ctx.prompt_tokens, ctx.completion_tokens = meter.prompt_tokens, meter.completion_tokens
-        record = UsageRecord(
+        return UsageRecord(
             ts=ctx.ts,
             request_id=ctx.request_id,
             key_name=self.identity.name,
@@ -334,7 +326,6 @@ class Exchange:
             duration_ms=ctx.duration_ms,
             ttft_ms=ctx.ttft_ms,
         )
-        self.proxy.usage(record)
 
 
 class _DisconnectWatch:

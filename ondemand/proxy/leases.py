@@ -211,14 +211,19 @@ class LeaseBook:
         count), or not yet ended by the key's own clock and never released here (a replica
         that did not see the lease taken)."""
         claim = self.run_keys.read(presented)
-        if claim is None or self._is_released(claim.lease_id):
+        return None if claim is None else self.claim_entry(claim)
+
+    def claim_entry(self, claim: RunKeyClaim) -> KeyEntry | None:
+        """The identity of a genuine per-run key's claim, while its lease lives."""
+        if self._is_released(claim.lease_id):
             return None
         live = any(lease.id == claim.lease_id for lease in self.live())
         if not live and claim.expires_at <= self.clock():
             return None
         return KeyEntry(
-            _key_name(claim.holder), b"", models=claim.models, source=f"lease {claim.lease_id}"
-        )
+            _key_name(claim.holder), b"", models=claim.models, source=f"lease {claim.lease_id}",
+            claim=claim,
+        )  # fmt: skip
 
     def _remember_released(self, lease_ids: Iterable[str]) -> None:
         now = self.clock()

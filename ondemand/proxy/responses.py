@@ -8,6 +8,7 @@ key, so a client of either family gets a message it can show.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ondemand.asgi import Send, send_json
 
@@ -20,6 +21,20 @@ _OPENAI_TYPE = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is not forwarded, as the error answer to give instead."""
+
+    status: int
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    code: str | None = None
+
+    async def send(self, send: Send, family: str) -> None:
+        await send_error(send, family, self.status, self.message, code=self.code,
+                         headers=self.headers)  # fmt: skip
 
 
 def error_body(family: str, status: int, message: str, code: str | None = None) -> object:
