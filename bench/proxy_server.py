@@ -55,11 +55,14 @@ def main() -> None:
             log_enabled=False,
         ).serve()
         return
-    from ondemand.serving import run
+    from ondemand.proxy.workers import attach
+    from ondemand.serving import bind, run
 
     app = make_app()
-    run(app, host="127.0.0.1", port=args.port, lifespan="on", limits=app.settings.door,
-        counts=app.door)  # fmt: skip
+    sock = bind("127.0.0.1", args.port)
+    sock, more = attach(app, sock, os.environ)  # ONDEMAND_PROXY_WORKERS, as `ondemand proxy`
+    run(app, sock=sock, lifespan="on", limits=app.settings.door, counts=app.door,
+        more_sockets=more)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -94,6 +94,40 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def bind_group(listener: socket.socket, count: int) -> list[socket.socket]:
+    """``count`` listeners on ``listener``'s address in its place, the kernel spreading new
+    connections evenly over them (SO_REUSEPORT), one per serving process. One listener
+    shared by several processes would not spread a burst: the first process to wake
+    accepts every connection waiting.
+
+    ``listener`` was bound alone first, so a port in use failed with ``bind``'s clear error,
+    and another server cannot have joined the group: it would have had to bind alone too.
+    """
+    address = listener.getsockname()
+    family = listener.family
+    listener.close()
+    group: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            group.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in group:
+            sock.close()
+        raise UsageError(
+            f"cannot listen on {address[0]}:{address[1]} from several processes: "
+            f"{exc.strerror or exc}",
+            cause="another process took the port in the moment between two binds",
+            hint="start it again",
+        ) from exc
+    return group
+
+
 def run(
     app: ASGIApp,
     *,
@@ -105,9 +139,11 @@ def run(
     lifespan: Lifespan = "off",
     limits: DoorLimits | None = None,
     counts: DoorCounts | None = None,
+    more_sockets: tuple[socket.socket, ...] = (),
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM. Blocks. The process is the server's: once it
-    has started, its heap is settled (``settle_heap``).
+    has started, its heap is settled (``settle_heap``). ``more_sockets``: listeners served
+    besides the one on ``host``:``port`` (or ``sock``).
 
     ``lifespan="on"`` for apps that hold resources (the proxy's upstream pool) and must
     release them on shutdown; the emulators need no lifespan.
@@ -119,7 +155,24 @@ def run(
         timeout_graceful_shutdown=timeout,
     )  # fmt: skip
     server = _graceful_server(config)
-    server.run(sockets=[listener])
+    server.run(sockets=[listener, *more_sockets])
+
+
+async def serve_socket(
+    app: ASGIApp,
+    sock: socket.socket,
+    *,
+    lifespan: Lifespan = "off",
+    limits: DoorLimits | None = None,
+    counts: DoorCounts | None = None,
+    graceful_timeout: float = 10.0,
+) -> None:
+    """``run``, in the caller's event loop (on the main thread: it takes SIGINT/SIGTERM)."""
+    config = _uvicorn_config(
+        app, log_level="warning", lifespan=lifespan, limits=limits, counts=counts,
+        timeout_graceful_shutdown=max(1, round(graceful_timeout)),
+    )  # fmt: skip
+    await _graceful_server(config).serve(sockets=[sock])
 
 
 def settle_heap() -> None:

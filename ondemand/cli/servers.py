@@ -34,6 +34,7 @@ def proxy(app: App, upstream: str | None, host: str | None, port: int | None) ->
     from ondemand.envvalues import Env
     from ondemand.proxy import ProxySettings, create_app
     from ondemand.proxy.logs import configure_logging
+    from ondemand.proxy.workers import attach
     from ondemand.serving import bind, run
 
     settings = ProxySettings.from_env(app.env, upstream=upstream)
@@ -48,8 +49,11 @@ def proxy(app: App, upstream: str | None, host: str | None, port: int | None) ->
         app.info("warning: ONDEMAND_INSECURE_NO_AUTH is set: anyone who can connect is admin")
     app.info(f"proxy listening on http://{bind_host}:{shown_port} -> {settings.upstream}")
     proxy = create_app(settings)
+    sock, more = attach(proxy, sock, app.env)
+    if more:
+        app.info(f"{settings.workers} processes serve the port (ONDEMAND_PROXY_WORKERS)")
     run(proxy, sock=sock, log_level="warning", lifespan="on", limits=settings.door,
-        counts=proxy.door)  # fmt: skip
+        counts=proxy.door, more_sockets=more)  # fmt: skip
 
 
 @cli.command()

@@ -26,7 +26,7 @@ from ondemand.proxy.leases import LeaseBook
 from ondemand.proxy.limits import Limits
 from ondemand.proxy.metrics import CONTENT_TYPE, Metrics
 from ondemand.proxy.policy import Residency
-from ondemand.proxy.responses import Refusal, family_of, send_error
+from ondemand.proxy.responses import Refusal, auth_refusal, family_of, send_error
 from ondemand.proxy.routes import ALLOW, METHODS, Access, BadPath, resolve
 from ondemand.proxy.runkeys import RunKeys, run_key_secret
 from ondemand.proxy.settings import scaled_clock
@@ -37,15 +37,10 @@ from ondemand.proxy.usage import Ledger, UsageRecord
 if TYPE_CHECKING:
     from ondemand.proxy.settings import ProxySettings
     from ondemand.proxy.webhook import WebhookSender
+    from ondemand.proxy.workers import Workers
 
 log = logging.getLogger("ondemand.proxy")
 
-_AUTH_MESSAGES = {
-    "missing": "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-    "malformed": "malformed credentials: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-    "invalid": "invalid API key",
-}
-_WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="ollama-ondemand"')]
 KEYS_RELOAD_INTERVAL = 2.0  # seconds between looks at the keys file's modification time
 
 # (status, body) for /ping: 200 ready, 204 initializing (no body), 503 unhealthy.
@@ -128,6 +123,9 @@ class ProxyApp:
         keys_file = settings.env.get("ONDEMAND_KEYS_FILE", "")
         self._keys_file = Path(keys_file) if keys_file else None
         self._keys_mtime = _mtime(self._keys_file)
+        # With ONDEMAND_PROXY_WORKERS > 1, the other processes serving the port (set by
+        # whoever starts the server, which owns the listening socket).
+        self.workers: Workers | None = None
         self._ping_task: asyncio.Task[bool] | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -155,6 +153,8 @@ class ProxyApp:
     async def startup(self) -> None:
         if self.webhook is not None:
             await self.webhook.start()
+        if self.workers is not None:
+            await self.workers.start(self)
         if self._keys_file is not None:
             self._background.append(asyncio.ensure_future(self._watch_keys_file()))
             # SIGHUP reloads the keys file at once; only the main thread may listen.
@@ -162,6 +162,8 @@ class ProxyApp:
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_keys)
 
     async def shutdown(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()  # their last requests still leave here
         for task in self._background:
             task.cancel()
         if self.webhook is not None:
@@ -180,6 +182,8 @@ class ProxyApp:
             return False
         self.keys = store
         log.info("keys reloaded: %s", ", ".join(store.names()) or "(none)")
+        if self.workers is not None:
+            self.workers.tell_all({"reload": 1})  # at once, not at their next look
         return True
 
     async def _watch_keys_file(self) -> None:
@@ -215,10 +219,7 @@ class ProxyApp:
         except AuthFailure as failure:
             self.metrics.auth_failures.labels(failure.reason).inc()
             ctx.detail = f"credentials {failure.reason}"
-            await send_error(
-                send, family, 401, _AUTH_MESSAGES[failure.reason],
-                code="invalid_api_key", headers=_WWW_AUTHENTICATE,
-            )  # fmt: skip
+            await auth_refusal(failure.reason).send(send, family)
             return
         ctx.key_name = identity.name
         try:
@@ -267,10 +268,11 @@ class ProxyApp:
         self.activity.begin()
         return None
 
-    def leave(self, identity: Identity, record: UsageRecord) -> None:
+    def leave(self, identity: Identity, record: UsageRecord | None) -> None:
         self.limits.release(identity)
         self.activity.end()
-        self.usage(record)
+        if record is not None:
+            self.usage(record)
 
     def usage(self, record: UsageRecord) -> None:
         """One forwarded request is done: count it, total it, send it on."""
@@ -350,6 +352,8 @@ class ProxyApp:
             }
             if self.webhook is not None:
                 status["webhook"] = self.webhook.stats()
+            if self.workers is not None:
+                status["workers"] = self.workers.view(self.activity.total)
         if self.status_extra is not None:
             status.update(self.status_extra(identity))
         return status

@@ -23,6 +23,14 @@ _OPENAI_TYPE = {
 }
 
 
+AUTH_MESSAGES = {
+    "missing": "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    "malformed": "malformed credentials: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    "invalid": "invalid API key",
+}
+_WWW_AUTHENTICATE = ((b"www-authenticate", b'Bearer realm="ollama-ondemand"'),)
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a request is not forwarded, as the error answer to give instead."""
@@ -35,6 +43,11 @@ class Refusal:
     async def send(self, send: Send, family: str) -> None:
         await send_error(send, family, self.status, self.message, code=self.code,
                          headers=self.headers)  # fmt: skip
+
+
+def auth_refusal(reason: str) -> Refusal:
+    """401 for credentials that are missing, malformed or invalid (``AuthFailure.reason``)."""
+    return Refusal(401, AUTH_MESSAGES[reason], _WWW_AUTHENTICATE, "invalid_api_key")
 
 
 def error_body(family: str, status: int, message: str, code: str | None = None) -> object:

@@ -71,6 +71,11 @@ class RunKeys:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
+    @property
+    def secret(self) -> bytes:
+        """For the proxy's own worker processes, which must check the same keys."""
+        return self._secret
+
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()
 

@@ -97,6 +97,8 @@ class ProxySettings:
     replica_id: str = field(default_factory=lambda: replica_name({}))
     # Header, connection and body limits enforced before the app (ondemand/frontdoor.py).
     door: DoorLimits = field(default_factory=DoorLimits)
+    # Processes serving the port: the main one and workers (ondemand/proxy/worker.py).
+    workers: int = 1
     # Kept to rebuild the key store when the keys file changes; holds secrets, so no repr.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -125,5 +127,6 @@ class ProxySettings:
             clock_scale=read.factor("ONDEMAND_CLOCK_SCALE", 1.0),
             replica_id=replica_name(env),
             door=DoorLimits.from_env(env),
+            workers=read.count("ONDEMAND_PROXY_WORKERS", 1),
             env=dict(env),
         )

@@ -44,7 +44,12 @@ class HttpUpstream:
     """
 
     def __init__(
-        self, base_url: str, *, connect_timeout: float = 10.0, peer: str = "Ollama"
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 10.0,
+        peer: str = "Ollama",
+        unix_socket: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.peer = peer  # who answers, as errors name it
@@ -61,6 +66,9 @@ class HttpUpstream:
         self._prefix = parts.path.encode("latin-1")
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self._connect_timeout = connect_timeout
+        self._unix = unix_socket  # connect there; the URL still names the Host
+        if unix_socket is not None:
+            self._where = unix_socket
         self._idle: list[_Connection] = []  # most recently used last: it is the likeliest alive
         self._open: set[_Connection] = set()
 
@@ -129,13 +137,18 @@ class HttpUpstream:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                transport, conn = await loop.create_connection(
-                    lambda: _Connection(self),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                )
+                if self._unix is not None:
+                    transport, conn = await loop.create_unix_connection(
+                        lambda: _Connection(self), self._unix
+                    )
+                else:
+                    transport, conn = await loop.create_connection(
+                        lambda: _Connection(self),
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._ssl is not None else None,
+                    )
         except TimeoutError:
             raise UpstreamUnavailable(f"timed out connecting to {self._where}") from None
         except OSError as exc:  # refused, unreachable, unknown name, TLS failure

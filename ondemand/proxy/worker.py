@@ -1,0 +1,187 @@
+"""A worker process of the proxy (``ONDEMAND_PROXY_WORKERS`` > 1): more cores for bursts.
+
+A worker accepts connections on the proxy's own listening socket (inherited from the main
+process) and forwards model requests to Ollama itself: authentication, policy, the body,
+the streamed answer and its metering all run here. What must be counted once is the main
+process's (ondemand/proxy/link.py): each forwarded request is admitted there first and
+reported there when done. Everything else (``/ping``, ``/ondemand/*``, ``/metrics``, a
+path the proxy does not forward) is relayed to the main process whole, so health, status,
+leases and drains have one answer whichever process a client reaches.
+
+    python -m ondemand.proxy.worker --listen-fd N --link-fd M
+
+Started by the main process (ondemand/proxy/workers.py), never by hand: it needs the link's
+first message to know the per-run key secret and where to relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from ondemand.asgi import BodyTooLarge, ClientDisconnected, Receive, Scope, Send, read_body
+from ondemand.proxy.app import ProxyApp
+from ondemand.proxy.auth import Identity
+from ondemand.proxy.leases import LeaseBook
+from ondemand.proxy.link import LinkLost, WorkerSide
+from ondemand.proxy.responses import Refusal, send_error
+from ondemand.proxy.routes import BadPath, resolve
+from ondemand.proxy.runkeys import RunKeys
+from ondemand.proxy.settings import ProxySettings
+from ondemand.proxy.upstream import HOP_BY_HOP, UpstreamBroken, UpstreamUnavailable
+from ondemand.proxy.upstream_http import HttpUpstream
+from ondemand.proxy.usage import UsageRecord
+
+log = logging.getLogger("ondemand.proxy.workers")
+_NOT_RELAYED = HOP_BY_HOP | {b"host", b"content-length"}
+_MAIN_GONE = "the proxy's main process is not answering; retry shortly"
+
+
+class _Counted:
+    """A worker's counter: each increment goes to the main process, which shows the total."""
+
+    def __init__(self, link: WorkerSide, metric: str) -> None:
+        self._link = link
+        self._metric = metric
+
+    def labels(self, *values: str) -> _Counted.One:
+        return _Counted.One(self, values)
+
+    class One:
+        def __init__(self, counter: _Counted, values: tuple[str, ...]) -> None:
+            self._counter = counter
+            self._values = values
+
+        def inc(self) -> None:
+            self._counter._link.count(self._counter._metric, self._values)
+
+
+class WorkerApp(ProxyApp):
+    """The proxy as a worker serves it: forwarding here, counting in the main process."""
+
+    def __init__(self, settings: ProxySettings, link: WorkerSide, hello: Mapping[str, Any]):
+        super().__init__(settings)
+        self.link = link
+        self.webhook = None  # the main process sends every record
+        self.leases = LeaseBook(self.clock, RunKeys(bytes.fromhex(str(hello["run_key_secret"]))))
+        self.metrics.auth_failures = _Counted(link, "auth_failures")  # type: ignore[assignment]
+        self.metrics.upstream_errors = _Counted(link, "upstream_errors")  # type: ignore[assignment]
+        self.main = HttpUpstream(
+            "http://ondemand-main", unix_socket=str(hello["relay"]), peer="the proxy's main process"
+        )
+
+    # -- admission, in the main process ------------------------------------------------
+
+    async def admit(self, identity: Identity) -> Refusal | None:
+        try:
+            return await self.link.admit(identity)
+        except LinkLost:
+            return Refusal(503, _MAIN_GONE, ((b"retry-after", b"1"),))
+
+    def leave(self, identity: Identity, record: UsageRecord | None) -> None:
+        self.link.leave(identity, record)
+
+    # -- what the main process answers ---------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        try:
+            forwarded = raw_path != b"/ping" and resolve(raw_path) is not None
+        except BadPath:
+            forwarded = False
+        if forwarded:
+            await super()._http(scope, receive, send)
+        else:
+            await self.relay(scope, receive, send)
+
+    async def relay(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        try:
+            body = await read_body(receive, self.settings.max_body, self.settings.body_timeout)
+        except (ClientDisconnected, TimeoutError, BodyTooLarge):
+            # The main process would answer these the same way; the client is gone or
+            # gets a plain refusal here.
+            await send_error(send, "native", 400, "request body not read")
+            return
+        headers = [(n, v) for n, v in scope["headers"] if n not in _NOT_RELAYED]
+        try:
+            response = await self.main.send(
+                scope["method"], raw_path.decode("latin-1"), scope.get("query_string", b""),
+                headers, body,
+            )  # fmt: skip
+        except UpstreamUnavailable as exc:
+            log.warning("relay to the main process failed: %s", exc)
+            await send_error(send, "native", 503, _MAIN_GONE, headers=[(b"retry-after", b"1")])
+            return
+        try:
+            out = [(n, v) for n, v in response.headers if n not in HOP_BY_HOP]
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": out})  # fmt: skip
+            try:
+                async for chunk in response.chunks():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamBroken:
+                pass  # the client sees its answer end short, as the main process ended it
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await response.aclose()
+
+    async def startup(self) -> None:
+        await super().startup()
+        self._background.append(asyncio.ensure_future(self._end_with_main()))
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        await self.main.aclose()
+
+    async def _end_with_main(self) -> None:
+        await self.link.closed
+        log.warning("the proxy's main process is gone; this worker stops")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _connect(link_fd: int) -> tuple[WorkerSide, dict[str, Any], list[WorkerApp]]:
+    loop = asyncio.get_running_loop()
+    hello: asyncio.Future[dict[str, Any]] = loop.create_future()
+    apps: list[WorkerApp] = []  # the app, once built: a reload before it has nothing to do
+
+    def control(message: dict[str, Any]) -> None:
+        if "hello" in message and not hello.done():
+            hello.set_result(message["hello"])
+        elif "reload" in message and apps:
+            apps[0].reload_keys()
+
+    sock = socket.socket(fileno=link_fd)
+    _, link = await loop.connect_accepted_socket(lambda: WorkerSide(control), sock)
+    return link, await hello, apps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ondemand.proxy.worker")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--link-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    from ondemand.proxy.logs import configure_logging
+    from ondemand.serving import run_loop, serve_socket
+
+    settings = ProxySettings.from_env(os.environ)
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    listener = socket.socket(fileno=args.listen_fd)
+
+    async def serve() -> None:
+        link, hello, apps = await _connect(args.link_fd)
+        app = WorkerApp(settings, link, hello)
+        apps.append(app)
+        await serve_socket(app, listener, lifespan="on", limits=settings.door, counts=app.door)
+
+    run_loop(serve())
+
+
+if __name__ == "__main__":
+    main()
