@@ -8,8 +8,9 @@ no answer). So a key's limits, the idle clock and a drain's "nothing in flight" 
 same with workers as without.
 
 Messages are JSON lines. Main to worker: ``{"hello": ...}`` once (the per-run key secret,
-where to relay what the worker does not serve), ``{"reload": 1}`` when the keys file was
-read again, and for each admission in the order asked, ``{"ok": 1}`` or
+where to relay what the worker does not serve, the preloaded models' keep_alive rule),
+``{"reload": 1}`` when the keys file was read again, ``{"residency": ...}`` when that rule
+changes, and for each admission in the order asked, ``{"ok": 1}`` or
 ``{"refused": [status, message, headers, code]}``. Worker to main: ``{"admit": who}``,
 ``{"leave": name, "record": [...]}`` and ``{"count": metric, "labels": [...]}`` for the
 counters a worker increments.
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ondemand.proxy.auth import Identity
+from ondemand.proxy.policy import Residency
 from ondemand.proxy.responses import Refusal, auth_refusal
 from ondemand.proxy.runkeys import RunKeyClaim
 from ondemand.proxy.usage import UsageRecord
@@ -51,6 +53,19 @@ def who(identity: Identity) -> list[object]:
         return [identity.name, identity.admin]
     models = None if claim.models is None else sorted(claim.models)
     return [identity.name, identity.admin, claim.lease_id, claim.holder, models, claim.expires_at]
+
+
+def residency_message(residency: Residency | None) -> list[object] | None:
+    if residency is None:
+        return None
+    return [sorted(residency.models), residency.keep_alive]
+
+
+def read_residency(message: list[Any] | None) -> Residency | None:
+    if message is None:
+        return None
+    models, keep_alive = message
+    return Residency(frozenset(str(m) for m in models), keep_alive)
 
 
 class _Lines(asyncio.Protocol):
@@ -173,11 +188,11 @@ class WorkerSide(_Lines):
 
     def __init__(self, control: Callable[[dict[str, Any]], None]) -> None:
         super().__init__()
-        self._control = control  # what the main process says unasked: hello, reload
+        self._control = control  # what the main process says unasked: hello, reload...
         self._waiting: deque[asyncio.Future[Refusal | None]] = deque()
 
     def received(self, message: Any) -> None:
-        if "hello" in message or "reload" in message:
+        if "hello" in message or "reload" in message or "residency" in message:
             self._control(message)
             return
         if not self._waiting:

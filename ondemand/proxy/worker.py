@@ -29,7 +29,7 @@ from ondemand.asgi import BodyTooLarge, ClientDisconnected, Receive, Scope, Send
 from ondemand.proxy.app import ProxyApp
 from ondemand.proxy.auth import Identity
 from ondemand.proxy.leases import LeaseBook
-from ondemand.proxy.link import LinkLost, WorkerSide
+from ondemand.proxy.link import LinkLost, WorkerSide, read_residency
 from ondemand.proxy.responses import Refusal, send_error
 from ondemand.proxy.routes import BadPath, resolve
 from ondemand.proxy.runkeys import RunKeys
@@ -72,6 +72,8 @@ class WorkerApp(ProxyApp):
         self.leases = LeaseBook(self.clock, RunKeys(bytes.fromhex(str(hello["run_key_secret"]))))
         self.metrics.auth_failures = _Counted(link, "auth_failures")  # type: ignore[assignment]
         self.metrics.upstream_errors = _Counted(link, "upstream_errors")  # type: ignore[assignment]
+        self.residency = lambda: self.shared_residency
+        self.shared_residency = read_residency(hello.get("residency"))
         self.main = HttpUpstream(
             "http://ondemand-main", unix_socket=str(hello["relay"]), peer="the proxy's main process"
         )
@@ -156,6 +158,8 @@ async def _connect(link_fd: int) -> tuple[WorkerSide, dict[str, Any], list[Worke
             hello.set_result(message["hello"])
         elif "reload" in message and apps:
             apps[0].reload_keys()
+        elif "residency" in message and apps:
+            apps[0].shared_residency = read_residency(message["residency"])
 
     sock = socket.socket(fileno=link_fd)
     _, link = await loop.connect_accepted_socket(lambda: WorkerSide(control), sock)
@@ -166,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ondemand.proxy.worker")
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--link-fd", type=int, required=True)
+    parser.add_argument("--grace", type=float, default=10.0)
     args = parser.parse_args(argv)
     from ondemand.proxy.logs import configure_logging
     from ondemand.serving import run_loop, serve_socket
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         link, hello, apps = await _connect(args.link_fd)
         app = WorkerApp(settings, link, hello)
         apps.append(app)
-        await serve_socket(app, listener, lifespan="on", limits=settings.door, counts=app.door)
+        await serve_socket(app, listener, lifespan="on", limits=settings.door, counts=app.door,
+                           graceful_timeout=args.grace)  # fmt: skip
 
     run_loop(serve())
 

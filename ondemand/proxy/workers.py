@@ -28,12 +28,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ondemand.proxy.link import MainSide
+from ondemand.proxy.link import MainSide, residency_message
 
 if TYPE_CHECKING:
     from ondemand.proxy.app import ProxyApp
 
 log = logging.getLogger("ondemand.proxy.workers")
+RESIDENCY_BEAT = 0.25
 STEADY_SECONDS = 60.0  # a worker that ends sooner twice in a row is not started again
 
 
@@ -74,7 +75,19 @@ class Workers:
         started = [asyncio.get_running_loop().create_future() for _ in range(self.extra)]
         for index in range(self.extra):
             self._tasks.append(asyncio.ensure_future(self._keep(index, app, started[index])))
+        self._tasks.append(asyncio.ensure_future(self._share_residency(app)))
         await asyncio.gather(*started)
+
+    async def _share_residency(self, app: ProxyApp) -> None:
+        """Workers apply the same keep_alive rule to the preloaded models (under ``serve``):
+        tell them when that set changes (a failed preload, models added), within a beat."""
+        shared = app.residency()
+        while True:
+            await asyncio.sleep(RESIDENCY_BEAT)
+            now = app.residency()
+            if now != shared:
+                shared = now
+                self.tell_all({"residency": residency_message(now)})
 
     async def _keep(self, index: int, app: ProxyApp, started: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
@@ -110,13 +123,16 @@ class Workers:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ondemand.proxy.worker",
                 "--listen-fd", str(listen_fd), "--link-fd", str(link_fd),
+                "--grace", str(self.grace),
                 pass_fds=(listen_fd, link_fd), env=self.env,
             )  # fmt: skip
         finally:
             theirs.close()
         _, link = await loop.connect_accepted_socket(lambda: MainSide(app), ours)
         secret = app.leases.run_keys.secret.hex()
-        link.write({"hello": {"run_key_secret": secret, "relay": self.relay_path}})
+        hello = {"run_key_secret": secret, "relay": self.relay_path,
+                 "residency": residency_message(app.residency())}  # fmt: skip
+        link.write({"hello": hello})
         self.processes[index], self.links[index] = process, link
         if not started.done():
             started.set_result(None)
@@ -155,16 +171,16 @@ class Workers:
 
 
 def attach(
-    app: ProxyApp, listener: socket.socket, env: Mapping[str, str]
+    app: ProxyApp, listener: socket.socket, env: Mapping[str, str], *, grace: float = 10.0
 ) -> tuple[socket.socket, tuple[socket.socket, ...]]:
     """Give ``app`` the workers its settings ask for. Returns the listener the main process
     serves (``listener`` itself with no workers) and the other sockets it serves (the
-    relay)."""
+    relay). ``grace``: how long a stopping worker lets its requests finish."""
     if app.settings.workers <= 1:
         return listener, ()
     from ondemand.serving import bind_group
 
     ours, *theirs = bind_group(listener, app.settings.workers)
     env = {**env, "ONDEMAND_UPSTREAM": app.settings.upstream, "ONDEMAND_REPLICA_ID": app.replica}
-    app.workers = Workers(theirs, env)
+    app.workers = Workers(theirs, env, grace=grace)
     return ours, (app.workers.relay,)

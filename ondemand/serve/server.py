@@ -27,6 +27,7 @@ import httpx
 from ondemand.modelnames import canonical
 from ondemand.proxy.app import HealthApp, ProxyApp
 from ondemand.proxy.policy import Residency, keep_alive_seconds
+from ondemand.proxy.workers import attach
 from ondemand.serve.models import ModelState, Phase
 from ondemand.serve.preload import Preloader
 from ondemand.serve.supervisor import Supervisor
@@ -95,6 +96,7 @@ def _ollama_default_keep_alive(settings: ServeSettings) -> str | int | None:
 class Serve:
     def __init__(self, settings: ServeSettings, env: Mapping[str, str]) -> None:
         self.settings = settings
+        self.env = env
         self.state = ServeState(settings.models)
         self.supervisor = Supervisor(
             settings.ollama_bin,
@@ -302,6 +304,8 @@ class Serve:
         )
         self.proxy = proxy
         proxy.activity.mark_ready(False)
+        # ONDEMAND_PROXY_WORKERS: more processes on the port, counting here.
+        main_sock, relay = attach(proxy, main_sock, self.env, grace=settings.drain_timeout)
         from ondemand.serve.selfstop import SelfStop
 
         selfstop = SelfStop.from_settings(proxy, settings)
@@ -347,8 +351,8 @@ class Serve:
                 else "(never)",
             )  # fmt: skip
         serving = [
-            asyncio.ensure_future(server.serve(sockets=[sock]))
-            for server, (sock, _) in zip(servers, sockets, strict=True)
+            asyncio.ensure_future(server.serve(sockets=[sock, *(relay if index == 0 else ())]))
+            for index, (server, (sock, _)) in enumerate(zip(servers, sockets, strict=True))
         ]
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([stopped, *serving], return_when=asyncio.FIRST_COMPLETED)
