@@ -8,9 +8,10 @@
 Every figure is a ratio or a difference against the direct baseline taken in the same run,
 with direct and proxied rounds alternating (ABBA), because this machine is shared and noisy.
 The emulator, the proxy and this load generator are separate processes on 127.0.0.1. The
-burst and small-request scenarios also run through two more baselines: the floor (the same
-server, front door and upstream client with no app: bench/forward_server.py), and nginx
-where it is installed: what forwarding alone costs in Python, and at all.
+burst and small-request scenarios also run through the proxy on two processes
+(ONDEMAND_PROXY_WORKERS=2) and two more baselines: the floor (the same server, front door
+and upstream client with no app: bench/forward_server.py), and nginx where it is
+installed: what forwarding alone costs in Python, and at all.
 """
 
 from __future__ import annotations
@@ -97,16 +98,28 @@ def proxy(
 
 @contextlib.contextmanager
 def proxy_process(
-    upstream: str, server: str = "uvicorn", client: str = "httptools", policy: bool = True
+    upstream: str,
+    server: str = "uvicorn",
+    client: str = "httptools",
+    policy: bool = True,
+    workers: int = 1,
 ) -> Iterator[tuple[str, int]]:
-    """The proxy's URL and process id (to read its memory)."""
+    """The proxy's URL and (main) process id (to read its memory). ``workers``: processes
+    on the port (ONDEMAND_PROXY_WORKERS); the call returns once all of them serve."""
     port = free_port()
     args = [sys.executable, str(ROOT / "bench" / "proxy_server.py"), "--server", server,
             "--client", client, "--upstream", upstream, "--port", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:
         env = stack.enter_context(policy_env()) if policy else {"AUTHORIZATION_APIKEY": KEY}
+        env = {**env, "ONDEMAND_PROXY_WORKERS": str(workers)}
         proc = stack.enter_context(running(args, env=env, ready_url=url + "/ping", cwd=ROOT))
+        deadline = time.monotonic() + 30
+        while len(_children(proc.pid)) < workers - 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the proxy's {workers - 1} workers did not start")
+            time.sleep(0.05)
+        time.sleep(0.5 if workers > 1 else 0)  # started is not yet serving: let them import
         yield url, proc.pid
 
 
@@ -149,12 +162,20 @@ class CpuPerRequest:
 
 
 def cpu_nanoseconds(pid: int) -> int:
-    """CPU time of all a process's threads so far, from the scheduler (Linux)."""
+    """CPU time of all a process's threads so far, and its children's (the proxy's
+    workers), from the scheduler (Linux)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             total += int((task / "schedstat").read_text().split()[0])
-    return total
+    return total + sum(cpu_nanoseconds(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 # -- load -------------------------------------------------------------------------------
@@ -554,10 +575,11 @@ async def measure(
         with contextlib.ExitStack() as stack:
             up = stack.enter_context(emulator(100, tokens))
             px, px_pid = stack.enter_context(proxy_process(up, server, client, policy))
+            two, two_pid = stack.enter_context(proxy_process(up, server, client, policy, 2))
             low, low_pid = stack.enter_context(floor_process(up))
             other = stack.enter_context(nginx(up)) if with_nginx else None
-            targets = [up, px, low] + ([other] if other else [])
-            cpu = CpuPerRequest({px: px_pid, low: low_pid})
+            targets = [up, px, two, low] + ([other] if other else [])
+            cpu = CpuPerRequest({px: px_pid, two: two_pid, low: low_pid})
             sides = await alternate_many(
                 targets, 8 if quick else 16, cpu.wrap(lambda u: streams(u, 64))
             )
@@ -565,13 +587,17 @@ async def measure(
                 f"64 streams arriving at the same instant ({server}+{client})", sides[0], sides[1],
                 cpu_us=cpu.microseconds(px),
             )  # fmt: skip
+            results["burst_workers2"] = report_streams(
+                "the same burst through the proxy on 2 processes (ONDEMAND_PROXY_WORKERS=2)",
+                sides[0], sides[2], cpu_us=cpu.microseconds(two),
+            )  # fmt: skip
             results["burst_floor"] = report_streams(
                 "the same burst through the floor (server and client, no app)", sides[0],
-                sides[2], cpu_us=cpu.microseconds(low),
+                sides[3], cpu_us=cpu.microseconds(low),
             )  # fmt: skip
             if other:
                 results["burst_nginx"] = report_streams(
-                    f"the same burst through nginx {nginx_version()}", sides[0], sides[3]
+                    f"the same burst through nginx {nginx_version()}", sides[0], sides[4]
                 )
     if "saturation" in parts:
         with emulator(0, 2000) as up, proxy_process(up, server, client, policy) as (px, px_pid):
@@ -581,10 +607,11 @@ async def measure(
             )
             seconds = 2.0 if quick else 4.0
             with contextlib.ExitStack() as stack:
+                two, two_pid = stack.enter_context(proxy_process(up, server, client, policy, 2))
                 low, low_pid = stack.enter_context(floor_process(up))
                 other = stack.enter_context(nginx(up)) if with_nginx else None
-                targets = [up, px, low] + ([other] if other else [])
-                cpu = CpuPerRequest({px: px_pid, low: low_pid})
+                targets = [up, px, two, low] + ([other] if other else [])
+                cpu = CpuPerRequest({px: px_pid, two: two_pid, low: low_pid})
                 sides = await alternate_many(
                     targets, rounds, cpu.wrap(lambda url: small_requests(url, 32, seconds))
                 )
@@ -592,13 +619,17 @@ async def measure(
                 f"/api/tags at concurrency 32 ({server}+{client})", sides[0], sides[1],
                 cpu_us=cpu.microseconds(px),
             )  # fmt: skip
+            results["small_workers2"] = report_requests(
+                "the same through the proxy on 2 processes (ONDEMAND_PROXY_WORKERS=2)",
+                sides[0], sides[2], cpu_us=cpu.microseconds(two),
+            )  # fmt: skip
             results["small_floor"] = report_requests(
-                "the same through the floor (server and client, no app)", sides[0], sides[2],
+                "the same through the floor (server and client, no app)", sides[0], sides[3],
                 cpu_us=cpu.microseconds(low),
             )  # fmt: skip
             if other:
                 results["small_nginx"] = report_requests(
-                    f"the same through nginx {nginx_version()}", sides[0], sides[3]
+                    f"the same through nginx {nginx_version()}", sides[0], sides[4]
                 )
     if "cancel" in parts:
         with emulator(100, 100_000) as up, proxy(up, server, client, policy) as px:

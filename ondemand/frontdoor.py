@@ -167,8 +167,17 @@ class DoorCounts:
         self.summary_seconds = summary_seconds
         self.open = 0
         self.turned_away: Counter[str] = Counter()
+        # What the doors of the proxy's worker processes report, by worker (they serve the
+        # same port, so /metrics shows the sums).
+        self.elsewhere: dict[object, tuple[int, Counter[str]]] = {}
         self._unlogged: Counter[str] = Counter()
         self._summary: asyncio.TimerHandle | None = None
+
+    def open_everywhere(self) -> int:
+        return self.open + sum(open_ for open_, _ in self.elsewhere.values())
+
+    def turned_away_everywhere(self, reason: str) -> int:
+        return self.turned_away[reason] + sum(c[reason] for _, c in self.elsewhere.values())
 
     def add(self, refused: Refusal, loop: asyncio.AbstractEventLoop) -> None:
         self.turned_away[refused.reason] += 1

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -172,6 +173,22 @@ def test_every_process_answers_as_one_replica(start_proxy: Callable[..., Proxy])
         assert answer.status_code == 401
     metrics = httpx.get(proxy.url + "/metrics", headers=ADMIN).text
     assert f'ondemand_auth_failures_total{{reason="invalid"}} {FRESH}.0' in metrics
+
+
+def test_what_every_processs_front_door_turned_away_is_on_metrics(
+    start_proxy: Callable[..., Proxy],
+) -> None:
+    proxy = start_proxy(AUTHORIZATION_APIKEY=USER_KEY)
+    port = int(proxy.url.rsplit(":", 1)[1])
+    for _ in range(FRESH):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.1 400")
+    counted = f'ondemand_front_door_turned_away_total{{reason="malformed"}} {FRESH}.0'
+    _until(lambda: counted in httpx.get(proxy.url + "/metrics", headers=ADMIN).text,
+           "every refusal counted")  # fmt: skip
+    per_process = proxy.workers()["requests"]
+    assert per_process == [0, 0]  # none of them was a request
 
 
 def test_a_keys_concurrency_limit_holds_across_processes(

@@ -7,13 +7,14 @@ nothing or with the refusal to send) and tells it after (``leave``, with the usa
 no answer). So a key's limits, the idle clock and a drain's "nothing in flight" mean the
 same with workers as without.
 
-Messages are JSON lines. Main to worker: ``{"hello": ...}`` once (the per-run key secret,
-where to relay what the worker does not serve, the preloaded models' keep_alive rule),
-``{"reload": 1}`` when the keys file was read again, ``{"residency": ...}`` when that rule
-changes, and for each admission in the order asked, ``{"ok": 1}`` or
-``{"refused": [status, message, headers, code]}``. Worker to main: ``{"admit": who}``,
-``{"leave": name, "record": [...]}`` and ``{"count": metric, "labels": [...]}`` for the
-counters a worker increments.
+Messages are JSON, in arrays, one array per line. Main to worker: ``{"hello": ...}`` once
+(the per-run key secret, where to relay what the worker does not serve, the preloaded
+models' keep_alive rule), ``{"reload": 1}`` when the keys file was read again,
+``{"residency": ...}`` when that rule changes, and for each admission in the order asked,
+``{"ok": 1}`` or ``{"refused": [status, message, headers, code]}``. Worker to main:
+``{"admit": who}``, ``{"leave": name, "record": [...]}``,
+``{"count": metric, "labels": [...]}`` for the counters a worker increments, and
+``{"door": [open, turned_away]}`` for its front door's counts when they change.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ log = logging.getLogger("ondemand.proxy.workers")
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 # A worker's counters the main process totals (Metrics attribute names).
 COUNTED = frozenset({"auth_failures", "upstream_errors"})
-MAX_LINE = 1024 * 1024
+_PER_LINE = 256  # messages per line at most
 
 
 class LinkLost(Exception):
@@ -69,47 +70,57 @@ def read_residency(message: list[Any] | None) -> Residency | None:
 
 
 class _Lines(asyncio.Protocol):
-    """JSON lines in both directions over one stream socket."""
+    """JSON lines in both directions over one stream socket. Messages written in one turn of
+    the event loop leave together, as one array per line: a burst's admissions and its
+    streams' ends cost the link one write and one decode, not one per request."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self._buffer = b""
-        self._outgoing: list[bytes] = []
+        self._buffer = bytearray()
+        self._outgoing: list[object] = []
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if b"\n" not in data:
-            if len(self._buffer) > MAX_LINE:
-                log.error("dropped a link that sent an oversized message")
-                self.close()
+        last = data.rfind(b"\n")  # only the new bytes are searched: a long line stays linear
+        if last < 0:
+            self._buffer += data
             return
-        *lines, self._buffer = self._buffer.split(b"\n")
+        end = len(self._buffer) + last
+        self._buffer += data
+        lines = bytes(self._buffer[:end]).split(b"\n")
+        del self._buffer[: end + 1]
         for line in lines:
             try:
-                message = json.loads(line)
-                self.received(message)
-            except Exception:  # one bad message must not end the link for every request
-                log.exception("link message not understood")
+                messages = json.loads(line)
+            except ValueError:
+                log.error("link message not understood: not JSON")
+                continue
+            for message in messages:
+                try:
+                    self.received(message)
+                except Exception:  # one bad message must not end the link for every request
+                    log.exception("link message not understood")
 
     def received(self, message: Any) -> None:
         raise NotImplementedError
 
     def write(self, message: object) -> None:
-        # Messages written in one turn of the event loop leave in one write (one syscall):
-        # a burst's admissions and a stream's end cost the link little.
         if not self._outgoing:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing.append(_encode(message).encode())
+        self._outgoing.append(message)
 
     def _flush(self) -> None:
-        lines, self._outgoing = self._outgoing, []
+        messages, self._outgoing = self._outgoing, []
         if self.transport is not None and not self.transport.is_closing():
-            lines.append(b"")
-            self.transport.write(b"\n".join(lines))
+            self.transport.write(
+                b"".join(
+                    _encode(messages[i : i + _PER_LINE]).encode() + b"\n"
+                    for i in range(0, len(messages), _PER_LINE)
+                )
+            )
 
     def close(self) -> None:
         if self.transport is not None:
@@ -142,6 +153,9 @@ class MainSide(_Lines):
             name = message["count"]
             if name in COUNTED:
                 getattr(self.app.metrics, name).labels(*message["labels"]).inc()
+        elif "door" in message:
+            open_, turned = message["door"]
+            self.app.door.elsewhere[self] = (int(open_), Counter(turned))
 
     def _admit(self, who: list[Any]) -> None:
         # Every admission is answered, in order: the worker pairs answers with questions.
@@ -179,6 +193,10 @@ class MainSide(_Lines):
             for _ in range(count):
                 self.app.leave(Identity(name, False), None)
         self.held.clear()
+        # Its connections are gone; what its door turned away stays counted.
+        _, turned = self.app.door.elsewhere.pop(self, (0, Counter()))
+        _, before = self.app.door.elsewhere.get("ended", (0, Counter()))
+        self.app.door.elsewhere["ended"] = (0, before + turned)
         super().connection_lost(exc)
 
 

@@ -35,12 +35,12 @@ class _FrontDoor:
             labels=["reason"],
         )
         for refused in TURNED_AWAY:
-            turned.add_metric([refused.reason], self.counts.turned_away[refused.reason])
+            turned.add_metric([refused.reason], self.counts.turned_away_everywhere(refused.reason))
         yield turned
         yield GaugeMetricFamily(
             "ondemand_connections_open",
             "Client connections open now, idle ones included.",
-            value=self.counts.open,
+            value=self.counts.open_everywhere(),
         )
 
 

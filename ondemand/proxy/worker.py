@@ -41,6 +41,7 @@ from ondemand.proxy.usage import UsageRecord
 log = logging.getLogger("ondemand.proxy.workers")
 _NOT_RELAYED = HOP_BY_HOP | {b"host", b"content-length"}
 _MAIN_GONE = "the proxy's main process is not answering; retry shortly"
+DOOR_BEAT = 1.0  # seconds between looks at the front door's counts
 
 
 class _Counted:
@@ -137,6 +138,17 @@ class WorkerApp(ProxyApp):
     async def startup(self) -> None:
         await super().startup()
         self._background.append(asyncio.ensure_future(self._end_with_main()))
+        self._background.append(asyncio.ensure_future(self._report_door()))
+
+    async def _report_door(self) -> None:
+        """The front door's counts, for the main process's /metrics, when they change."""
+        reported: tuple[int, dict[str, int]] = (0, {})
+        while True:
+            await asyncio.sleep(DOOR_BEAT)
+            now = (self.door.open, dict(self.door.turned_away))
+            if now != reported:
+                reported = now
+                self.link.write({"door": list(now)})
 
     async def shutdown(self) -> None:
         await super().shutdown()
