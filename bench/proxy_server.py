@@ -62,7 +62,7 @@ def main() -> None:
     sock = bind("127.0.0.1", args.port)
     sock, more = attach(app, sock, os.environ)  # ONDEMAND_PROXY_WORKERS, as `ondemand proxy`
     run(app, sock=sock, lifespan="on", limits=app.settings.door, counts=app.door,
-        more_sockets=more)  # fmt: skip
+        more_sockets=more, on_stop=app.stopping)  # fmt: skip
 
 
 if __name__ == "__main__":

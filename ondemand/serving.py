@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from ondemand.errors import NotAvailableError, UsageError
@@ -90,7 +90,9 @@ def bind(host: str, port: int) -> socket.socket:
             hint="choose another port, or stop the process that holds it",
         ) from exc
     sock.listen(2048)
-    sock.set_inheritable(True)
+    # Not inheritable (Python's default): under uvloop a child inherits every inheritable
+    # descriptor, and Ollama holding the port would keep it taking connections that nobody
+    # answers once the server stops. Workers get theirs by name (pass_fds).
     return sock
 
 
@@ -115,7 +117,6 @@ def bind_group(listener: socket.socket, count: int) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(2048)
-            sock.set_inheritable(True)
     except OSError as exc:
         for sock in group:
             sock.close()
@@ -140,10 +141,12 @@ def run(
     limits: DoorLimits | None = None,
     counts: DoorCounts | None = None,
     more_sockets: tuple[socket.socket, ...] = (),
+    on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM. Blocks. The process is the server's: once it
     has started, its heap is settled (``settle_heap``). ``more_sockets``: listeners served
-    besides the one on ``host``:``port`` (or ``sock``).
+    besides the one on ``host``:``port`` (or ``sock``). ``on_stop``: called when SIGINT or
+    SIGTERM arrives, before the drain.
 
     ``lifespan="on"`` for apps that hold resources (the proxy's upstream pool) and must
     release them on shutdown; the emulators need no lifespan.
@@ -154,7 +157,7 @@ def run(
         app, log_level=log_level, lifespan=lifespan, limits=limits, counts=counts,
         timeout_graceful_shutdown=timeout,
     )  # fmt: skip
-    server = _graceful_server(config)
+    server = _graceful_server(config, on_stop=on_stop)
     server.run(sockets=[listener, *more_sockets])
 
 
@@ -186,13 +189,20 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _graceful_server(config: Any, *, own_signals: bool = True, settle: bool = True) -> Any:
+def _graceful_server(
+    config: Any,
+    *,
+    own_signals: bool = True,
+    settle: bool = True,
+    on_stop: Callable[[], None] | None = None,
+) -> Any:
     """A uvicorn server whose graceful stop on SIGTERM/SIGINT ends with exit status 0.
 
     uvicorn re-raises the signal once it has shut down, so the process would die by the
     signal (status -15) although it stopped cleanly, and supervisors and CI logs would
     report a crash that did not happen. With ``own_signals=False`` it leaves signals alone:
     the caller decides when it stops (``should_exit``), e.g. to drain before stopping Ollama.
+    ``on_stop`` is called as the signal arrives, before the server's own drain.
     """
     import uvicorn
 
@@ -208,7 +218,13 @@ def _graceful_server(config: Any, *, own_signals: bool = True, settle: bool = Tr
                 yield
                 return
             handled = (signal.SIGINT, signal.SIGTERM)
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+
+            def stopping(sig: int, frame: Any) -> None:
+                if on_stop is not None:
+                    on_stop()
+                self.handle_exit(sig, frame)
+
+            original = {sig: signal.signal(sig, stopping) for sig in handled}
             try:
                 yield
             finally:

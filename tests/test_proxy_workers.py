@@ -81,9 +81,11 @@ class Proxy:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
         return [int(pid) for pid in children.split()]
 
-    def fresh(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+    def fresh(
+        self, method: str, path: str, timeout: float = 10, **kwargs: object
+    ) -> httpx.Response:
         """One request on a connection of its own (so the kernel picks a process anew)."""
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=timeout) as client:
             return client.request(method, self.url + path, **kwargs)  # type: ignore[arg-type]
 
 
@@ -270,9 +272,42 @@ def test_a_worker_that_dies_is_replaced_once_then_its_share_goes_elsewhere(
     assert ADMIN_KEY not in stderr
 
 
-def test_stopping_the_proxy_stops_its_workers(start_proxy: Callable[..., Proxy]) -> None:
+def test_sigterm_stops_every_process_taking_connections_and_lets_streams_finish(
+    start_proxy: Callable[..., Proxy],
+) -> None:
     proxy = start_proxy(AUTHORIZATION_APIKEY=USER_KEY)
     [worker] = proxy.worker_pids()
+    key = {"Authorization": f"Bearer {USER_KEY}"}
+    finished: list[int] = []
+
+    def hold() -> None:
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream("POST", proxy.url + "/api/chat", headers=key, json=CHAT) as answer,
+        ):
+            lines = list(answer.iter_lines())
+            finished.append(len(lines))
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    _until(lambda: proxy.upstream.holding == 1, "a stream held")
     proxy.proc.send_signal(signal.SIGTERM)
+
+    def nobody_accepts() -> bool:
+        for _ in range(FRESH):
+            try:
+                proxy.fresh("GET", "/ping", timeout=2)
+            except httpx.ConnectError:
+                continue  # refused: a connection accepted and left unread would time out
+            return False
+        return True
+
+    # Both processes stop taking connections at once, while the stream still runs: the
+    # worker does not go on serving until the main process has drained.
+    _until(nobody_accepts, "no process takes new connections")
+    assert proxy.proc.poll() is None
+    proxy.upstream.release.set()
+    thread.join(20)
+    assert finished == [2]  # the held stream ended whole
     assert proxy.proc.wait(20) == 0
     assert not Path(f"/proc/{worker}").exists()

@@ -53,7 +53,7 @@ def proxy(app: App, upstream: str | None, host: str | None, port: int | None) ->
     if more:
         app.info(f"{settings.workers} processes serve the port (ONDEMAND_PROXY_WORKERS)")
     run(proxy, sock=sock, log_level="warning", lifespan="on", limits=settings.door,
-        counts=proxy.door, more_sockets=more)  # fmt: skip
+        counts=proxy.door, more_sockets=more, on_stop=proxy.stopping)  # fmt: skip
 
 
 @cli.command()

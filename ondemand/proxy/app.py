@@ -161,6 +161,12 @@ class ProxyApp:
             with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_keys)
 
+    def stopping(self) -> None:
+        """The server is about to stop: workers stop taking connections now and drain
+        alongside this process (their last requests still leave here)."""
+        if self.workers is not None:
+            self.workers.stop_soon()
+
     async def shutdown(self) -> None:
         if self.workers is not None:
             await self.workers.stop()  # their last requests still leave here

@@ -105,12 +105,17 @@ class WorkerApp(ProxyApp):
 
     async def relay(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        limit = self.settings.max_body
         try:
-            body = await read_body(receive, self.settings.max_body, self.settings.body_timeout)
-        except (ClientDisconnected, TimeoutError, BodyTooLarge):
-            # The main process would answer these the same way; the client is gone or
-            # gets a plain refusal here.
-            await send_error(send, "native", 400, "request body not read")
+            body = await read_body(receive, limit, self.settings.body_timeout)
+        except ClientDisconnected:
+            return
+        except TimeoutError:
+            await send_error(send, "native", 408, "timed out reading the request body")
+            return
+        except BodyTooLarge:
+            await send_error(send, "native", 413, f"request body is larger than the limit of "
+                             f"{limit} bytes")  # fmt: skip
             return
         headers = [(n, v) for n, v in scope["headers"] if n not in _NOT_RELAYED]
         try:

@@ -56,6 +56,7 @@ class Workers:
         self._served = [0] * self.extra  # by workers that have ended, per place
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._told: set[int] = set()  # workers sent SIGTERM
 
     def view(self, requests: int) -> dict[str, object]:
         """For /ondemand/status; ``requests``: how many the whole proxy forwarded."""
@@ -144,13 +145,25 @@ class Workers:
             self.processes.pop(index, None)
             self.links.pop(index, None)
 
+    def stop_soon(self) -> None:
+        """The server is stopping: the workers stop taking connections and let their
+        requests finish now, alongside the main process, not after it. Once only: a second
+        SIGTERM would make a worker quit without waiting for its requests."""
+        self._stopping = True
+        for listener in self.listeners:
+            # The workers hold listeners of their own; ours, kept to start a worker again,
+            # would take new connections into a queue nobody reads.
+            listener.close()
+        for process in self.processes.values():
+            if process.pid not in self._told:
+                self._told.add(process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+
     async def stop(self) -> None:
         """Stop every worker: SIGTERM, up to ``grace`` seconds to finish, then SIGKILL."""
-        self._stopping = True
         processes = list(self.processes.values())
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+        self.stop_soon()
         if processes:
             _, late = await asyncio.wait(
                 [asyncio.ensure_future(p.wait()) for p in processes], timeout=self.grace + 2
@@ -165,8 +178,6 @@ class Workers:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.relay.close()
-        for listener in self.listeners:
-            listener.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

@@ -358,6 +358,7 @@ class Serve:
         await asyncio.wait([stopped, *serving], return_when=asyncio.FIRST_COMPLETED)
         log.info("stopping: draining in-flight requests (up to %.0fs)", settings.drain_timeout)
         self.state.phase = DRAINING
+        proxy.stopping()
         for server in servers:
             server.should_exit = True
         await asyncio.wait(serving, timeout=settings.drain_timeout + 5)

@@ -180,6 +180,24 @@ def test_ollama_gets_no_secrets_and_listens_on_loopback_only(serve: Serve) -> No
     assert b"AUTHORIZATION_APIKEY" not in names
     assert b"ONDEMAND_ADMIN_KEY" not in names
     assert f"OLLAMA_HOST=127.0.0.1:{served.ollama_port}".encode() in environ
+    # Nor the server's listening socket: held by Ollama, the port would go on taking
+    # connections nobody answers once the server stops serving it.
+    port = int(served.url.rsplit(":", 1)[1])
+    listening = _listening_inodes(port)
+    assert listening
+    fds = Path(f"/proc/{_ollama_pid(served)}/fd")
+    held = {str(fd.readlink()) for fd in fds.iterdir()}
+    assert not held & {f"socket:[{inode}]" for inode in listening}
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the TCP sockets listening on ``port`` (Linux /proc/net/tcp, state 0A)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            inodes.add(fields[9])
+    return inodes
 
 
 def test_ping_on_its_own_port_when_port_health_differs(serve: Serve) -> None:
