@@ -169,6 +169,11 @@ def test_every_process_answers_as_one_replica(start_proxy: Callable[..., Proxy])
         replicas.add(answer.headers["x-ondemand-replica"])
         assert proxy.fresh("GET", "/ping").status_code == 200
     assert len(replicas) == 1
+    # The main process's own routes read 16 KiB of body at most; a worker holds no more.
+    for _ in range(FRESH):
+        big = proxy.fresh("POST", "/ondemand/leases", headers=ADMIN, content=b"x" * 1_000_000)
+        assert big.status_code == 413
+        assert big.json() == {"error": "the body is over 16384 bytes"}
     # A bad key is refused wherever it lands, and the main process counts every refusal.
     for _ in range(FRESH):
         answer = proxy.fresh("GET", "/api/tags", headers={"Authorization": "Bearer nope"})

@@ -25,9 +25,18 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from ondemand.asgi import BodyTooLarge, ClientDisconnected, Receive, Scope, Send, read_body
+from ondemand.asgi import (
+    BodyTooLarge,
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_json,
+)
 from ondemand.proxy.app import ProxyApp
 from ondemand.proxy.auth import Identity
+from ondemand.proxy.lease_routes import BODY_LIMIT
 from ondemand.proxy.leases import LeaseBook
 from ondemand.proxy.link import LinkLost, WorkerSide, read_residency
 from ondemand.proxy.responses import Refusal, send_error
@@ -105,17 +114,17 @@ class WorkerApp(ProxyApp):
 
     async def relay(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        limit = self.settings.max_body
+        # What the main process answers itself reads at most BODY_LIMIT: a worker holds no
+        # more for it, as the main process would not.
         try:
-            body = await read_body(receive, limit, self.settings.body_timeout)
+            body = await read_body(receive, BODY_LIMIT, self.settings.body_timeout)
         except ClientDisconnected:
             return
         except TimeoutError:
             await send_error(send, "native", 408, "timed out reading the request body")
             return
         except BodyTooLarge:
-            await send_error(send, "native", 413, f"request body is larger than the limit of "
-                             f"{limit} bytes")  # fmt: skip
+            await send_json(send, 413, {"error": f"the body is over {BODY_LIMIT} bytes"})
             return
         headers = [(n, v) for n, v in scope["headers"] if n not in _NOT_RELAYED]
         try:
