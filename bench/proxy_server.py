@@ -56,11 +56,12 @@ def main() -> None:
         ).serve()
         return
     from ondemand.proxy.workers import attach
-    from ondemand.serving import bind, run
+    from ondemand.serving import listeners, run
 
     app = make_app()
-    sock = bind("127.0.0.1", args.port)
-    sock, more = attach(app, sock, os.environ)  # ONDEMAND_PROXY_WORKERS, as `ondemand proxy`
+    # ONDEMAND_PROXY_WORKERS, as `ondemand proxy` reads it
+    sock, *theirs = listeners("127.0.0.1", args.port, app.settings.workers)
+    more = attach(app, theirs, os.environ)
     run(app, sock=sock, lifespan="on", limits=app.settings.door, counts=app.door,
         more_sockets=more, on_stop=app.stopping)  # fmt: skip
 

@@ -84,11 +84,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            cause="another process already uses that port, or the address is not local",
-            hint="choose another port, or stop the process that holds it",
-        ) from exc
+        raise _port_taken(host, port, exc) from exc
     sock.listen(2048)
     # Not inheritable (Python's default): under uvloop a child inherits every inheritable
     # descriptor, and Ollama holding the port would keep it taking connections that nobody
@@ -96,18 +92,26 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def bind_group(listener: socket.socket, count: int) -> list[socket.socket]:
-    """``count`` listeners on ``listener``'s address in its place, the kernel spreading new
-    connections evenly over them (SO_REUSEPORT), one per serving process. One listener
-    shared by several processes would not spread a burst: the first process to wake
-    accepts every connection waiting.
+def listeners(host: str, port: int, count: int = 1) -> list[socket.socket]:
+    """``count`` listening sockets on one address, one per serving process, the kernel
+    spreading new connections evenly over them (SO_REUSEPORT); with 1, ``bind``'s. One
+    listener shared by several processes would not spread a burst: the first process to
+    wake accepts every connection waiting.
 
-    ``listener`` was bound alone first, so a port in use failed with ``bind``'s clear error,
-    and another server cannot have joined the group: it would have had to bind alone too.
+    The address is first bound alone, without listening (nothing can queue there), so a
+    port in use fails with ``bind``'s clear error, port 0 picks the port for all, and no
+    other server can have joined the group: it would have had to bind alone too.
     """
-    address = listener.getsockname()
-    family = listener.family
-    listener.close()
+    if count == 1:
+        return [bind(host, port)]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _port_taken(host, port, exc) from exc
+        port = probe.getsockname()[1]
     group: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -115,18 +119,22 @@ def bind_group(listener: socket.socket, count: int) -> list[socket.socket]:
             group.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
+            sock.bind((host, port))
+        for sock in group:
             sock.listen(2048)
     except OSError as exc:
         for sock in group:
             sock.close()
-        raise UsageError(
-            f"cannot listen on {address[0]}:{address[1]} from several processes: "
-            f"{exc.strerror or exc}",
-            cause="another process took the port in the moment between two binds",
-            hint="start it again",
-        ) from exc
+        raise _port_taken(host, port, exc) from exc
     return group
+
+
+def _port_taken(host: str, port: int, exc: OSError) -> UsageError:
+    return UsageError(
+        f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+        cause="another process already uses that port, or the address is not local",
+        hint="choose another port, or stop the process that holds it",
+    )
 
 
 def run(

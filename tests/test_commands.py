@@ -103,14 +103,16 @@ def test_proxy_command_without_keys_refuses_to_start() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_proxy_command_reports_a_taken_port(sandbox: str) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_proxy_command_reports_a_taken_port(sandbox: str, workers: str) -> None:
     holder = bind("127.0.0.1", 0)
     try:
         port = holder.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "ondemand", "proxy", "--upstream", sandbox,
              "--host", "127.0.0.1", "--port", str(port)],
-            env=_env(AUTHORIZATION_APIKEY=USER_KEY), capture_output=True, text=True, timeout=30,
+            env=_env(AUTHORIZATION_APIKEY=USER_KEY, ONDEMAND_PROXY_WORKERS=workers),
+            capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     finally:
         holder.close()

@@ -35,7 +35,7 @@ def proxy(app: App, upstream: str | None, host: str | None, port: int | None) ->
     from ondemand.proxy import ProxySettings, create_app
     from ondemand.proxy.logs import configure_logging
     from ondemand.proxy.workers import attach
-    from ondemand.serving import bind, run
+    from ondemand.serving import listeners, run
 
     settings = ProxySettings.from_env(app.env, upstream=upstream)
     configure_logging(settings.log_level, json_lines=settings.log_json)
@@ -43,13 +43,13 @@ def proxy(app: App, upstream: str | None, host: str | None, port: int | None) ->
     bind_host = host or read.text("HOST", "0.0.0.0")
     # 0 (any free port) is allowed here, as for --port: the proxy prints the one it got.
     bind_port = port if port is not None else read.port("PORT", 8080, allow_zero=True)
-    sock = bind(bind_host, bind_port)
+    sock, *theirs = listeners(bind_host, bind_port, settings.workers)
     shown_port = sock.getsockname()[1]
     if settings.keys.insecure_no_auth:
         app.info("warning: ONDEMAND_INSECURE_NO_AUTH is set: anyone who can connect is admin")
     app.info(f"proxy listening on http://{bind_host}:{shown_port} -> {settings.upstream}")
     proxy = create_app(settings)
-    sock, more = attach(proxy, sock, app.env)
+    more = attach(proxy, theirs, app.env)
     if more:
         app.info(f"{settings.workers} processes serve the port (ONDEMAND_PROXY_WORKERS)")
     run(proxy, sock=sock, log_level="warning", lifespan="on", limits=settings.door,

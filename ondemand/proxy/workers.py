@@ -2,7 +2,7 @@
 
 Each worker (ondemand/proxy/worker.py) is a child process that inherits a listener of its
 own on the proxy's address, and the kernel spreads new connections over the listeners
-(``serving.bind_group``): a burst of arrivals is parsed, checked and forwarded on several
+(``serving.listeners``): a burst of arrivals is parsed, checked and forwarded on several
 cores at once. The main
 process serves the port as well, keeps every count (ondemand/proxy/link.py) and answers
 what workers relay to it on a Unix socket only it and its workers can reach.
@@ -182,16 +182,13 @@ class Workers:
 
 
 def attach(
-    app: ProxyApp, listener: socket.socket, env: Mapping[str, str], *, grace: float = 10.0
-) -> tuple[socket.socket, tuple[socket.socket, ...]]:
-    """Give ``app`` the workers its settings ask for. Returns the listener the main process
-    serves (``listener`` itself with no workers) and the other sockets it serves (the
-    relay). ``grace``: how long a stopping worker lets its requests finish."""
-    if app.settings.workers <= 1:
-        return listener, ()
-    from ondemand.serving import bind_group
-
-    ours, *theirs = bind_group(listener, app.settings.workers)
+    app: ProxyApp, listeners: list[socket.socket], env: Mapping[str, str], *, grace: float = 10.0
+) -> tuple[socket.socket, ...]:
+    """Give ``app`` a worker for each of ``listeners`` (``serving.listeners``' all but the
+    main process's own). Returns the sockets the main process serves besides its listener
+    (the relay). ``grace``: how long a stopping worker lets its requests finish."""
+    if not listeners:
+        return ()
     env = {**env, "ONDEMAND_UPSTREAM": app.settings.upstream, "ONDEMAND_REPLICA_ID": app.replica}
-    app.workers = Workers(theirs, env, grace=grace)
-    return ours, (app.workers.relay,)
+    app.workers = Workers(listeners, env, grace=grace)
+    return (app.workers.relay,)

@@ -31,7 +31,7 @@ from ondemand.proxy.workers import attach
 from ondemand.serve.models import ModelState, Phase
 from ondemand.serve.preload import Preloader
 from ondemand.serve.supervisor import Supervisor
-from ondemand.serving import bind, embedded_server
+from ondemand.serving import bind, embedded_server, listeners
 
 if TYPE_CHECKING:
     from ondemand.asgi import ASGIApp
@@ -294,7 +294,7 @@ class Serve:
     async def run(self) -> int:
         settings = self.settings
         # Bind before anything starts, so a taken port fails at once with a clear message.
-        main_sock = bind(settings.host, settings.port)
+        main_sock, *theirs = listeners(settings.host, settings.port, settings.proxy.workers)
         proxy = ProxyApp(
             settings.proxy,
             health=self.state.health,
@@ -305,7 +305,7 @@ class Serve:
         self.proxy = proxy
         proxy.activity.mark_ready(False)
         # ONDEMAND_PROXY_WORKERS: more processes on the port, counting here.
-        main_sock, relay = attach(proxy, main_sock, self.env, grace=settings.drain_timeout)
+        relay = attach(proxy, theirs, self.env, grace=settings.drain_timeout)
         from ondemand.serve.selfstop import SelfStop
 
         selfstop = SelfStop.from_settings(proxy, settings)
