@@ -30,6 +30,7 @@ def proxy(app: App, upstream: str | None, host: str | None, port: int | None) ->
     ONDEMAND_KEYS_FILE or ONDEMAND_BASIC_AUTH; with none set it refuses to start (set
     ONDEMAND_INSECURE_NO_AUTH=1 to serve without authentication). Clients send the key as
     'Authorization: Bearer <key>', 'X-API-Key: <key>' or as the Basic-auth password.
+    ONDEMAND_PROXY_WORKERS=N serves the port from N processes that count as one.
     """
     from ondemand.envvalues import Env
     from ondemand.proxy import ProxySettings, create_app

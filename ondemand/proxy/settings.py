@@ -52,6 +52,19 @@ def _origins(raw: str) -> frozenset[str]:
     return origins
 
 
+MAX_WORKERS = 64
+
+
+def _workers(count: int) -> int:
+    # Each is a Python process of ~32 MiB: a typo must not start a thousand of them.
+    if count > MAX_WORKERS:
+        raise ConfigError(
+            f"ONDEMAND_PROXY_WORKERS must be at most {MAX_WORKERS}, got {count}",
+            hint="one process per core the proxy may use; 2 to 4 is plenty for most hosts",
+        )
+    return count
+
+
 def scaled_clock(scale: float) -> Callable[[], float]:
     """``time.time`` when ``scale`` is 1; else a clock that starts now and runs ``scale``
     times faster."""
@@ -127,6 +140,6 @@ class ProxySettings:
             clock_scale=read.factor("ONDEMAND_CLOCK_SCALE", 1.0),
             replica_id=replica_name(env),
             door=DoorLimits.from_env(env),
-            workers=read.count("ONDEMAND_PROXY_WORKERS", 1),
+            workers=_workers(read.count("ONDEMAND_PROXY_WORKERS", 1)),
             env=dict(env),
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ondemand.errors import ConfigError
 from ondemand.proxy import ProxyApp, ProxySettings
 from ondemand.proxy.auth import Identity
 from ondemand.proxy.link import LinkLost, MainSide, WorkerSide
@@ -129,3 +130,20 @@ async def test_a_message_it_cannot_read_does_not_end_the_link(
     assert await worker.admit(_ci(app)) is None
     assert "link message not understood" in caplog.text
     assert app.limits.inflight == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("0", "ONDEMAND_PROXY_WORKERS"),
+        ("two", "ONDEMAND_PROXY_WORKERS"),
+        ("65", "ONDEMAND_PROXY_WORKERS must be at most 64, got 65"),
+    ],
+)
+def test_a_worker_count_out_of_range_stops_the_server_with_its_name(value: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        ProxySettings.from_env({"ONDEMAND_ADMIN_KEY": ADMIN_KEY, "ONDEMAND_PROXY_WORKERS": value})
+    settings = ProxySettings.from_env(
+        {"ONDEMAND_ADMIN_KEY": ADMIN_KEY, "ONDEMAND_PROXY_WORKERS": "64"}
+    )
+    assert settings.workers == 64
