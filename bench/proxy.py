@@ -632,14 +632,20 @@ async def measure(
                     f"the same through nginx {nginx_version()}", sides[0], sides[4]
                 )
     if "cancel" in parts:
-        with emulator(100, 100_000) as up, proxy(up, server, client, policy) as px:
+        with contextlib.ExitStack() as stack:
+            up = stack.enter_context(emulator(100, 100_000))
+            px = stack.enter_context(proxy(up, server, client, policy))
+            two, _ = stack.enter_context(proxy_process(up, server, client, policy, 2))
             trials = 10 if quick else 20
             direct = await cancel_latency(up, up, trials)
             proxied = await cancel_latency(px, up, trials)
+            workers = await cancel_latency(two, up, trials)
             results["cancel"] = out = {
                 "direct_p50_ms": _pct(direct, 50) * 1e3,
                 "proxied_p50_ms": _pct(proxied, 50) * 1e3,
                 "proxied_max_ms": max(proxied) * 1e3,
+                "workers2_p50_ms": _pct(workers, 50) * 1e3,
+                "workers2_max_ms": max(workers) * 1e3,
             }
             print(f"\nclient disconnect -> upstream generation cancelled ({server}+{client})")
             for key, value in out.items():
