@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 from ondemand import __version__
 from ondemand.asgi import Headers, Message, Receive, Scope, Send, header, send_bytes, send_json
@@ -43,6 +43,9 @@ log = logging.getLogger("ondemand.proxy")
 
 KEYS_RELOAD_INTERVAL = 2.0  # seconds between looks at the keys file's modification time
 
+# The failures a request can meet that /metrics counts (Metrics attributes).
+Failure = Literal["auth_failures", "upstream_errors"]
+FAILURES: tuple[Failure, ...] = get_args(Failure)
 # (status, body) for /ping: 200 ready, 204 initializing (no body), 503 unhealthy.
 HealthCheck = Callable[[], Awaitable[tuple[int, Mapping[str, object]]]]
 # Extra fields for /ondemand/status, given the caller's identity.
@@ -223,7 +226,7 @@ class ProxyApp:
         try:
             identity = self.keys.authenticate(scope["headers"], self.leases.run_key)
         except AuthFailure as failure:
-            self.metrics.auth_failures.labels(failure.reason).inc()
+            self.count_failure("auth_failures", failure.reason)
             ctx.detail = f"credentials {failure.reason}"
             await auth_refusal(failure.reason).send(send, family)
             return
@@ -279,6 +282,10 @@ class ProxyApp:
         self.activity.end()
         if record is not None:
             self.usage(record)
+
+    def count_failure(self, metric: Failure, label: str) -> None:
+        """One more request refused for its credentials, or failed by Ollama."""
+        getattr(self.metrics, metric).labels(label).inc()
 
     def usage(self, record: UsageRecord) -> None:
         """One forwarded request is done: count it, total it, send it on."""

@@ -210,7 +210,7 @@ class Exchange:
                 body,
             )
         except UpstreamUnavailable as exc:
-            self.proxy.metrics.upstream_errors.labels("unavailable").inc()
+            self.proxy.count_failure("upstream_errors", "unavailable")
             log.warning("upstream unavailable for %s: %s", self.route.path, exc)
             if (await self.proxy.health())[0] == 204:
                 # Still starting: a platform whose probe counts 204 as healthy routes
@@ -248,7 +248,7 @@ class Exchange:
                     return
                 chunks.append(chunk)
         except UpstreamBroken:
-            self.proxy.metrics.upstream_errors.labels("broken").inc()
+            self.proxy.count_failure("upstream_errors", "broken")
             await self.error(502, "upstream Ollama closed the answer before it was complete")
             return
         body = policy.filter_listing(self.route.path, b"".join(chunks), self.identity)
@@ -291,7 +291,7 @@ class Exchange:
                     # The first bytes are noted: the rest of a stream goes to the server as is.
                     send = self.ctx.unwrapped or send
         except UpstreamBroken as exc:
-            self.proxy.metrics.upstream_errors.labels("broken").inc()
+            self.proxy.count_failure("upstream_errors", "broken")
             log.warning("upstream closed %s mid-response: %s", route.path, exc)
             if streaming:
                 tail = meter.finish() if meter is not None else b""

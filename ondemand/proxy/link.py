@@ -13,7 +13,7 @@ models' keep_alive rule), ``{"reload": 1}`` when the keys file was read again,
 ``{"residency": ...}`` when that rule changes, and for each admission in the order asked,
 ``{"ok": 1}`` or ``{"refused": [status, message, headers, code]}``. Worker to main:
 ``{"admit": who}``, ``{"leave": name, "record": [...]}``,
-``{"count": metric, "labels": [...]}`` for the counters a worker increments, and
+``{"count": [metric, label]}`` for the failures a worker counts, and
 ``{"door": [open, turned_away]}`` for its front door's counts when they change.
 """
 
@@ -26,6 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ondemand.proxy.app import FAILURES
 from ondemand.proxy.auth import Identity
 from ondemand.proxy.policy import Residency
 from ondemand.proxy.responses import Refusal, auth_refusal
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ondemand.proxy.workers")
 _encode = json.JSONEncoder(separators=(",", ":")).encode
-# A worker's counters the main process totals (Metrics attribute names).
-COUNTED = frozenset({"auth_failures", "upstream_errors"})
 _PER_LINE = 256  # messages per line at most
 
 
@@ -150,9 +149,9 @@ class MainSide(_Lines):
                 record = None if fields is None else UsageRecord(*fields)
                 self.app.leave(Identity(name, False), record)
         elif "count" in message:
-            name = message["count"]
-            if name in COUNTED:
-                getattr(self.app.metrics, name).labels(*message["labels"]).inc()
+            metric, label = message["count"]
+            if metric in FAILURES:  # a failure the main process's /metrics counts
+                self.app.count_failure(metric, str(label))
         elif "door" in message:
             open_, turned = message["door"]
             self.app.door.elsewhere[self] = (int(open_), Counter(turned))
@@ -249,8 +248,8 @@ class WorkerSide(_Lines):
         fields = None if record is None else [getattr(record, n) for n in UsageRecord.__slots__]
         self.write({"leave": identity.name, "record": fields})
 
-    def count(self, metric: str, labels: tuple[str, ...]) -> None:
-        self.write({"count": metric, "labels": list(labels)})
+    def count(self, metric: str, label: str) -> None:
+        self.write({"count": [metric, label]})
 
     def connection_lost(self, exc: Exception | None) -> None:
         for waiting in self._waiting:

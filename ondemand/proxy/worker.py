@@ -34,7 +34,7 @@ from ondemand.asgi import (
     read_body,
     send_json,
 )
-from ondemand.proxy.app import ProxyApp
+from ondemand.proxy.app import Failure, ProxyApp
 from ondemand.proxy.auth import Identity
 from ondemand.proxy.lease_routes import BODY_LIMIT
 from ondemand.proxy.leases import LeaseBook
@@ -53,25 +53,6 @@ _MAIN_GONE = "the proxy's main process is not answering; retry shortly"
 DOOR_BEAT = 1.0  # seconds between looks at the front door's counts
 
 
-class _Counted:
-    """A worker's counter: each increment goes to the main process, which shows the total."""
-
-    def __init__(self, link: WorkerSide, metric: str) -> None:
-        self._link = link
-        self._metric = metric
-
-    def labels(self, *values: str) -> _Counted.One:
-        return _Counted.One(self, values)
-
-    class One:
-        def __init__(self, counter: _Counted, values: tuple[str, ...]) -> None:
-            self._counter = counter
-            self._values = values
-
-        def inc(self) -> None:
-            self._counter._link.count(self._counter._metric, self._values)
-
-
 class WorkerApp(ProxyApp):
     """The proxy as a worker serves it: forwarding here, counting in the main process."""
 
@@ -80,8 +61,6 @@ class WorkerApp(ProxyApp):
         self.link = link
         self.webhook = None  # the main process sends every record
         self.leases = LeaseBook(self.clock, RunKeys(bytes.fromhex(str(hello["run_key_secret"]))))
-        self.metrics.auth_failures = _Counted(link, "auth_failures")  # type: ignore[assignment]
-        self.metrics.upstream_errors = _Counted(link, "upstream_errors")  # type: ignore[assignment]
         self.residency = lambda: self.shared_residency
         self.shared_residency = read_residency(hello.get("residency"))
         self.main = HttpUpstream(
@@ -98,6 +77,9 @@ class WorkerApp(ProxyApp):
 
     def leave(self, identity: Identity, record: UsageRecord | None) -> None:
         self.link.leave(identity, record)
+
+    def count_failure(self, metric: Failure, label: str) -> None:
+        self.link.count(metric, label)  # the main process's /metrics shows the total
 
     # -- what the main process answers ---------------------------------------------------
 

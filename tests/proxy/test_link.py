@@ -126,7 +126,7 @@ async def test_a_message_it_cannot_read_does_not_end_the_link(
 ) -> None:
     app, _, worker = linked
     assert worker.transport is not None
-    worker.transport.write(b'not json\n[{"count": "no_such_metric", "labels": []}, 7]\n')
+    worker.transport.write(b'not json\n[{"count": ["no_such_metric", "x"]}, 7]\n')
     assert await worker.admit(_ci(app)) is None
     assert "link message not understood" in caplog.text
     assert app.limits.inflight == 1
