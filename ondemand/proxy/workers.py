@@ -39,6 +39,8 @@ STEADY_SECONDS = 60.0  # a worker that ends sooner twice in a row is not started
 
 
 class Workers:
+    """A proxy's worker processes, from the main process: one per listener given."""
+
     def __init__(
         self, listeners: list[socket.socket], env: Mapping[str, str], *, grace: float = 10.0
     ) -> None:
@@ -116,7 +118,9 @@ class Workers:
             log.warning("proxy worker %d ended (exit status %s); starting it again",
                         index + 1, status)  # fmt: skip
 
-    async def _run(self, index: int, app: ProxyApp, started: asyncio.Future[None]) -> int:
+    async def _run(self, index: int, app: ProxyApp, started: asyncio.Future[None]) -> int | str:
+        if self._stopping:  # not started again once the server stops
+            return "not started: the server is stopping"
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         listen_fd, link_fd = self.listeners[index].fileno(), theirs.fileno()
