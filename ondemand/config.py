@@ -171,6 +171,8 @@ class Config(Model):
     keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
     max_keep_alive: Annotated[str | None, BeforeValidator(check_keep_alive)] = None
     require_gpu: bool = False
+    # Processes serving the deployment's port (docs/proxy.md, "Worker processes").
+    proxy_workers: int = Field(default=1, ge=1, le=64)
     export_env: bool = True
     # More of the caller's environment for the local provider's server and its Ollama,
     # beyond what they read (ondemand/childenv.py): names or globs.

@@ -101,6 +101,8 @@ def build_spec(
         env["ONDEMAND_KEEP_ALIVE"] = config.keep_alive
     if config.max_keep_alive:
         env["ONDEMAND_MAX_KEEP_ALIVE"] = config.max_keep_alive
+    if config.proxy_workers > 1:
+        env["ONDEMAND_PROXY_WORKERS"] = str(config.proxy_workers)
     secret_env = {"AUTHORIZATION_APIKEY": api_key}
     if admin_key:
         secret_env["ONDEMAND_ADMIN_KEY"] = admin_key

@@ -60,8 +60,10 @@ def test_the_app_spec_matches_the_reference_shape(tmp_path: Path) -> None:
 
 def test_policy_and_gpu_requirements_travel_as_server_env(tmp_path: Path) -> None:
     spec = body(tmp_path, ONDEMAND_REQUIRE_GPU="true", ONDEMAND_GPU="H100",
-                ONDEMAND_KEEP_ALIVE="10m", ONDEMAND_MAX_KEEP_ALIVE="1h")  # fmt: skip
+                ONDEMAND_KEEP_ALIVE="10m", ONDEMAND_MAX_KEEP_ALIVE="1h",
+                ONDEMAND_PROXY_WORKERS="3")  # fmt: skip
     env = {e["name"]: e["value"] for e in spec["envVars"]}  # type: ignore[attr-defined]
+    assert env["ONDEMAND_PROXY_WORKERS"] == "3"
     assert env["ONDEMAND_REQUIRE_GPU"] == "1"
     assert env["ONDEMAND_GPU"] == "H100"
     assert (env["ONDEMAND_KEEP_ALIVE"], env["ONDEMAND_MAX_KEEP_ALIVE"]) == ("10m", "1h")
