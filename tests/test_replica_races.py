@@ -70,13 +70,18 @@ class Chatter:
         self.thread.join(30)
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
+@pytest.mark.parametrize(
+    ("replicas", "workers"),
+    [(2, 1), (3, 1), (2, 2)],
+    ids=["2 replicas", "3 replicas", "2 replicas of 2 processes"],
+)
 def test_three_jobs_on_replicas_never_see_a_failed_request_and_it_stops_once(
-    start_sandbox: StartSandbox, tmp_path: Path, replicas: int
+    start_sandbox: StartSandbox, tmp_path: Path, replicas: int, workers: int
 ) -> None:
     running, api = start_sandbox(tmp_path / f"fleet{replicas}")
     name = f"fleet{replicas}"
-    env = job_env(running, name, ONDEMAND_OVH_REPLICAS=str(replicas))
+    env = job_env(running, name, ONDEMAND_OVH_REPLICAS=str(replicas),
+                  ONDEMAND_PROXY_WORKERS=str(workers))  # fmt: skip
     jobs = [Job(env, f"org/repo/{n}/test/1") for n in range(3)]
     assert run_threads(*(job.up for job in jobs)) == []
     assert len({job.result.url for job in jobs if job.result}) == 1
@@ -102,6 +107,10 @@ def test_three_jobs_on_replicas_never_see_a_failed_request_and_it_stops_once(
     with lifecycle_of(env) as (_, provider):
         assert not provider.status(name).status.billable
     assert _history(api, name).count("STOPPING") == 1
+    spec = _app(api, name)["spec"]
+    assert isinstance(spec, dict)
+    env_vars = {e["name"]: e["value"] for e in spec["envVars"]}
+    assert env_vars.get("ONDEMAND_PROXY_WORKERS", "1") == str(workers)
 
 
 def test_cleanups_racing_on_three_replicas_stop_the_app_once_and_cut_no_one_off(
