@@ -316,3 +316,19 @@ def test_sigterm_stops_every_process_taking_connections_and_lets_streams_finish(
     assert finished == [2]  # the held stream ended whole
     assert proxy.proc.wait(20) == 0
     assert not Path(f"/proc/{worker}").exists()
+
+
+def test_a_worker_whose_main_process_is_killed_stops(start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy(AUTHORIZATION_APIKEY=USER_KEY)
+    [worker] = proxy.worker_pids()
+    proxy.proc.kill()  # no drain, no goodbye: the worker has nobody left to count with
+    proxy.proc.wait(10)
+    _until(lambda: not Path(f"/proc/{worker}").exists() or _zombie(worker), "the worker ended")
+
+
+def _zombie(pid: int) -> bool:
+    """Ended, and waiting for a parent to read its status (its parent was killed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
