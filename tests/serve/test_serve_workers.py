@@ -31,18 +31,21 @@ def test_a_user_key_cannot_unload_a_preloaded_model_through_either_process(
     )
     served.wait_ping(200)
     admin = {"X-API-Key": "odk_admin_0123456789"}
-    status = httpx.get(served.url + "/ondemand/status", headers=admin).json()
+    # A worker still starting holds what its listener got: a generous timeout, not a retry.
+    status = httpx.get(served.url + "/ondemand/status", headers=admin, timeout=30).json()
     assert _workers(status)["running"] == 2
     ollama = f"http://127.0.0.1:{served.ollama_port}"
     body = {"model": "llama3.2", "prompt": "hi", "stream": False, "keep_alive": 0}
     user = {"X-API-Key": KEY}
     for _ in range(FRESH):
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=30) as client:
             answer = client.post(served.url + "/api/generate", json=body, headers=user)
         assert answer.status_code == 200, answer.text
         loaded = [m["name"] for m in httpx.get(ollama + "/api/ps").json()["models"]]
         assert loaded == ["llama3.2:latest"]
-    per_process = _workers(httpx.get(served.url + "/ondemand/status", headers=admin).json())
+    per_process = _workers(
+        httpx.get(served.url + "/ondemand/status", headers=admin, timeout=30).json()
+    )
     assert per_process["requests"] is not None
     assert all(n > 0 for n in per_process["requests"]), per_process  # type: ignore[attr-defined]
 
