@@ -343,3 +343,21 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_temporary_directory_too_deep_for_the_relay_socket_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "ondemand", "proxy", "--upstream", "http://127.0.0.1:9",
+         "--host", "127.0.0.1", "--port", "0"],
+        env=_env(AUTHORIZATION_APIKEY=USER_KEY, TMPDIR=str(deep)),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "cannot create the proxy workers' socket" in result.stderr
+    assert "set TMPDIR to a short writable directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "listening" not in result.stderr

@@ -46,11 +46,11 @@ def proxy(app: App, upstream: str | None, host: str | None, port: int | None) ->
     bind_port = port if port is not None else read.port("PORT", 8080, allow_zero=True)
     sock, *theirs = listeners(bind_host, bind_port, settings.workers)
     shown_port = sock.getsockname()[1]
+    proxy = create_app(settings)
+    more = attach(proxy, theirs, app.env)
     if settings.keys.insecure_no_auth:
         app.info("warning: ONDEMAND_INSECURE_NO_AUTH is set: anyone who can connect is admin")
     app.info(f"proxy listening on http://{bind_host}:{shown_port} -> {settings.upstream}")
-    proxy = create_app(settings)
-    more = attach(proxy, theirs, app.env)
     if more:
         app.info(f"{settings.workers} processes serve the port (ONDEMAND_PROXY_WORKERS)")
     run(proxy, sock=sock, log_level="warning", lifespan="on", limits=settings.door,

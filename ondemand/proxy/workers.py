@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ondemand.errors import ConfigError
 from ondemand.proxy.link import MainSide, residency_message
 
 if TYPE_CHECKING:
@@ -51,7 +52,16 @@ class Workers:
         self._dir = tempfile.mkdtemp(prefix="ondemand-proxy-")  # 0700: ours alone
         self.relay_path = str(Path(self._dir) / "main.sock")
         self.relay = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.relay.bind(self.relay_path)
+        try:
+            self.relay.bind(self.relay_path)  # at most 107 bytes of path
+        except OSError as exc:
+            self.relay.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise ConfigError(
+                f"cannot create the proxy workers' socket {self.relay_path}: {exc} (the "
+                "temporary directory's path may be too long for a Unix socket)",
+                hint="set TMPDIR to a short writable directory (/tmp), or ONDEMAND_PROXY_WORKERS=1",
+            ) from exc
         self.relay.listen(512)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.links: dict[int, MainSide] = {}
