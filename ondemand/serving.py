@@ -160,30 +160,33 @@ def run(
     release them on shutdown; the emulators need no lifespan.
     """
     listener = sock if sock is not None else bind(host, port)
+    run_loop(
+        serve_sockets(
+            app, [listener, *more_sockets], log_level=log_level, lifespan=lifespan,
+            graceful_timeout=graceful_timeout, limits=limits, counts=counts, on_stop=on_stop,
+        )
+    )  # fmt: skip
+
+
+async def serve_sockets(
+    app: ASGIApp,
+    sockets: list[socket.socket],
+    *,
+    log_level: str = "warning",
+    graceful_timeout: float | None = 10.0,
+    lifespan: Lifespan = "off",
+    limits: DoorLimits | None = None,
+    counts: DoorCounts | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
+    """``run`` on listeners already bound, in the caller's event loop (on the main thread:
+    it takes SIGINT/SIGTERM)."""
     timeout = None if graceful_timeout is None else max(1, round(graceful_timeout))
     config = _uvicorn_config(
         app, log_level=log_level, lifespan=lifespan, limits=limits, counts=counts,
         timeout_graceful_shutdown=timeout,
     )  # fmt: skip
-    server = _graceful_server(config, on_stop=on_stop)
-    server.run(sockets=[listener, *more_sockets])
-
-
-async def serve_socket(
-    app: ASGIApp,
-    sock: socket.socket,
-    *,
-    lifespan: Lifespan = "off",
-    limits: DoorLimits | None = None,
-    counts: DoorCounts | None = None,
-    graceful_timeout: float = 10.0,
-) -> None:
-    """``run``, in the caller's event loop (on the main thread: it takes SIGINT/SIGTERM)."""
-    config = _uvicorn_config(
-        app, log_level="warning", lifespan=lifespan, limits=limits, counts=counts,
-        timeout_graceful_shutdown=max(1, round(graceful_timeout)),
-    )  # fmt: skip
-    await _graceful_server(config).serve(sockets=[sock])
+    await _graceful_server(config, on_stop=on_stop).serve(sockets=sockets)
 
 
 def settle_heap() -> None:

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grace", type=float, default=10.0)
     args = parser.parse_args(argv)
     from ondemand.proxy.logs import configure_logging
-    from ondemand.serving import run_loop, serve_socket
+    from ondemand.serving import run_loop, serve_sockets
 
     settings = ProxySettings.from_env(os.environ)
     configure_logging(settings.log_level, json_lines=settings.log_json)
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         link, hello, apps = await _connect(args.link_fd)
         app = WorkerApp(settings, link, hello)
         apps.append(app)
-        await serve_socket(app, listener, lifespan="on", limits=settings.door, counts=app.door,
-                           graceful_timeout=args.grace)  # fmt: skip
+        await serve_sockets(app, [listener], lifespan="on", limits=settings.door,
+                            counts=app.door, graceful_timeout=args.grace)  # fmt: skip
 
     run_loop(serve())
 
