@@ -26,6 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ondemand.asgi import compact_json
 from ondemand.proxy.app import FAILURES
 from ondemand.proxy.auth import Identity
 from ondemand.proxy.policy import Residency
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from ondemand.proxy.app import ProxyApp
 
 log = logging.getLogger("ondemand.proxy.workers")
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 _PER_LINE = 256  # messages per line at most
 
 
@@ -116,7 +116,7 @@ class _Lines(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(
                 b"".join(
-                    _encode(messages[i : i + _PER_LINE]).encode() + b"\n"
+                    compact_json(messages[i : i + _PER_LINE]) + b"\n"
                     for i in range(0, len(messages), _PER_LINE)
                 )
             )
@@ -194,8 +194,7 @@ class MainSide(_Lines):
         self.held.clear()
         # Its connections are gone; what its door turned away stays counted.
         _, turned = self.app.door.elsewhere.pop(self, (0, Counter()))
-        _, before = self.app.door.elsewhere.get("ended", (0, Counter()))
-        self.app.door.elsewhere["ended"] = (0, before + turned)
+        self.app.door.turned_away.update(turned)
         super().connection_lost(exc)
 
 
