@@ -204,12 +204,14 @@ class WorkerSide(_Lines):
 
     def __init__(self, control: Callable[[dict[str, Any]], None]) -> None:
         super().__init__()
-        self._control = control  # what the main process says unasked: hello, reload...
+        # What the main process says unasked (hello, reload, residency); the worker's app
+        # takes it over once it exists.
+        self.control = control
         self._waiting: deque[asyncio.Future[Refusal | None]] = deque()
 
     def received(self, message: Any) -> None:
         if "hello" in message or "reload" in message or "residency" in message:
-            self._control(message)
+            self.control(message)
             return
         if not self._waiting:
             return

@@ -1,12 +1,13 @@
 """A worker process of the proxy (``ONDEMAND_PROXY_WORKERS`` > 1): more cores for bursts.
 
-A worker accepts connections on the proxy's own listening socket (inherited from the main
-process) and forwards model requests to Ollama itself: authentication, policy, the body,
-the streamed answer and its metering all run here. What must be counted once is the main
-process's (ondemand/proxy/link.py): each forwarded request is admitted there first and
-reported there when done. Everything else (``/ping``, ``/ondemand/*``, ``/metrics``, a
-path the proxy does not forward) is relayed to the main process whole, so health, status,
-leases and drains have one answer whichever process a client reaches.
+A worker accepts connections on a listener of its own on the proxy's address (bound by the
+main process, handed down by descriptor) and forwards model requests to Ollama itself:
+authentication, policy, the body, the streamed answer and its metering all run here. What
+must be counted once is the main process's (ondemand/proxy/link.py): each forwarded
+request is admitted there first and reported there when done. Everything else (``/ping``,
+``/ondemand/*``, ``/metrics``, a path the proxy does not forward) is relayed to the main
+process whole, so health, status, leases and drains have one answer whichever process a
+client reaches.
 
     python -m ondemand.proxy.worker --listen-fd N --link-fd M
 
@@ -63,6 +64,7 @@ class WorkerApp(ProxyApp):
         self.leases = LeaseBook(self.clock, RunKeys(bytes.fromhex(str(hello["run_key_secret"]))))
         self.residency = lambda: self.shared_residency
         self.shared_residency = read_residency(hello.get("residency"))
+        link.control = self.control
         self.main = HttpUpstream(
             "http://ondemand-main", unix_socket=str(hello["relay"]), peer="the proxy's main process"
         )
@@ -77,6 +79,14 @@ class WorkerApp(ProxyApp):
 
     def leave(self, identity: Identity, record: UsageRecord | None) -> None:
         self.link.leave(identity, record)
+
+    def control(self, message: dict[str, Any]) -> None:
+        """What the main process says unasked: the keys file was read again, the
+        preloaded models' keep_alive rule changed."""
+        if "reload" in message:
+            self.reload_keys()
+        elif "residency" in message:
+            self.shared_residency = read_residency(message["residency"])
 
     def count_failure(self, metric: Failure, label: str) -> None:
         self.link.count(metric, label)  # the main process's /metrics shows the total
@@ -156,22 +166,18 @@ class WorkerApp(ProxyApp):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def _connect(link_fd: int) -> tuple[WorkerSide, dict[str, Any], list[WorkerApp]]:
+async def _connect(link_fd: int) -> tuple[WorkerSide, dict[str, Any]]:
+    """The link, and the main process's first message."""
     loop = asyncio.get_running_loop()
     hello: asyncio.Future[dict[str, Any]] = loop.create_future()
-    apps: list[WorkerApp] = []  # the app, once built: a reload before it has nothing to do
 
-    def control(message: dict[str, Any]) -> None:
+    def greeted(message: dict[str, Any]) -> None:
         if "hello" in message and not hello.done():
             hello.set_result(message["hello"])
-        elif "reload" in message and apps:
-            apps[0].reload_keys()
-        elif "residency" in message and apps:
-            apps[0].shared_residency = read_residency(message["residency"])
 
     sock = socket.socket(fileno=link_fd)
-    _, link = await loop.connect_accepted_socket(lambda: WorkerSide(control), sock)
-    return link, await hello, apps
+    _, link = await loop.connect_accepted_socket(lambda: WorkerSide(greeted), sock)
+    return link, await hello
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,9 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     listener = socket.socket(fileno=args.listen_fd)
 
     async def serve() -> None:
-        link, hello, apps = await _connect(args.link_fd)
+        link, hello = await _connect(args.link_fd)
         app = WorkerApp(settings, link, hello)
-        apps.append(app)
         await serve_sockets(app, [listener], lifespan="on", limits=settings.door,
                             counts=app.door, graceful_timeout=args.grace)  # fmt: skip
 

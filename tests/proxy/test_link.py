@@ -17,9 +17,11 @@ import pytest
 from ondemand.errors import ConfigError
 from ondemand.proxy import ProxyApp, ProxySettings
 from ondemand.proxy.auth import Identity
-from ondemand.proxy.link import LinkLost, MainSide, WorkerSide
+from ondemand.proxy.link import LinkLost, MainSide, WorkerSide, residency_message
+from ondemand.proxy.policy import Residency
 from ondemand.proxy.responses import Refusal
 from ondemand.proxy.usage import UsageRecord
+from ondemand.proxy.worker import WorkerApp
 from tests.conftest import ADMIN_KEY, USER_KEY
 
 pytestmark = pytest.mark.anyio
@@ -147,3 +149,23 @@ def test_a_worker_count_out_of_range_stops_the_server_with_its_name(value: str, 
         {"ONDEMAND_ADMIN_KEY": ADMIN_KEY, "ONDEMAND_PROXY_WORKERS": "64"}
     )
     assert settings.workers == 64
+
+
+async def test_what_the_main_process_says_unasked_reaches_the_workers_app(
+    linked: tuple[ProxyApp, MainSide, WorkerSide], tmp_path: Path
+) -> None:
+    app, main, worker = linked
+    hello = {"run_key_secret": "00" * 32, "relay": str(tmp_path / "main.sock"), "residency": None}
+    settings = app.settings
+    hand = WorkerApp(settings, worker, hello)
+    assert hand.residency() is None
+    main.write({"residency": residency_message(Residency(frozenset({"llama3.2:latest"}), -1))})
+    await _until(lambda: hand.residency() is not None)
+    assert hand.residency() == Residency(frozenset({"llama3.2:latest"}), -1)
+    # The keys file loses its key: a reload the main process passes on drops it at once.
+    keys = Path(settings.env["ONDEMAND_KEYS_FILE"])
+    other = json.dumps([{"name": "other", "key": "odk_other_0123456789abcdef"}])
+    await asyncio.to_thread(keys.write_text, other)
+    assert set(hand.keys.names()) == {"ci", "admin"}
+    main.write({"reload": 1})
+    await _until(lambda: set(hand.keys.names()) == {"other", "admin"})
