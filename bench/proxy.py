@@ -545,6 +545,46 @@ def report_requests(
     return out
 
 
+async def side_by_side(
+    up: str,
+    proxied: tuple[str, int],
+    key: str,
+    title: str,
+    same: str,
+    rounds: int,
+    run: Callable[[str], Awaitable[Round]],
+    report: Callable[..., dict[str, float]],
+    stack_of: tuple[str, str, bool],
+    with_nginx: bool,
+) -> dict[str, object]:
+    """``run`` straight at ``up`` and through the proxy (``proxied``: its URL and process),
+    the proxy on 2 processes, the floor and nginx where installed, in the same rounds; each
+    reported against direct, with the Python processes' CPU per request."""
+    server, client, policy = stack_of
+    px, px_pid = proxied
+    with contextlib.ExitStack() as stack:
+        two, two_pid = stack.enter_context(proxy_process(up, server, client, policy, 2))
+        low, low_pid = stack.enter_context(floor_process(up))
+        other = stack.enter_context(nginx(up)) if with_nginx else None
+        targets = [up, px, two, low] + ([other] if other else [])
+        cpu = CpuPerRequest({px: px_pid, two: two_pid, low: low_pid})
+        sides = await alternate_many(targets, rounds, cpu.wrap(run))
+    direct = sides[0]
+    out: dict[str, object] = {
+        key: report(f"{title} ({server}+{client})", direct, sides[1],
+                    cpu_us=cpu.microseconds(px)),
+        f"{key}_workers2": report(
+            f"{same} through the proxy on 2 processes (ONDEMAND_PROXY_WORKERS=2)", direct,
+            sides[2], cpu_us=cpu.microseconds(two),
+        ),
+        f"{key}_floor": report(f"{same} through the floor (server and client, no app)", direct,
+                               sides[3], cpu_us=cpu.microseconds(low)),
+    }  # fmt: skip
+    if other:
+        out[f"{key}_nginx"] = report(f"{same} through nginx {nginx_version()}", direct, sides[4])
+    return out
+
+
 async def measure(
     server: str,
     client: str,
@@ -572,33 +612,14 @@ async def measure(
         # CI jobs start their requests together: 64 arrivals in one instant, each on a new
         # connection, is the case users meet. Many short rounds: one burst is one sample.
         tokens = 50
-        with contextlib.ExitStack() as stack:
-            up = stack.enter_context(emulator(100, tokens))
-            px, px_pid = stack.enter_context(proxy_process(up, server, client, policy))
-            two, two_pid = stack.enter_context(proxy_process(up, server, client, policy, 2))
-            low, low_pid = stack.enter_context(floor_process(up))
-            other = stack.enter_context(nginx(up)) if with_nginx else None
-            targets = [up, px, two, low] + ([other] if other else [])
-            cpu = CpuPerRequest({px: px_pid, two: two_pid, low: low_pid})
-            sides = await alternate_many(
-                targets, 8 if quick else 16, cpu.wrap(lambda u: streams(u, 64))
-            )
-            results["burst"] = report_streams(
-                f"64 streams arriving at the same instant ({server}+{client})", sides[0], sides[1],
-                cpu_us=cpu.microseconds(px),
-            )  # fmt: skip
-            results["burst_workers2"] = report_streams(
-                "the same burst through the proxy on 2 processes (ONDEMAND_PROXY_WORKERS=2)",
-                sides[0], sides[2], cpu_us=cpu.microseconds(two),
-            )  # fmt: skip
-            results["burst_floor"] = report_streams(
-                "the same burst through the floor (server and client, no app)", sides[0],
-                sides[3], cpu_us=cpu.microseconds(low),
-            )  # fmt: skip
-            if other:
-                results["burst_nginx"] = report_streams(
-                    f"the same burst through nginx {nginx_version()}", sides[0], sides[4]
+        with emulator(100, tokens) as up, proxy_process(up, server, client, policy) as one:
+            results.update(
+                await side_by_side(
+                    up, one, "burst", "64 streams arriving at the same instant",
+                    "the same burst", 8 if quick else 16, lambda u: streams(u, 64),
+                    report_streams, (server, client, policy), with_nginx,
                 )
+            )  # fmt: skip
     if "saturation" in parts:
         with emulator(0, 2000) as up, proxy_process(up, server, client, policy) as (px, px_pid):
             d, p = await alternate(up, px, rounds, lambda url: streams(url, 16))
@@ -606,31 +627,13 @@ async def measure(
                 f"16 streams x 2000 tokens, unpaced ({server}+{client})", d, p
             )
             seconds = 2.0 if quick else 4.0
-            with contextlib.ExitStack() as stack:
-                two, two_pid = stack.enter_context(proxy_process(up, server, client, policy, 2))
-                low, low_pid = stack.enter_context(floor_process(up))
-                other = stack.enter_context(nginx(up)) if with_nginx else None
-                targets = [up, px, two, low] + ([other] if other else [])
-                cpu = CpuPerRequest({px: px_pid, two: two_pid, low: low_pid})
-                sides = await alternate_many(
-                    targets, rounds, cpu.wrap(lambda url: small_requests(url, 32, seconds))
+            results.update(
+                await side_by_side(
+                    up, (px, px_pid), "small", "/api/tags at concurrency 32", "the same",
+                    rounds, lambda url: small_requests(url, 32, seconds), report_requests,
+                    (server, client, policy), with_nginx,
                 )
-            results["small"] = report_requests(
-                f"/api/tags at concurrency 32 ({server}+{client})", sides[0], sides[1],
-                cpu_us=cpu.microseconds(px),
             )  # fmt: skip
-            results["small_workers2"] = report_requests(
-                "the same through the proxy on 2 processes (ONDEMAND_PROXY_WORKERS=2)",
-                sides[0], sides[2], cpu_us=cpu.microseconds(two),
-            )  # fmt: skip
-            results["small_floor"] = report_requests(
-                "the same through the floor (server and client, no app)", sides[0], sides[3],
-                cpu_us=cpu.microseconds(low),
-            )  # fmt: skip
-            if other:
-                results["small_nginx"] = report_requests(
-                    f"the same through nginx {nginx_version()}", sides[0], sides[4]
-                )
     if "cancel" in parts:
         with contextlib.ExitStack() as stack:
             up = stack.enter_context(emulator(100, 100_000))
