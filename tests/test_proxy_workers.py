@@ -77,9 +77,24 @@ class Proxy:
         assert isinstance(view, dict)
         return view
 
+    def per_process(self) -> list[int]:
+        """Requests each process forwarded, the main process's first."""
+        requests = self.workers()["requests"]
+        assert isinstance(requests, list)
+        return requests
+
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
         return [int(pid) for pid in children.split()]
+
+    def hold(self, headers: dict[str, str]) -> Held:
+        """A chat stream on a connection of its own, held upstream until released."""
+        held = Held(self)
+        holding = self.upstream.holding + 1
+        held.thread = threading.Thread(target=held.read, args=(headers,))
+        held.thread.start()
+        _until(lambda: self.upstream.holding == holding, "a stream held upstream")
+        return held
 
     def fresh(
         self, method: str, path: str, timeout: float = 10, **kwargs: object
@@ -87,6 +102,29 @@ class Proxy:
         """One request on a connection of its own (so the kernel picks a process anew)."""
         with httpx.Client(timeout=timeout) as client:
             return client.request(method, self.url + path, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Held:
+    """A stream ``Proxy.hold`` started: how it ended, once ``release`` let it."""
+
+    proxy: Proxy
+    thread: threading.Thread | None = None
+    ended: list[tuple[int, int]] = field(default_factory=list)  # (status, lines)
+
+    def read(self, headers: dict[str, str]) -> None:
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream("POST", self.proxy.url + "/api/chat", headers=headers,
+                          json=CHAT) as answer,
+        ):  # fmt: skip
+            self.ended.append((answer.status_code, len(list(answer.iter_lines()))))
+
+    def release(self) -> list[tuple[int, int]]:
+        self.proxy.upstream.release.set()
+        assert self.thread is not None
+        self.thread.join(30)
+        return self.ended
 
 
 def _until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
@@ -159,8 +197,7 @@ def test_both_processes_forward_and_every_request_is_counted_once(
     assert isinstance(usage, dict)
     assert usage["apikey"]["requests"] == FRESH
     assert usage["apikey"]["completion_tokens"] == FRESH
-    per_process = proxy.workers()["requests"]
-    assert isinstance(per_process, list)
+    per_process = proxy.per_process()
     assert sum(per_process) == FRESH
     assert all(n > 0 for n in per_process), per_process
     metrics = httpx.get(proxy.url + "/metrics", headers=ADMIN).text
@@ -201,8 +238,7 @@ def test_what_every_processs_front_door_turned_away_is_on_metrics(
     counted = f'ondemand_front_door_turned_away_total{{reason="malformed"}} {FRESH}.0'
     _until(lambda: counted in httpx.get(proxy.url + "/metrics", headers=ADMIN).text,
            "every refusal counted")  # fmt: skip
-    per_process = proxy.workers()["requests"]
-    assert per_process == [0, 0]  # none of them was a request
+    assert proxy.per_process() == [0, 0]  # none of them was a request
 
 
 def test_a_keys_concurrency_limit_holds_across_processes(
@@ -212,27 +248,14 @@ def test_a_keys_concurrency_limit_holds_across_processes(
     keys.write_text(json.dumps([{"name": "ci", "key": USER_KEY, "max_concurrency": 1}]))
     proxy = start_proxy(ONDEMAND_KEYS_FILE=str(keys))
     key = {"Authorization": f"Bearer {USER_KEY}"}
-    holder: list[int] = []
-
-    def hold() -> None:
-        with (
-            httpx.Client(timeout=30) as client,
-            client.stream("POST", proxy.url + "/api/chat", headers=key, json=CHAT) as answer,
-        ):
-            holder.append(answer.status_code)
-            answer.read()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
+    held = proxy.hold(key)
     try:
-        _until(lambda: proxy.upstream.holding == 1, "the first stream held upstream")
         refused = [proxy.fresh("POST", "/api/chat", headers=key, json=CHAT) for _ in range(FRESH)]
         assert [r.status_code for r in refused] == [429] * FRESH
         assert all(r.headers["retry-after"] for r in refused)
     finally:
-        proxy.upstream.release.set()
-        thread.join(30)
-    assert holder == [200]
+        ended = held.release()
+    assert ended == [(200, 2)]
     assert proxy.fresh("POST", "/api/chat", headers=key, json=CHAT).status_code == 200
     usage = proxy.status()["usage"]
     assert isinstance(usage, dict)
@@ -289,20 +312,12 @@ def test_sigterm_stops_every_process_taking_connections_and_lets_streams_finish(
 ) -> None:
     proxy = start_proxy(AUTHORIZATION_APIKEY=USER_KEY)
     [worker] = proxy.worker_pids()
+    # A stream held on each process: the main process drains as long as the worker does.
     key = {"Authorization": f"Bearer {USER_KEY}"}
-    finished: list[int] = []
-
-    def hold() -> None:
-        with (
-            httpx.Client(timeout=30) as client,
-            client.stream("POST", proxy.url + "/api/chat", headers=key, json=CHAT) as answer,
-        ):
-            lines = list(answer.iter_lines())
-            finished.append(len(lines))
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    _until(lambda: proxy.upstream.holding == 1, "a stream held")
+    held = [proxy.hold(key)]
+    while not all(proxy.per_process()):
+        assert len(held) < FRESH, "every stream landed on one process"
+        held.append(proxy.hold(key))
     proxy.proc.send_signal(signal.SIGTERM)
 
     def nobody_accepts() -> bool:
@@ -318,13 +333,12 @@ def test_sigterm_stops_every_process_taking_connections_and_lets_streams_finish(
             return False
         return True
 
-    # Both processes stop taking connections at once, while the stream still runs: the
-    # worker does not go on serving until the main process has drained.
+    # Both processes stop taking connections at once, while the streams still run: neither
+    # goes on serving until the other has drained.
     _until(nobody_accepts, "no process takes new connections")
     assert proxy.proc.poll() is None
-    proxy.upstream.release.set()
-    thread.join(20)
-    assert finished == [2]  # the held stream ended whole
+    for stream in held:
+        assert stream.release() == [(200, 2)]  # every held stream ended whole
     assert proxy.proc.wait(20) == 0
     assert not Path(f"/proc/{worker}").exists()
 
